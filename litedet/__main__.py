@@ -1,0 +1,5 @@
+import sys
+
+from litedet.cli import main
+
+sys.exit(main())

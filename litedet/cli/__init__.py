@@ -1,0 +1,80 @@
+"""`litedet <verb>`: each verb lives in its own module with ``add_arguments`` and ``run``.
+
+Verb modules are imported only when their verb is used, so `litedet detect` with an exported
+model never imports torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Sequence
+
+# verb -> (module under litedet.cli, one-line help)
+VERBS: dict[str, tuple[str, str]] = {
+    "models": ("models", "list registered models with params, multiply-adds and MAC"),
+    "import": ("import_weights", "import published weights (ncnn param/bin) into litedet safetensors"),
+    "detect": ("detect", "detect objects in images, folders, videos, cameras and streams"),
+    "val": ("val", "COCO mAP evaluation with pycocotools"),
+    "train": ("train", "train a detector on YOLO, COCO or VOC data"),
+    "export": ("export", "export to ONNX, OpenVINO or ncnn"),
+    "bench": ("bench", "measure latency, throughput, memory and energy on this device"),
+    "prune": ("compress", "structured or unstructured pruning"),
+    "quantize": ("compress", "INT8 post-training quantization, QAT, bf16"),
+    "distill": ("compress", "knowledge distillation"),
+    "decompose": ("compress", "low-rank decomposition (SVD, CP)"),
+    "compress": ("compress", "run a compression recipe"),
+    "stream": ("stream", "spread a video stream over several workers (Ray)"),
+    "split": ("split", "split a model between two devices (profile, plan, run)"),
+}
+
+
+def _load(verb: str):
+    module_name, _ = VERBS[verb]
+    return importlib.import_module(f"litedet.cli.{module_name}")
+
+
+def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
+    """The top-level parser; with ``verb`` given, only that verb's module is imported."""
+    parser = argparse.ArgumentParser(prog="litedet", description="Lightweight object detection for edge devices.")
+    sub = parser.add_subparsers(dest="verb", metavar="VERB")
+    for name, (_, help_text) in VERBS.items():
+        verb_parser = sub.add_parser(name, help=help_text, description=help_text)
+        if name == verb:
+            module = _load(name)
+            adder = getattr(module, f"add_{name}_arguments", None) or module.add_arguments
+            adder(verb_parser)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    verb = next((a for a in argv if not a.startswith("-")), None)
+    if verb is not None and verb not in VERBS:
+        build_parser().error(f"unknown verb {verb!r}; choose one of {', '.join(VERBS)}")
+    if verb is not None:
+        try:
+            _load(verb)
+        except ModuleNotFoundError as err:
+            if err.name == f"litedet.cli.{VERBS[verb][0]}":
+                print(f"litedet {verb}: not available in this version", file=sys.stderr)
+                return 2
+            raise
+    parser = build_parser(verb)
+    args = parser.parse_args(argv)
+    if args.verb is None:
+        parser.print_help()
+        return 0
+    module = _load(args.verb)
+    runner = getattr(module, f"run_{args.verb}", None) or module.run
+    try:
+        return int(runner(args) or 0)
+    except (ValueError, FileNotFoundError, PermissionError, NotADirectoryError, IsADirectoryError) as err:
+        # User errors: one clear line, no traceback from deep inside.
+        print(f"litedet {args.verb}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

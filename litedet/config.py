@@ -1,0 +1,181 @@
+"""The model config sidecar: everything a device needs to pre- and post-process exactly as the
+model was trained, stored as JSON beside the weights or the exported engine files.
+
+Pure Python (no torch): the runtime reads it on devices that have no torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+CONFIG_VERSION = 1
+
+COCO_NAMES: tuple[str, ...] = (
+    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat",
+    "traffic light", "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog",
+    "horse", "sheep", "cow", "elephant", "bear", "zebra", "giraffe", "backpack", "umbrella",
+    "handbag", "tie", "suitcase", "frisbee", "skis", "snowboard", "sports ball", "kite",
+    "baseball bat", "baseball glove", "skateboard", "surfboard", "tennis racket", "bottle",
+    "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple", "sandwich", "orange",
+    "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch", "potted plant",
+    "bed", "dining table", "toilet", "tv", "laptop", "mouse", "remote", "keyboard", "cell phone",
+    "microwave", "oven", "toaster", "sink", "refrigerator", "book", "clock", "vase", "scissors",
+    "teddy bear", "hair drier", "toothbrush",
+)
+
+# YOLOv5 COCO anchors in input pixels, one row of (w, h) pairs per level P3/8, P4/16, P5/32.
+YOLOV5_ANCHORS: tuple[tuple[tuple[int, int], ...], ...] = (
+    ((10, 13), (16, 30), (33, 23)),
+    ((30, 61), (62, 45), (59, 119)),
+    ((116, 90), (156, 198), (373, 326)),
+)
+
+
+@dataclass
+class Preprocess:
+    """How an image becomes the network input.
+
+    ``letterbox``: keep the aspect ratio and pad with ``pad_value`` (YOLOv5: 114), ``center``
+    padding on both sides; ``resize`` stretches to the input size. Pixels are converted to RGB
+    when ``rgb``, then ``(pixel - mean) / std`` per channel, in the channel order after conversion.
+    """
+
+    resize: str = "letterbox"
+    pad_value: int = 114
+    center: bool = True
+    rgb: bool = True
+    mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    std: tuple[float, float, float] = (255.0, 255.0, 255.0)
+
+    def __post_init__(self) -> None:
+        if self.resize not in ("letterbox", "resize"):
+            raise ValueError(f"preprocess.resize must be 'letterbox' or 'resize', got {self.resize!r}")
+        if any(s == 0 for s in self.std):
+            raise ValueError(f"preprocess.std must not contain 0, got {self.std}")
+        self.mean = tuple(float(v) for v in self.mean)  # type: ignore[assignment]
+        self.std = tuple(float(v) for v in self.std)  # type: ignore[assignment]
+
+
+@dataclass
+class ModelConfig:
+    """What a litedet checkpoint or export says about itself.
+
+    ``input_size`` is (height, width). ``head`` names the raw-output layout: ``"yolo"`` outputs are
+    one map per level of shape [B, len(anchors[i]) * (5 + num_classes), H_i, W_i] with raw logits;
+    ``"ssdlite"`` is described in ``litedet.ops.decode``. ``output_names`` lists the engine output
+    names in level order.
+    """
+
+    model: str
+    num_classes: int
+    names: list[str]
+    input_size: tuple[int, int]
+    strides: list[int] = field(default_factory=lambda: [8, 16, 32])
+    anchors: list[list[list[float]]] = field(default_factory=lambda: [[list(a) for a in lvl] for lvl in YOLOV5_ANCHORS])
+    head: str = "yolo"
+    preprocess: Preprocess = field(default_factory=Preprocess)
+    output_names: list[str] = field(default_factory=list)
+    dynamic: bool = False
+    nms_in_graph: bool = False
+    precision: str = "fp32"
+    source: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+    version: int = CONFIG_VERSION
+
+    def __post_init__(self) -> None:
+        if isinstance(self.preprocess, dict):
+            self.preprocess = Preprocess(**self.preprocess)
+        self.input_size = tuple(int(v) for v in self.input_size)  # type: ignore[assignment]
+        if len(self.input_size) != 2 or min(self.input_size) <= 0:
+            raise ValueError(f"input_size must be (height, width) > 0, got {self.input_size}")
+        if self.num_classes <= 0:
+            raise ValueError(f"num_classes must be > 0, got {self.num_classes}")
+        if len(self.names) != self.num_classes:
+            raise ValueError(f"{len(self.names)} class names given for num_classes={self.num_classes}")
+        if self.head == "yolo" and len(self.anchors) != len(self.strides):
+            raise ValueError(f"{len(self.anchors)} anchor levels for {len(self.strides)} strides")
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["input_size"] = list(self.input_size)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "<dict>") -> "ModelConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"{source}: unknown model config keys {unknown}")
+        missing = [k for k in ("model", "num_classes", "names", "input_size") if k not in data]
+        if missing:
+            raise ValueError(f"{source}: model config is missing {missing}")
+        try:
+            return cls(**data)
+        except TypeError as err:
+            raise ValueError(f"{source}: bad model config: {err}") from None
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the JSON atomically (temp file + rename)."""
+        path = Path(path)
+        write_text_atomic(path, json.dumps(self.to_dict(), indent=2) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "ModelConfig":
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"model config not found: {path}")
+        try:
+            data = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ValueError(f"{path}: not a litedet model config (invalid JSON: {err})") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: not a litedet model config (expected a JSON object)")
+        return cls.from_dict(data, source=str(path))
+
+
+def sidecar_path(weights: str | os.PathLike) -> Path:
+    """The config that belongs to a weights/engine file: ``model.safetensors`` -> ``model.json``,
+    ``model.onnx`` -> ``model.json``; for a directory, ``DIR/litedet.json``."""
+    weights = Path(weights)
+    if weights.is_dir():
+        return weights / "litedet.json"
+    name = weights.name
+    for suffix in (".ncnn.param", ".ncnn.bin"):
+        if name.endswith(suffix):
+            return weights.with_name(name[: -len(suffix)] + ".json")
+    return weights.with_suffix(".json")
+
+
+def find_config(weights: str | os.PathLike) -> ModelConfig | None:
+    """Load the sidecar of ``weights`` if there is one."""
+    path = sidecar_path(weights)
+    return ModelConfig.load(path) if path.is_file() else None
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` via a temp file in the same folder and a rename."""
+    write_bytes_atomic(path, text.encode())
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temp file in the same folder and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

@@ -1,0 +1,19 @@
+"""Building blocks shared by every network in litedet."""
+
+from litedet.layers.activations import create_act, get_act_layer
+from litedet.layers.attention import SqueezeExcite
+from litedet.layers.conv import ConvBnAct, DepthwiseSeparableConv, fuse_conv_bn, fuse_model, make_divisible
+from litedet.layers.shuffle import ShuffleV2Block, channel_shuffle
+
+__all__ = [
+    "ConvBnAct",
+    "DepthwiseSeparableConv",
+    "ShuffleV2Block",
+    "SqueezeExcite",
+    "channel_shuffle",
+    "create_act",
+    "fuse_conv_bn",
+    "fuse_model",
+    "get_act_layer",
+    "make_divisible",
+]

@@ -1,0 +1,101 @@
+"""Convolution blocks: ConvBnAct, depthwise-separable conv, and Conv+BN fusion."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from litedet.layers.activations import ActLayer, create_act
+
+
+def make_divisible(value: float, divisor: int = 8, min_value: int | None = None) -> int:
+    """Round ``value`` to the nearest multiple of ``divisor``, never dropping below 90 % of it.
+
+    The rule of the MobileNet reference code (and YOLOv5's width multiple), so that scaled
+    channel counts stay hardware friendly.
+    """
+    if divisor <= 0:
+        raise ValueError(f"divisor must be > 0, got {divisor}")
+    min_value = divisor if min_value is None else min_value
+    new_value = max(min_value, int(value + divisor / 2) // divisor * divisor)
+    if new_value < 0.9 * value:
+        new_value += divisor
+    return new_value
+
+
+class ConvBnAct(nn.Sequential):
+    """Conv2d -> BatchNorm2d -> activation, with 'same' padding for odd kernels.
+
+    Children are named ``conv``, ``bn``, ``act`` so weight loaders and fusion can find them.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 3,
+        stride: int = 1,
+        groups: int = 1,
+        act: ActLayer = "relu",
+        padding: int | None = None,
+        bias: bool = False,
+    ) -> None:
+        padding = (kernel_size - 1) // 2 if padding is None else padding
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, groups=groups, bias=bias)
+        self.bn = nn.BatchNorm2d(out_channels)
+        self.act = create_act(act)
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+
+
+class DepthwiseSeparableConv(nn.Sequential):
+    """Depthwise kxk conv-BN-act then pointwise 1x1 conv-BN-act (MobileNetV1 §3.1, Fig. 3)."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 3,
+        stride: int = 1,
+        act: ActLayer = "relu6",
+        pw_act: ActLayer | str = "same",
+    ) -> None:
+        super().__init__()
+        self.dw = ConvBnAct(in_channels, in_channels, kernel_size, stride, groups=in_channels, act=act)
+        self.pw = ConvBnAct(in_channels, out_channels, 1, act=act if pw_act == "same" else pw_act)
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+
+
+@torch.no_grad()
+def fuse_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
+    """Return a new Conv2d whose weights fold ``bn`` (eval statistics) into ``conv``."""
+    fused = nn.Conv2d(
+        conv.in_channels,
+        conv.out_channels,
+        conv.kernel_size,
+        conv.stride,
+        conv.padding,
+        conv.dilation,
+        conv.groups,
+        bias=True,
+        padding_mode=conv.padding_mode,
+    ).to(conv.weight.device, conv.weight.dtype)
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    fused.weight.copy_(conv.weight * scale.reshape(-1, 1, 1, 1))
+    conv_bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+    fused.bias.copy_((conv_bias - bn.running_mean) * scale + bn.bias)
+    return fused
+
+
+def fuse_model(model: nn.Module) -> nn.Module:
+    """Fold every ``ConvBnAct``'s BatchNorm into its conv, in place; returns ``model``.
+
+    Call on a model in eval mode (fusion uses running statistics).
+    """
+    for module in model.modules():
+        if isinstance(module, ConvBnAct) and isinstance(module.bn, nn.BatchNorm2d):
+            module.conv = fuse_conv_bn(module.conv, module.bn)
+            module.bn = nn.Identity()
+    return model

@@ -1,0 +1,48 @@
+"""The one interface every inference engine implements. Imports no torch."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import numpy as np
+
+from litedet.config import ModelConfig
+
+
+class Backend(ABC):
+    """Runs a network on a pre-processed batch and returns its raw outputs.
+
+    ``run`` takes a float32 array [B, 3, H, W] (already letterboxed and normalised per
+    ``config.preprocess``) and returns the raw head maps in level order as float32 numpy arrays
+    (for a YOLO head: [B, na*(5+nc), H_i, W_i], logits). Decode and NMS happen in
+    ``litedet.ops``, the same for every engine.
+    """
+
+    name: str = "base"
+
+    def __init__(self, config: ModelConfig, threads: int | None = None, precision: str = "fp32") -> None:
+        self.config = config
+        self.threads = threads
+        self.precision = precision
+
+    @abstractmethod
+    def run(self, batch: np.ndarray) -> list[np.ndarray]:
+        """Raw outputs for ``batch`` [B, 3, H, W] float32."""
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        """(height, width) the engine expects; a dynamic engine takes any stride multiple."""
+        return self.config.input_size
+
+    @property
+    def dynamic(self) -> bool:
+        return self.config.dynamic
+
+    def close(self) -> None:
+        """Release engine resources."""
+
+    def __enter__(self) -> "Backend":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
