@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from typing import Sequence
 
@@ -71,7 +72,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(runner(args) or 0)
     except (ValueError, FileNotFoundError, PermissionError, NotADirectoryError, IsADirectoryError) as err:
-        # User errors: one clear line, no traceback from deep inside.
+        # User errors: one clear line, no traceback from deep inside (LITEDET_DEBUG=1 shows it).
+        if os.environ.get("LITEDET_DEBUG"):
+            raise
         print(f"litedet {args.verb}: error: {err}", file=sys.stderr)
         return 2
 
