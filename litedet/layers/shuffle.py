@@ -29,6 +29,12 @@ class ShuffleV2Block(nn.Module):
     shuffle. stride 2 (Fig. 3d): no split; both branches see the whole input and downsample.
     Children follow torchvision's layout (``branch1``, ``branch2`` as Sequentials) so weights map
     one to one. ``se=True`` adds SE after the last 1x1 of ``branch2`` (paper appendix, Table 8).
+
+    ``channel_order`` picks between the two published routings, which have the same weights but
+    send different channels down each path: ``"torchvision"`` (split in halves, shuffle at the
+    output; also YOLOv5-Lite's) and ``"megvii"`` (the paper authors' reference code: a stride-1
+    unit takes the even channels as identity and the odd ones into the branch, and no unit
+    shuffles its output). Weights trained with one routing only work with the same routing.
     """
 
     def __init__(
@@ -38,8 +44,12 @@ class ShuffleV2Block(nn.Module):
         stride: int,
         act: ActLayer = "relu",
         se: bool = False,
+        channel_order: str = "torchvision",
     ) -> None:
         super().__init__()
+        if channel_order not in ("torchvision", "megvii"):
+            raise ValueError(f"channel_order must be 'torchvision' or 'megvii', got {channel_order!r}")
+        self.channel_order = channel_order
         if stride not in (1, 2):
             raise ValueError(f"stride must be 1 or 2, got {stride}")
         if out_channels % 2:
@@ -71,6 +81,10 @@ class ShuffleV2Block(nn.Module):
         self.branch2 = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channel_order == "megvii":
+            if self.stride == 1:
+                return torch.cat((x[:, 0::2], self.branch2(x[:, 1::2])), dim=1)
+            return torch.cat((self.branch1(x), self.branch2(x)), dim=1)
         if self.stride == 1:
             x1, x2 = x.chunk(2, dim=1)
             out = torch.cat((x1, self.branch2(x2)), dim=1)

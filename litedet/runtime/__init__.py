@@ -1,1 +1,105 @@
-"""runtime"""
+"""Inference engines behind one ``Backend`` interface; ``open_backend`` picks one for a file.
+
+Imports no torch: only the engine a file needs is imported, when it is opened, so a device with
+numpy + opencv + one engine can run detection.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import os
+from pathlib import Path
+
+from litedet.config import ModelConfig, find_config, sidecar_path
+from litedet.runtime.base import Backend
+
+# engine name -> (module, class); each class is built as Cls(weights: Path, config, threads=, precision=)
+ENGINES: dict[str, tuple[str, str]] = {
+    "torch": ("litedet.runtime.torch_backend", "TorchBackend"),
+    "onnxruntime": ("litedet.runtime.onnxruntime_backend", "OnnxRuntimeBackend"),
+    "openvino": ("litedet.runtime.openvino_backend", "OpenVINOBackend"),
+    "ncnn": ("litedet.runtime.ncnn_backend", "NcnnBackend"),
+}
+
+# file suffix -> engine that runs it
+SUFFIX_ENGINES: dict[str, str] = {
+    ".safetensors": "torch",
+    ".onnx": "onnxruntime",
+    ".xml": "openvino",
+    ".param": "ncnn",
+}
+
+# engine -> the pip extra that installs it, for error messages
+ENGINE_EXTRAS: dict[str, str] = {"torch": "torch", "onnxruntime": "runtime", "openvino": "openvino", "ncnn": "ncnn"}
+
+__all__ = ["ENGINES", "SUFFIX_ENGINES", "Backend", "engine_for", "open_backend"]
+
+
+def engine_for(weights: str | os.PathLike) -> str:
+    """The engine that runs ``weights``, from its suffix."""
+    suffix = Path(weights).suffix.lower()
+    if suffix not in SUFFIX_ENGINES:
+        known = ", ".join(f"{s} ({e})" for s, e in SUFFIX_ENGINES.items())
+        raise ValueError(f"{weights}: cannot tell the engine from suffix {suffix!r}; known: {known} (or pass --engine)")
+    return SUFFIX_ENGINES[suffix]
+
+
+def open_backend(
+    weights: str | os.PathLike,
+    engine: str | None = None,
+    threads: int | None = None,
+    precision: str = "fp32",
+    model: str | None = None,
+    imgsz: int | tuple[int, int] | None = None,
+) -> Backend:
+    """Open ``weights`` with ``engine`` (default: from the suffix).
+
+    The config sidecar beside the file (``litedet.config.sidecar_path``) supplies the model
+    name, input size, classes and preprocessing. ``model``, when given, must agree with it; for a
+    torch checkpoint without a sidecar it names the architecture. ``imgsz`` overrides the input size
+    (an int for a square, or (height, width)).
+    """
+    path = Path(weights).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"weights not found: {path}")
+    engine = engine or engine_for(path)
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
+    if threads is not None and threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    config = find_config(path)
+    if config is None and engine != "torch":
+        raise FileNotFoundError(
+            f"{path}: no model config beside it (expected {sidecar_path(path)}); import published weights "
+            f"with `litedet import`, export with `litedet export`, or for a .safetensors pass --model"
+        )
+    if config is not None and model and model != config.model:
+        raise ValueError(f"--model {model!r} does not match {sidecar_path(path)}, which says {config.model!r}")
+    if config is not None and imgsz is not None:
+        config = with_input_size(config, imgsz)
+    module_name, class_name = ENGINES[engine]
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as err:
+        if err.name == module_name:
+            raise ValueError(f"engine {engine!r} is not available in this version of litedet") from None
+        raise ValueError(
+            f"engine {engine!r} needs the Python package {err.name!r}: pip install 'litedet[{ENGINE_EXTRAS[engine]}]'"
+        ) from None
+    backend_cls = getattr(module, class_name)
+    if config is None:  # torch weights without sidecar: the backend builds the config (from `model`)
+        backend = backend_cls(path, None, threads=threads, precision=precision, model=model)
+        if imgsz is not None:
+            backend.config = with_input_size(backend.config, imgsz)
+        return backend
+    return backend_cls(path, config, threads=threads, precision=precision)
+
+
+def with_input_size(config: ModelConfig, imgsz: int | tuple[int, int]) -> ModelConfig:
+    """A copy of ``config`` with another input size, checked against the largest stride."""
+    size = (int(imgsz), int(imgsz)) if isinstance(imgsz, int) else tuple(int(v) for v in imgsz)
+    stride = max(config.strides) if config.strides else 1
+    if len(size) != 2 or min(size) <= 0 or any(v % stride for v in size):
+        raise ValueError(f"--imgsz {imgsz} must be a positive multiple of the model's largest stride {stride}")
+    return dataclasses.replace(config, input_size=size)

@@ -47,6 +47,8 @@ class ShuffleNetV2(Backbone):
         with_conv5: keep the final 1x1 conv (YOLOv5-Lite drops it, and the pooling).
         se: put SE in every unit (appendix, "SE-ShuffleNet v2").
         act: activation of every unit ("relu" in the paper).
+        channel_order: "torchvision" or "megvii" routing (see ``ShuffleV2Block``); the Megvii
+            ImageNet weights need "megvii".
     """
 
     def __init__(
@@ -60,6 +62,7 @@ class ShuffleNetV2(Backbone):
         se: bool = False,
         act: ActLayer = "relu",
         in_channels: int = 3,
+        channel_order: str = "torchvision",
     ) -> None:
         super().__init__(features_only, out_indices, num_classes)
         if len(stage_repeats) != 3:
@@ -73,8 +76,10 @@ class ShuffleNetV2(Backbone):
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
         cin = channels[0]
         for index, (repeats, cout) in enumerate(zip(stage_repeats, channels[1:4]), start=2):
-            units = [ShuffleV2Block(cin, cout, 2, act=act, se=se)]
-            units += [ShuffleV2Block(cout, cout, 1, act=act, se=se) for _ in range(repeats - 1)]
+            units = [ShuffleV2Block(cin, cout, 2, act=act, se=se, channel_order=channel_order)]
+            units += [
+                ShuffleV2Block(cout, cout, 1, act=act, se=se, channel_order=channel_order) for _ in range(repeats - 1)
+            ]
             setattr(self, f"stage{index}", nn.Sequential(*units))
             cin = cout
         self.with_conv5 = with_conv5
@@ -92,6 +97,13 @@ class ShuffleNetV2(Backbone):
         head_channels = self.stage_channels[-1]
         self.fc = nn.Linear(head_channels, num_classes) if num_classes and not features_only else None
         self._set_out_indices((1, 2, 3))
+        if features_only and with_conv5 and 4 not in self.out_indices:
+            # A feature extractor owns only what it runs (timm's features_only does the same).
+            del self.conv5
+            self._stage_refs.pop()
+            self.stage_channels.pop()
+            self.stage_strides.pop()
+            self.with_conv5 = False
 
     @property
     def stages(self) -> list[nn.Module]:  # type: ignore[override]

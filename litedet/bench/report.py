@@ -1,0 +1,270 @@
+"""Benchmark output: a Markdown report, JSON, and PNG plots (matplotlib, Agg backend).
+
+Rows are the dicts ``litedet.bench.run.run_benchmark`` returns (see ``ROW_KEYS``). Accuracy for
+the Pareto plot comes from a JSON file (``--map results.json``): a list of objects
+
+    [{"model": "v5lite-e", "engine": "onnxruntime", "imgsz": 320, "map50_95": 0.275, "map50": 0.445}, ...]
+
+``model`` and ``map50_95`` are required; ``map50``, ``engine`` and ``imgsz`` are optional. An entry
+without ``engine`` applies to every engine (accuracy barely moves between engines in fp32); an entry
+without ``imgsz`` applies to every input size.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from litedet.config import write_text_atomic
+
+# Keys every row carries (``--json`` prints rows with at least these).
+REQUIRED_KEYS = ("model", "engine", "threads", "imgsz", "batch", "median_ms", "p90_ms", "gflops", "params")
+ROW_KEYS = REQUIRED_KEYS + (
+    "variant", "kind", "mode", "precision", "mean_ms", "std_ms", "n", "images_per_s", "mac_m", "activation_mb",
+    "achieved_gflops", "peak_share", "other_load", "steal", "disturbed", "attempts", "energy_mj_per_image",
+    "energy_source", "source", "notes",
+)
+
+
+def validate_rows(rows: Iterable[dict[str, Any]]) -> None:
+    """Raise ValueError naming the first row that lacks a required key."""
+    for index, row in enumerate(rows):
+        missing = [key for key in REQUIRED_KEYS if key not in row]
+        if missing:
+            raise ValueError(f"benchmark row {index} ({row.get('model', '?')}) lacks {missing}")
+
+
+def load_map_results(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """Read and check an accuracy file for the Pareto plot (format in the module docstring)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"mAP results file not found: {path}")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not JSON ({err})") from None
+    if not isinstance(data, list):
+        raise ValueError(f"{path}: expected a JSON list of {{model, map50_95, ...}} objects, got {type(data).__name__}")
+    for index, entry in enumerate(data):
+        if not isinstance(entry, dict) or "model" not in entry or "map50_95" not in entry:
+            raise ValueError(f"{path}: entry {index} needs at least 'model' and 'map50_95', got {entry!r}")
+        value = entry["map50_95"]
+        if not isinstance(value, (int, float)) or not 0 <= value <= 1:
+            raise ValueError(f"{path}: entry {index} map50_95 must be a fraction in [0, 1], got {value!r}")
+    return data
+
+
+def attach_accuracy(rows: Sequence[dict[str, Any]], results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows joined with the accuracy entry that matches their model (variant), engine and size."""
+    joined = []
+    for row in rows:
+        names = {row["model"], row.get("variant") or row["model"]}
+        for entry in results:
+            if entry["model"] not in names:
+                continue
+            if "engine" in entry and entry["engine"] != row["engine"]:
+                continue
+            if "imgsz" in entry and int(entry["imgsz"]) != int(row["imgsz"]):
+                continue
+            joined.append({**row, "map50_95": entry["map50_95"], "map50": entry.get("map50")})
+            break
+    return joined
+
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
+    """Indices of points (latency, accuracy) not beaten by another that is both faster (or as
+    fast) and at least as accurate, sorted by latency."""
+    order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1]))
+    front, best = [], -math.inf
+    for index in order:
+        if points[index][1] > best:
+            front.append(index)
+            best = points[index][1]
+    return front
+
+
+# --------------------------------------------------------------------------- Markdown
+
+
+def _fmt(value: Any, spec: str = ".2f") -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    if isinstance(value, (int, float)):
+        return format(value, spec)
+    return str(value)
+
+
+def _label(row: dict[str, Any]) -> str:
+    variant = row.get("variant")
+    name = row["model"] if not variant or variant == row["model"] else f"{row['model']} ({variant})"
+    return f"{name} @{row['imgsz']}"
+
+
+def rows_table(rows: Sequence[dict[str, Any]]) -> str:
+    """Every row with every measured figure."""
+    header = ("| model | engine | thr | batch | mode | params M | GFLOPs | MAC M | act MB | median ms | p90 ms | "
+              "img/s | GFLOP/s | % peak | load % | mJ/img |")
+    lines = [header, "|---" * (header.count("|") - 1) + "|"]
+    for row in rows:
+        params = row.get("params")
+        lines.append(
+            f"| {_label(row)} | {row['engine']} | {row['threads']} | {row['batch']} | {row.get('mode', 'network')} | "
+            f"{_fmt(None if params is None else params / 1e6)} | {_fmt(row.get('gflops'), '.3f')} | "
+            f"{_fmt(row.get('mac_m'), '.1f')} | {_fmt(row.get('activation_mb'), '.1f')} | {_fmt(row['median_ms'])} | "
+            f"{_fmt(row['p90_ms'])} | {_fmt(row.get('images_per_s'), '.1f')} | {_fmt(row.get('achieved_gflops'), '.1f')} | "
+            f"{_fmt(None if row.get('peak_share') is None else 100 * row['peak_share'], '.1f')} | "
+            f"{_fmt(row.get('other_load'), '.0f')}{'!' if row.get('disturbed') else ''} | "
+            f"{_fmt(row.get('energy_mj_per_image'), '.1f')} |"
+        )
+    return "\n".join(lines)
+
+
+def pivot_table(rows: Sequence[dict[str, Any]], mode: str, threads: int, batch: int = 1) -> str:
+    """Median ms with model@size down and engine across (BENCHMARKS.md's layout), for one mode,
+    thread count and batch."""
+    chosen = [r for r in rows if r.get("mode", "network") == mode and r["threads"] == threads and r["batch"] == batch]
+    if not chosen:
+        return ""
+    engines = [e for e in ("torch", "onnxruntime", "openvino", "ncnn") if any(r["engine"] == e for r in chosen)]
+    engines += sorted({r["engine"] for r in chosen} - set(engines))
+    cells: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
+    info: dict[str, dict[str, Any]] = {}
+    for row in chosen:
+        cells[_label(row)][row["engine"]] = row
+        info.setdefault(_label(row), row)
+    lines = ["| model | params M | GFLOPs | " + " | ".join(engines) + " |",
+             "|---" * (3 + len(engines)) + "|"]
+    for label, by_engine in cells.items():
+        params = info[label].get("params")
+        entries = []
+        for engine in engines:
+            row = by_engine.get(engine)
+            entries.append("" if row is None else f"{row['median_ms']:.2f}{'!' if row.get('disturbed') else ''}")
+        lines.append(f"| {label} | {_fmt(None if params is None else params / 1e6)} | {_fmt(info[label].get('gflops'), '.3f')} | "
+                     + " | ".join(entries) + " |")
+    return "\n".join(lines)
+
+
+def markdown_report(rows: Sequence[dict[str, Any]], machine: dict[str, Any] | None = None,
+                    notes: Sequence[str] = (), command: str | None = None) -> str:
+    """The whole report: machine, pivot tables per mode/threads/batch, then every row."""
+    lines = ["# litedet bench", ""]
+    if command:
+        lines += [f"Command: `{command}`", ""]
+    if machine:
+        peaks = ", ".join(f"{t} thr {v} GFLOP/s" for t, v in machine.get("peak_gflops", {}).items())
+        engines = ", ".join(f"{k} {v}" for k, v in machine.get("engines", {}).items())
+        lines += [f"Machine: {machine.get('cpu_model', '?')}, {machine.get('logical_cpus', '?')} logical CPUs; "
+                  f"measured fp32 peak ({machine.get('peak_method', '')}): {peaks or 'not measured'}.",
+                  f"Engines: {engines}.", ""]
+    lines += ["Median ms after warm-up, configurations interleaved in rounds. `!` marks a figure measured while "
+              "other processes used more of the machine than the threshold (`load %`). GFLOPs = 2 x multiply-adds.", ""]
+    combos = sorted({(r.get("mode", "network"), r["threads"], r["batch"]) for r in rows},
+                    key=lambda c: (c[0] != "network", -c[1], c[2]))
+    for mode, threads, batch in combos:
+        lines += [f"## {mode}, {threads} thread{'s' if threads > 1 else ''}, batch {batch} (median ms)", "",
+                  pivot_table(rows, mode, threads, batch), ""]
+    lines += ["## All figures", "", rows_table(rows), ""]
+    if notes:
+        lines += ["## Notes", ""] + [f"- {note}" for note in notes] + [""]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- plots
+
+
+def plot_latency(rows: Sequence[dict[str, Any]], path: str | os.PathLike) -> Path:
+    """Grouped bars: median latency by model@size (x) and engine (bars), one panel per
+    mode x threads (batch 1 rows; other batches are in the tables)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    chosen = [r for r in rows if r["batch"] == 1] or list(rows)
+    panels = sorted({(r.get("mode", "network"), r["threads"]) for r in chosen}, key=lambda p: (p[0] != "network", p[1]))
+    labels = list(dict.fromkeys(_label(r) for r in chosen))
+    engines = list(dict.fromkeys(r["engine"] for r in chosen))
+    fig, axes = plt.subplots(len(panels), 1, figsize=(max(6, 1.2 * len(labels) + 2), 3.2 * len(panels)), squeeze=False)
+    width = 0.8 / max(1, len(engines))
+    for ax, (mode, threads) in zip(axes[:, 0], panels):
+        for e_index, engine in enumerate(engines):
+            xs, ys = [], []
+            for l_index, label in enumerate(labels):
+                for row in chosen:
+                    if (_label(row) == label and row["engine"] == engine and row["threads"] == threads
+                            and row.get("mode", "network") == mode):
+                        xs.append(l_index + (e_index - (len(engines) - 1) / 2) * width)
+                        ys.append(row["median_ms"])
+            if xs:
+                ax.bar(xs, ys, width=width, label=engine)
+        ax.set_xticks(range(len(labels)))
+        ax.set_xticklabels(labels, rotation=20, ha="right", fontsize=8)
+        ax.set_ylabel("median ms")
+        ax.set_title(f"{mode}, {threads} thread{'s' if threads > 1 else ''}, batch 1")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_pareto(rows: Sequence[dict[str, Any]], results: Sequence[dict[str, Any]], path: str | os.PathLike,
+                mode: str = "network") -> Path | None:
+    """Accuracy (mAP50-95) against median latency for each model x engine at batch 1, the
+    Pareto front drawn as a step line; one marker per thread count. None when nothing matches."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    candidates = [r for r in rows if r["batch"] == 1 and r.get("mode", "network") == mode]
+    joined = attach_accuracy(candidates, results)
+    if not joined:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    markers = {1: "o", 2: "s", 4: "^", 8: "D"}
+    for row in joined:
+        ax.scatter(row["median_ms"], row["map50_95"], marker=markers.get(row["threads"], "x"))
+        ax.annotate(f"{_label(row)} {row['engine']} {row['threads']}t", (row["median_ms"], row["map50_95"]),
+                    fontsize=6, xytext=(3, 3), textcoords="offset points")
+    for threads in sorted({r["threads"] for r in joined}):
+        group = [r for r in joined if r["threads"] == threads]
+        front = pareto_front([(r["median_ms"], r["map50_95"]) for r in group])
+        xs = [group[i]["median_ms"] for i in front]
+        ys = [group[i]["map50_95"] for i in front]
+        ax.step(xs, ys, where="post", linewidth=1, label=f"Pareto front, {threads} thread{'s' if threads > 1 else ''}")
+    ax.set_xlabel(f"median latency, ms ({mode}, batch 1)")
+    ax.set_ylabel("mAP50-95")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_report(rows: Sequence[dict[str, Any]], out_dir: str | os.PathLike, machine: dict[str, Any] | None = None,
+                 notes: Sequence[str] = (), map_results: Sequence[dict[str, Any]] | None = None,
+                 command: str | None = None) -> dict[str, Path]:
+    """Write ``report.md``, ``results.json`` (rows + machine + notes) and the PNG plots."""
+    validate_rows(rows)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths: dict[str, Path] = {"markdown": out / "report.md", "json": out / "results.json"}
+    write_text_atomic(paths["markdown"], markdown_report(rows, machine, notes, command))
+    payload = {"machine": machine or {}, "notes": list(notes), "command": command, "rows": list(rows)}
+    write_text_atomic(paths["json"], json.dumps(payload, indent=2, default=str) + "\n")
+    if rows:
+        paths["latency_png"] = plot_latency(rows, out / "latency.png")
+    if map_results:
+        for mode in ("network", "end-to-end"):
+            pareto = plot_pareto(rows, map_results, out / f"pareto_{mode}.png", mode)
+            if pareto is not None:
+                paths[f"pareto_{mode}_png"] = pareto
+    return paths

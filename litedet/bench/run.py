@@ -1,0 +1,509 @@
+"""``run_benchmark``: litedet models x engines x threads x sizes, beside peers, in one run.
+
+For every litedet model and input size the model is built once (random weights unless a
+checkpoint is given; speed does not depend on values), saved as a checkpoint and exported once
+per engine into a cache folder (``litedet.export``); every (model, engine, threads) is opened
+through ``litedet.runtime.open_backend``. Peers come from ``litedet.bench.peers``. Then all
+configurations are timed *side by side* (``litedet.bench.harness.measure_interleaved``): first
+network-only at each batch size, then, with ``end_to_end``, letterbox + inference + decode + NMS
+on real COCO images (``litedet.engine.predictor.Predictor`` for litedet models, each peer's own
+pre/post-processing for peers).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from litedet.bench.harness import DEFAULT_LOAD_THRESHOLD, Candidate, LatencyStats, measure_interleaved
+from litedet.bench.peers import ENGINES, Peer, PeerVariant, resolve_peers, shared_dir
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_OUT = Path("runs/bench")
+COCO_VAL_IMAGES = ("data", "coco256", "images", "val2017")
+
+
+@dataclass
+class Subject:
+    """One thing to time: a model (or peer) build on one engine with one thread count."""
+
+    model: str
+    variant: str
+    kind: str  # "litedet" or "peer"
+    engine: str
+    threads: int
+    imgsz: int
+    source: str
+    network: Callable[[np.ndarray], Any]
+    detect: Callable[[np.ndarray], Any] | None
+    profile: dict[str, float | None]
+    before: Callable[[], None] | None = None
+    max_batch: int | None = None  # None: any batch; 1: a fixed-batch engine file
+    precision: str = "fp32"
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def key(self) -> str:
+        return f"{self.model}|{self.variant}|{self.engine}|{self.threads}|{self.imgsz}|{self.precision}"
+
+
+def _torch_threads(threads: int) -> Callable[[], None]:
+    def set_threads() -> None:
+        import torch
+
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+
+    return set_threads
+
+
+def _profile_torch(module: Any, imgsz: int) -> dict[str, float | None]:
+    """Params, GFLOPs (2 x multiply-adds), MAC (M elements, ShuffleNetV2 §2) and peak activation
+    memory (MiB, the largest layer's input + output at fp32) at batch 1, from
+    ``litedet.bench.profile``."""
+    from litedet.bench.profile import profile_model
+
+    prof = profile_model(module, (imgsz, imgsz), 1)
+    return {
+        "params": float(prof.params),
+        "gflops": 2.0 * float(prof.madds) / 1e9,
+        "mac_m": float(prof.mac) / 1e6,  # ShuffleNetV2 MAC of conv/linear layers, elements
+        "activation_mb": float(prof.peak_activation_bytes) / 2**20,  # largest layer in + out, fp32
+    }
+
+
+def _empty_profile(params: float | None = None) -> dict[str, float | None]:
+    return {"params": params, "gflops": None, "mac_m": None, "activation_mb": None}
+
+
+# --------------------------------------------------------------------------- litedet models
+
+
+def _litedet_subjects(
+    name: str, engines: Sequence[str], threads: Sequence[int], imgsz: int, cache: Path,
+    weights: str | None, conf: float, iou: float, notes: list[str], dynamic_batch: bool, precision: str = "fp32",
+) -> list[Subject]:
+    """Build, save, export and open one litedet model at one size on every engine and thread count."""
+    import torch
+
+    from litedet.export.api import export_model
+    from litedet.layers import fuse_model
+    from litedet.models.checkpoint import load_detector, save_checkpoint_weights
+    from litedet.models.registry import create_model
+    from litedet.runtime import open_backend
+
+    folder = cache / f"{name}_{imgsz}_{_weights_tag(weights)}"  # exports are reused only for the same weights
+    folder.mkdir(parents=True, exist_ok=True)
+    if weights:
+        model, _ = load_detector(Path(weights), model_name=name)
+        source = str(weights)
+    else:
+        torch.manual_seed(0)
+        model = create_model(name)
+        source = "random weights"
+    model.eval()
+    profile = _profile_torch(model, imgsz)
+    checkpoint = folder / f"{name}.safetensors"
+    if not checkpoint.is_file():
+        save_checkpoint_weights(model, checkpoint, dataclasses.replace(model.config, input_size=(imgsz, imgsz)))
+    subjects = []
+    for engine in engines:
+        try:
+            if engine == "torch":
+                path = checkpoint
+            else:
+                path = _cached_export(export_model, checkpoint, engine, imgsz,
+                                      folder / (f"{engine}_dynamic" if dynamic_batch else engine), dynamic_batch)
+        except Exception as err:  # an exporter failure must not sink the other engines
+            logger.warning("export of %s@%d to %s failed: %s", name, imgsz, engine, err)
+            notes.append(f"{name}@{imgsz} {engine}: export failed ({type(err).__name__}: {err})")
+            continue
+        for count in threads:
+            engine_precision = precision if engine == "torch" else "fp32"
+            backend = open_backend(path, engine=engine, threads=count, imgsz=imgsz, precision=engine_precision)
+            if engine == "torch" and hasattr(backend, "model"):
+                # Conv+BN folded for eager timing, as the exporters and ultralytics' peers do
+                fuse_model(backend.model)
+            detect = _predictor(backend, conf, iou)
+            subjects.append(Subject(
+                model=name, variant=name, kind="litedet", engine=engine, threads=count, imgsz=imgsz,
+                source=source, network=backend.run, detect=detect, profile=profile,
+                before=_torch_threads(count) if engine == "torch" else None,
+                max_batch=None if (engine == "torch" or dynamic_batch) else 1, precision=engine_precision,
+            ))
+    return subjects
+
+
+def _weights_tag(weights: str | None) -> str:
+    if not weights:
+        return "random"
+    path = Path(weights)
+    if not path.is_file():
+        raise FileNotFoundError(f"--weights file not found: {path}")
+    return hashlib.sha1(f"{path.resolve()}:{path.stat().st_mtime_ns}".encode()).hexdigest()[:10]
+
+
+def _cached_export(export_model: Callable[..., Any], checkpoint: Path, engine: str, imgsz: int, out_dir: Path,
+                   dynamic_batch: bool) -> Path:
+    """Export once per engine and size; later runs reuse the files (``out_dir/.done`` names them)."""
+    marker = out_dir / ".done"
+    if marker.is_file():
+        path = Path(marker.read_text().strip())
+        if path.exists():
+            return path
+    from litedet.export.formats import export_formats
+
+    formats = [fmt.name for fmt in export_formats() if fmt.engine == engine]
+    if not formats:
+        raise ValueError(f"no export format runs on engine {engine!r}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # dynamic (symbolic batch, height, width) only when a batch > 1 is asked for: a static graph
+    # is what a deployed batch-1 model uses, and some engines run it faster.
+    result = export_model(checkpoint, formats[0], out_dir, imgsz=imgsz, dynamic=dynamic_batch)
+    path = Path(result.path)
+    marker.write_text(str(path))
+    return path
+
+
+def _predictor(backend: Any, conf: float, iou: float) -> Callable[[np.ndarray], Any]:
+    from litedet.engine.predictor import Predictor
+
+    # auto=False: every engine gets the same fixed square input (a dynamic torch backend would
+    # otherwise letterbox to the smallest stride multiple and do less work than the others).
+    predictor = Predictor(backend, conf=conf, iou=iou, auto=False)
+    return lambda image: predictor.predict(image)
+
+
+# --------------------------------------------------------------------------- peers
+
+
+def _peer_subjects(peer: Peer, variant: PeerVariant, engines: Sequence[str], threads: Sequence[int], cache: Path,
+                   conf: float, iou: float, notes: list[str], dynamic_batch: bool, device: str = "cpu",
+                   precision: str = "fp32") -> list[Subject]:
+    """Open one peer build on every engine it supports among ``engines`` (published files run on
+    their own engine whatever ``engines`` says)."""
+    chosen = [e for e in engines if e in variant.engines] or list(variant.engines[:1])
+    module = peer.torch_module(variant)
+    profile = _profile_torch(module, variant.imgsz) if module is not None else _empty_profile(peer.info(variant)["params"])
+    if module is None and variant.model == "v5lite-ncnn":
+        profile = _litedet_definition_profile(variant, profile, notes)
+    subjects = []
+    for engine in chosen:
+        for count in threads:
+            try:
+                engine_precision = precision if engine == "torch" else "fp32"
+                runner = peer.open(variant, engine, count, cache / "peers", dynamic_batch=dynamic_batch,
+                                   device=device if engine == "torch" else "cpu", precision=engine_precision)
+            except Exception as err:  # one exporter or engine failing must not sink the run
+                logger.warning("peer %s %s on %s failed to open: %s", variant.model, variant.variant, engine, err)
+                notes.append(f"peer {variant.variant}@{variant.imgsz} {engine}: failed to open ({type(err).__name__}: {err})")
+                break
+            detect = _peer_detector(peer, variant, runner, count, engine, conf, iou)
+            subjects.append(Subject(
+                model=variant.model, variant=variant.variant, kind="peer", engine=engine, threads=count,
+                imgsz=variant.imgsz, source=variant.source, network=runner, detect=detect, profile=profile,
+                before=_torch_threads(count) if engine == "torch" else None,
+                # published ONNX files are fixed at batch 1; ncnn loops over the batch itself
+                max_batch=1 if module is None and engine != "ncnn" else None, notes=list(variant.notes),
+                precision=engine_precision,
+            ))
+    return subjects
+
+
+def _litedet_definition_profile(variant: PeerVariant, profile: dict[str, float | None], notes: list[str]) -> dict[str, float | None]:
+    """FLOPs of a published YOLOv5-Lite build from litedet's definition of the same architecture."""
+    try:
+        from litedet.models.registry import create_model
+
+        defined = _profile_torch(create_model(variant.variant).eval(), variant.imgsz)
+    except Exception as err:  # the definition is optional here; the row keeps its params
+        logger.info("no litedet definition to profile %s: %s", variant.variant, err)
+        return profile
+    note = f"{variant.variant} (published ncnn): GFLOPs/MAC from litedet's definition of the same architecture"
+    if note not in notes:
+        notes.append(note)
+    return {**defined, "params": profile["params"] if profile["params"] is not None else defined["params"]}
+
+
+def _peer_detector(peer: Peer, variant: PeerVariant, runner: Callable[[np.ndarray], Any], threads: int, engine: str,
+                   conf: float, iou: float) -> Callable[[np.ndarray], Any] | None:
+    from litedet.bench.peers import SSDLitePeer
+
+    if isinstance(peer, SSDLitePeer):
+        return peer.end_to_end_runner(variant, threads) if engine == "torch" else None
+
+    def detect(image: np.ndarray) -> Any:
+        tensor, meta = peer.preprocess(image, variant)
+        return peer.postprocess(runner(tensor), meta, variant, conf, iou)
+
+    return detect
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def load_images(count: int = 16, folder: str | os.PathLike | None = None) -> list[np.ndarray]:
+    """The first ``count`` images (BGR) of coco256 val, or of ``folder``."""
+    import cv2
+
+    path = Path(folder) if folder else shared_dir().joinpath(*COCO_VAL_IMAGES)
+    if not path.is_dir():
+        raise FileNotFoundError(f"image folder for --end-to-end not found: {path} (set LITEDET_SHARED or pass images)")
+    files = sorted(p for p in path.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".bmp"))[:count]
+    images = [cv2.imread(str(p)) for p in files]
+    images = [im for im in images if im is not None]
+    if not images:
+        raise FileNotFoundError(f"no readable images in {path}")
+    return images
+
+
+def _row(subject: Subject, mode: str, batch: int, stats: LatencyStats, peak: float | None) -> dict[str, Any]:
+    gflops = subject.profile.get("gflops")
+    achieved = None
+    if mode == "network" and gflops is not None and stats.median_ms > 0:
+        achieved = gflops * batch / (stats.median_ms / 1e3)
+    energy = stats.energy_per_call_mj
+    return {
+        "model": subject.model,
+        "variant": subject.variant,
+        "kind": subject.kind,
+        "engine": subject.engine,
+        "threads": subject.threads,
+        "imgsz": subject.imgsz,
+        "batch": batch,
+        "mode": mode,
+        "precision": subject.precision,
+        "median_ms": stats.median_ms,
+        "p90_ms": stats.p90_ms,
+        "mean_ms": stats.mean_ms,
+        "std_ms": stats.std_ms,
+        "n": stats.n,
+        "images_per_s": batch * 1e3 / stats.median_ms if stats.median_ms > 0 else None,
+        "params": subject.profile.get("params"),
+        "gflops": gflops,
+        "mac_m": subject.profile.get("mac_m"),
+        "activation_mb": subject.profile.get("activation_mb"),
+        "achieved_gflops": achieved,
+        "peak_share": None if achieved is None or not peak else achieved / peak,
+        "other_load": stats.other_load,
+        "steal": stats.steal,
+        "disturbed": stats.disturbed,
+        "attempts": stats.attempts,
+        "energy_mj_per_image": None if energy is None else energy / batch,
+        "energy_source": stats.energy_source,
+        "source": subject.source,
+        "notes": "; ".join(subject.notes),
+    }
+
+
+def _model_spec(spec: str, sizes: Sequence[int]) -> tuple[str, list[int]]:
+    """``"v5lite-s@416"`` -> ("v5lite-s", [416]); a plain name takes every size in ``sizes``."""
+    if "@" not in spec:
+        return spec, list(sizes)
+    name, _, size = spec.partition("@")
+    try:
+        return name, [int(size)]
+    except ValueError:
+        raise ValueError(f"model spec {spec!r}: the size after '@' must be an integer, e.g. v5lite-s@416") from None
+
+
+def _split_csv(values: str | Sequence[Any] | None, cast: Callable[[str], Any] = str) -> list[Any]:
+    if values is None:
+        return []
+    if isinstance(values, str):
+        values = [v for v in values.split(",") if v.strip()]
+    return [cast(str(v).strip()) if isinstance(v, str) else v for v in values]
+
+
+@dataclass
+class BenchmarkResult:
+    """Rows, the notes of the run (skipped peers, failed exports, energy availability), the
+    machine description and the files written."""
+
+    rows: list[dict[str, Any]]
+    notes: list[str]
+    machine: dict[str, Any]
+    paths: dict[str, Path]
+
+
+def run_benchmark(*args: Any, **kwargs: Any) -> list[dict[str, Any]]:
+    """``benchmark(...)`` returning only the rows (see ``benchmark`` for the arguments)."""
+    return benchmark(*args, **kwargs).rows
+
+
+def benchmark(
+    models: Sequence[str] | str = ("v5lite-e",),
+    engines: Sequence[str] | str = ("torch", "onnxruntime", "openvino", "ncnn"),
+    threads: Sequence[int] | str = (1, 2),
+    imgsz: Sequence[int] | str = (320,),
+    batch: Sequence[int] | str = (1,),
+    peers: Sequence[str] | str = (),
+    end_to_end: bool = False,
+    out_dir: str | os.PathLike | None = DEFAULT_OUT,
+    runs: int = 100,
+    budget_s: float | None = None,
+    warmup: int = 10,
+    weights: dict[str, str] | None = None,
+    images: Sequence[np.ndarray] | None = None,
+    map_results: Sequence[dict[str, Any]] | None = None,
+    load_threshold: float = DEFAULT_LOAD_THRESHOLD,
+    conf: float = 0.25,
+    iou: float = 0.45,
+    device: str = "cpu",
+    precision: str = "fp32",
+    measure_peak: bool = True,
+    progress: bool = True,
+    command: str | None = None,
+) -> BenchmarkResult:
+    """Measure every combination and return one row dict per (model, engine, threads, imgsz,
+    batch, mode); with ``out_dir`` also write ``report.md``, ``results.json`` and PNG plots there.
+
+    ``models`` are registry names (``litedet models``), each optionally pinned to one size as
+    ``name@size`` (otherwise measured at every size in ``imgsz``); ``peers`` names from
+    ``litedet.bench.peers.list_peers`` (absent ones are skipped with a note in the report).
+    ``runs`` timed runs per configuration after ``warmup`` (``budget_s`` caps each interleaved
+    group, with at least 10 runs). ``weights`` maps a model name to a checkpoint to use instead
+    of random weights. ``precision`` (fp32, bf16, fp16) and ``device`` (cpu, cuda) apply to the torch
+    engine; exported engines run fp32 on the CPU. Rows always carry ``model, engine, threads, imgsz, batch, median_ms, p90_ms,
+    gflops, params`` plus load and energy fields (``litedet.bench.report.ROW_KEYS``).
+    """
+    from litedet.bench.energy import open_energy_meter
+    from litedet.bench.machine import machine_info
+    from litedet.bench.report import write_report
+
+    models = _split_csv(models)
+    engines = _split_csv(engines)
+    threads = _split_csv(threads, int)
+    sizes = _split_csv(imgsz, int)
+    batches = _split_csv(batch, int)
+    peer_names = _split_csv(peers)
+    bad = [e for e in engines if e not in ENGINES]
+    if bad:
+        raise ValueError(f"unknown engine(s) {bad}; choose from {', '.join(ENGINES)}")
+    if not threads or min(threads) < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    if not batches or min(batches) < 1:
+        raise ValueError(f"batch sizes must be >= 1, got {batches}")
+    if not sizes or min(sizes) < 32:
+        raise ValueError(f"input sizes must be >= 32, got {sizes}")
+    if not models and not peer_names:
+        raise ValueError("nothing to benchmark: give --models and/or --peers")
+    if runs < 1:
+        raise ValueError(f"runs must be >= 1, got {runs}")
+    if precision not in ("fp32", "bf16", "fp16"):
+        raise ValueError(f"precision must be fp32, bf16 or fp16, got {precision!r}")
+    out = Path(out_dir) if out_dir is not None else None
+    cache = (out or DEFAULT_OUT) / "cache"
+    notes: list[str] = []
+    machine = machine_info(threads, measure=measure_peak)
+    dynamic_batch = max(batches) > 1
+
+    subjects: list[Subject] = []
+    for spec in models:
+        name, model_sizes = _model_spec(spec, sizes)
+        for size in model_sizes:
+            subjects += _litedet_subjects(name, engines, threads, size, cache, (weights or {}).get(name), conf, iou, notes,
+                                          dynamic_batch, precision)
+    found, skipped = resolve_peers(peer_names)
+    notes += skipped
+    for peer in found:
+        for variant in peer.variants(sizes):
+            subjects += _peer_subjects(peer, variant, engines, threads, cache, conf, iou, notes, dynamic_batch, device,
+                                       precision)
+    if not subjects:
+        raise ValueError("no configuration could be opened; see the notes: " + "; ".join(notes))
+
+    meter = (lambda: open_energy_meter(device)) if open_energy_meter(device).available else None
+    if meter is None:
+        notes.append(f"energy: not available on this platform ({device}: no readable RAPL/NVML counter)")
+    sync = None
+    if device.startswith("cuda"):
+        import torch
+
+        sync = torch.cuda.synchronize
+    rows: list[dict[str, Any]] = []
+    groups: list[tuple[str, int, dict[str, Candidate], dict[str, Subject]]] = []
+    rng = np.random.default_rng(0)
+    for size_batch in batches:
+        candidates, by_key = {}, {}
+        for subject in subjects:
+            if subject.max_batch is not None and size_batch > subject.max_batch:
+                note = f"{subject.variant}@{subject.imgsz} {subject.engine}: fixed batch {subject.max_batch}, batch {size_batch} skipped"
+                if note not in notes:
+                    notes.append(note)
+                continue
+            tensor = rng.random((size_batch, 3, subject.imgsz, subject.imgsz), dtype=np.float32)
+            candidates[subject.key] = Candidate(fn=(lambda s=subject, t=tensor: s.network(t)), before=subject.before)
+            by_key[subject.key] = subject
+        groups.append(("network", size_batch, candidates, by_key))
+    if end_to_end:
+        frames = list(images) if images is not None else load_images()
+        candidates, by_key = {}, {}
+        for subject in subjects:
+            if subject.detect is None:
+                notes.append(f"{subject.variant}@{subject.imgsz} {subject.engine}: no end-to-end path on this engine")
+                continue
+            candidates[subject.key] = Candidate(fn=_cycling(subject.detect, frames), before=subject.before)
+            by_key[subject.key] = subject
+        groups.append(("end-to-end", 1, candidates, by_key))
+
+    for mode, size_batch, candidates, by_key in groups:
+        if not candidates:
+            continue
+        bar = _progress_bar(progress, len(candidates) * runs, f"{mode} b{size_batch}")
+        counts: dict[str, int] = {}
+
+        def on_chunk(name: str, done: int) -> None:
+            if bar is not None:
+                bar.update(done - counts.get(name, 0))
+            counts[name] = done
+
+        stats = measure_interleaved(
+            candidates, warmup=warmup, min_runs=runs, budget_s=budget_s, synchronize=sync,
+            load_threshold=load_threshold, on_chunk=on_chunk, energy_meter=meter,
+        )
+        if bar is not None:
+            bar.close()
+        for key, result in stats.items():
+            subject = by_key[key]
+            rows.append(_row(subject, mode, size_batch, result, _peak(machine, subject, device)))
+    paths = write_report(rows, out, machine.to_dict(), notes, map_results, command) if out is not None else {}
+    return BenchmarkResult(rows, notes, machine.to_dict(), paths)
+
+
+def _peak(machine: Any, subject: Subject, device: str) -> float | None:
+    """The measured ceiling (GFLOP/s) a row's achieved GFLOP/s is compared with: the GPU's
+    matrix-product peak at the row's precision for torch on CUDA, else the CPU's fp32 peak at
+    the row's thread count."""
+    if device.startswith("cuda") and subject.engine == "torch":
+        tflops = machine.gpu_peak_tflops.get("fp16" if subject.precision in ("fp16", "bf16") else "fp32")
+        return None if tflops is None else tflops * 1e3
+    return machine.peak_for(subject.threads)
+
+
+def _cycling(detect: Callable[[np.ndarray], Any], frames: Sequence[np.ndarray]) -> Callable[[], Any]:
+    """Each call detects in the next image, so every configuration sees the same image mix."""
+    state = {"i": 0}
+
+    def call() -> Any:
+        image = frames[state["i"] % len(frames)]
+        state["i"] += 1
+        return detect(image)
+
+    return call
+
+
+def _progress_bar(enabled: bool, total: int, desc: str) -> Any:
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="run", leave=False)

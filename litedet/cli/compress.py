@@ -1,0 +1,213 @@
+"""`litedet prune | quantize | distill | decompose | compress`: compression verbs.
+
+Each verb parses its arguments into a one-step recipe (``litedet.compress.recipe``) or one library
+call, so the CLI and ``litedet compress --recipe`` do exactly the same work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from typing import Any
+
+
+def _command() -> str:
+    return "litedet " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+
+
+def _add_report_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("report (before/after, measured in one run)")
+    group.add_argument("--val-images", help="validation images for mAP (e.g. ../shared/data/coco256/images/val2017)")
+    group.add_argument("--val-annotations", help="their COCO instances json")
+    group.add_argument("--engine", default="onnxruntime", choices=["onnxruntime", "openvino"],
+                       help="engine the report (and --target-latency) measures on (default onnxruntime)")
+    group.add_argument("--threads", type=int, default=2, help="engine threads for latency (default 2)")
+    group.add_argument("--runs", type=int, default=100, help="timed runs per model (default 100)")
+    group.add_argument("--no-report", action="store_true", help="skip measuring (files only)")
+    group.add_argument("--device", default="cpu", help="torch device for training steps (cpu, cuda)")
+    group.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _add_finetune_arguments(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--data", help=f"dataset YAML for {what}")
+    parser.add_argument("--epochs", type=int, default=0, help=f"{what} epochs (0: none)")
+    parser.add_argument("--steps", type=int, help=f"{what} steps instead of epochs")
+    parser.add_argument("--batch", type=int, default=8, help="batch size (default 8)")
+    parser.add_argument("--lr", type=float, default=0.002, help="SGD learning rate (default 0.002)")
+
+
+def _recipe_dict(args: argparse.Namespace, steps: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "model": args.weights,
+        "data": getattr(args, "data", None),
+        "out": args.output,
+        "device": args.device,
+        "steps": steps,
+        "report": {"engine": args.engine, "threads": args.threads, "runs": args.runs,
+                   "val_images": args.val_images, "val_annotations": args.val_annotations, "each_step": False},
+    }
+
+
+def _finetune_step(args: argparse.Namespace) -> list[dict[str, Any]]:
+    if not args.epochs and not args.steps:
+        return []
+    return [{"finetune": {"epochs": max(args.epochs, 1), "steps": args.steps, "batch": args.batch, "lr": args.lr}}]
+
+
+def _run(args: argparse.Namespace, steps: list[dict[str, Any]]) -> int:
+    from litedet.compress.recipe import parse_recipe, run_recipe
+
+    recipe = parse_recipe(_recipe_dict(args, steps), source=f"litedet {args.verb}")
+    result = run_recipe(recipe, measure=not args.no_report, progress=not args.no_progress, command=_command())
+    for line in result.log:
+        print(line)
+    if result.model:
+        print(f"torch model: {result.model}")
+    if result.exported:
+        print(f"exported:    {result.exported}")
+    if result.report is not None:
+        print()
+        print(result.report.to_markdown())
+        print(f"report: {result.report_paths[0]} and {result.report_paths[1]}")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------- prune
+
+
+def add_prune_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--weights", required=True, help=".safetensors checkpoint with its sidecar")
+    parser.add_argument("--method", default="l1", choices=["l1", "bn_scale", "magnitude"],
+                        help="importance: l1 (filter norm), bn_scale (network slimming) or magnitude (unstructured)")
+    target = parser.add_mutually_exclusive_group(required=True)
+    target.add_argument("--ratio", type=float, help="share of channels (weights for magnitude) to remove, in (0, 1)")
+    target.add_argument("--target-latency", type=float, metavar="MS",
+                        help="prune in steps until the median latency on --engine/--threads is at most MS")
+    parser.add_argument("--step", type=float, default=0.1, help="with --target-latency: ratio per step (default 0.1)")
+    parser.add_argument("--round-to", type=int, help="keep channel counts multiples of this (e.g. 8)")
+    parser.add_argument("--sparsity", type=float, default=0.0,
+                        help="bn_scale: L1 strength on BN gamma for a sparse-training phase first (e.g. 1e-4; needs --data)")
+    parser.add_argument("--sparsity-epochs", type=int, default=1, help="epochs of sparse training (default 1)")
+    _add_finetune_arguments(parser, "fine-tuning after pruning")
+    parser.add_argument("-o", "--output", default="runs/compress/prune", help="output folder")
+    _add_report_arguments(parser)
+
+
+def run_prune(args: argparse.Namespace) -> int:
+    steps: list[dict[str, Any]] = []
+    if args.sparsity:
+        if args.method != "bn_scale":
+            raise ValueError("--sparsity (network slimming) goes with --method bn_scale")
+        steps.append({"sparsity": {"strength": args.sparsity, "epochs": args.sparsity_epochs, "batch": args.batch, "lr": args.lr}})
+    steps.append({"prune": {"method": args.method, "ratio": args.ratio, "target_latency": args.target_latency,
+                            "step": args.step, "round_to": args.round_to}})
+    return _run(args, steps + _finetune_step(args))
+
+
+# -------------------------------------------------------------------------------------- quantize
+
+
+def add_quantize_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--weights", required=True, help="exported .onnx / OpenVINO .xml (or a .safetensors, exported first)")
+    parser.add_argument("--method", default="ort-static", choices=["ort-static", "ort-dynamic", "openvino"],
+                        help="ort-static: INT8 QDQ with calibration (default); ort-dynamic: data-free weight INT8; "
+                             "openvino: NNCF INT8")
+    parser.add_argument("--calib", help="calibration images: a folder or a dataset YAML (its train split)")
+    parser.add_argument("--num-images", type=int, default=64, help="calibration images to use (default 64)")
+    parser.add_argument("--calibrate-method", default="minmax", choices=["minmax", "entropy", "percentile"])
+    parser.add_argument("--per-tensor", action="store_true", help="per-tensor weight scales (default per channel)")
+    parser.add_argument("--exclude", nargs="*", default=[], help="ONNX node names kept in float")
+    parser.add_argument("--accuracy-control", action="store_true",
+                        help="openvino: nncf.quantize_with_accuracy_control on --val-images/--val-annotations")
+    parser.add_argument("--max-drop", type=float, default=0.01, help="accuracy control: max mAP50-95 drop (default 0.01)")
+    parser.add_argument("-o", "--output", default="runs/compress/quantize", help="output folder")
+    _add_report_arguments(parser)
+
+
+def run_quantize(args: argparse.Namespace) -> int:
+    step = {"method": args.method, "calib": args.calib, "images": args.num_images, "per_channel": not args.per_tensor,
+            "calibrate_method": args.calibrate_method, "exclude": args.exclude,
+            "accuracy_control": args.accuracy_control, "max_drop": args.max_drop}
+    return _run(args, [{"quantize": step}])
+
+
+# --------------------------------------------------------------------------------------- distill
+
+
+def _parse_strategies(text: str) -> dict[str, float]:
+    strategies: dict[str, float] = {}
+    for item in text.split(","):
+        name, _, weight = item.strip().partition("=")
+        try:
+            strategies[name] = float(weight) if weight else 1.0
+        except ValueError:
+            raise ValueError(f"--strategies: weight of {name!r} must be a number, got {weight!r}") from None
+    return strategies
+
+
+def add_distill_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--teacher", required=True, help="teacher .safetensors (same classes as the student)")
+    parser.add_argument("--student", required=True, dest="weights", help="student .safetensors")
+    parser.add_argument("--strategies", default="response=1",
+                        help="name=weight list: response, fitnet, attention (e.g. response=1,attention=50)")
+    parser.add_argument("--temperature", type=float, default=2.0, help="softening temperature T (default 2)")
+    _add_finetune_arguments(parser, "distillation")
+    parser.add_argument("-o", "--output", default="runs/compress/distill", help="output folder")
+    _add_report_arguments(parser)
+
+
+def run_distill(args: argparse.Namespace) -> int:
+    if not args.data:
+        raise ValueError("distillation trains: pass --data data.yaml")
+    step = {"teacher": args.teacher, "strategies": _parse_strategies(args.strategies), "temperature": args.temperature,
+            "epochs": max(args.epochs, 1), "steps": args.steps, "batch": args.batch, "lr": args.lr}
+    return _run(args, [{"distill": step}])
+
+
+# ------------------------------------------------------------------------------------- decompose
+
+
+def add_decompose_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--weights", required=True, help=".safetensors checkpoint with its sidecar")
+    parser.add_argument("--method", default="svd", choices=["svd", "cp", "both"],
+                        help="svd: 1x1 convs and linears; cp: kxk convs (tensorly parafac); both")
+    how = parser.add_mutually_exclusive_group(required=True)
+    how.add_argument("--rank", type=float, help="rank: an integer, or a share of the full rank in (0, 1)")
+    how.add_argument("--energy", type=float, help="keep this share of the squared singular values, in (0, 1]")
+    parser.add_argument("--exclude", nargs="*", default=["head.*"], help="module-name globs left alone (default head.*)")
+    _add_finetune_arguments(parser, "fine-tuning after decomposition")
+    parser.add_argument("-o", "--output", default="runs/compress/decompose", help="output folder")
+    _add_report_arguments(parser)
+
+
+def run_decompose(args: argparse.Namespace) -> int:
+    step = {"method": args.method, "rank": args.rank, "energy": args.energy, "exclude": args.exclude}
+    return _run(args, [{"decompose": step}] + _finetune_step(args))
+
+
+# -------------------------------------------------------------------------------------- compress
+
+
+def add_compress_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--recipe", required=True, help="recipe YAML (see the README section 'compress')")
+    parser.add_argument("--no-report", action="store_true", help="skip measuring (files only)")
+    parser.add_argument("--check", action="store_true", help="only validate the recipe and its files")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def run_compress(args: argparse.Namespace) -> int:
+    from litedet.compress.recipe import check_inputs, load_recipe, run_recipe
+
+    recipe = load_recipe(args.recipe)
+    if args.check:
+        check_inputs(recipe)
+        print(f"{args.recipe}: {len(recipe.steps)} steps OK: {' -> '.join(name for name, _ in recipe.steps)}")
+        return 0
+    result = run_recipe(recipe, measure=not args.no_report, progress=not args.no_progress, command=_command())
+    for line in result.log:
+        print(line)
+    if result.report is not None:
+        print(result.report.to_markdown())
+        print(f"report: {result.report_paths[0]} and {result.report_paths[1]}")
+    return 0

@@ -1,0 +1,51 @@
+"""`litedet detect`: detect objects in images, folders, globs, videos, cameras and streams."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from litedet.runtime import ENGINES
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", help="registered model name (e.g. v5lite-s); checked against the weights' config")
+    parser.add_argument("--weights", required=True, help=".safetensors, .onnx, OpenVINO .xml or ncnn .param, with its config sidecar")
+    parser.add_argument("--source", required=True, help="image, folder, glob, video, camera index (0) or rtsp:// / http:// URL")
+    parser.add_argument("--save", metavar="DIR", help="write annotated images/videos, detections.json and summary.json here")
+    parser.add_argument("--json", action="store_true", help="print one JSON list (an object per image/frame) last")
+    parser.add_argument("--conf", type=float, default=0.25, help="minimum score (default 0.25)")
+    parser.add_argument("--iou", type=float, default=0.45, help="NMS IoU threshold (default 0.45)")
+    parser.add_argument("--max-det", type=int, default=300, help="most detections per image (default 300)")
+    parser.add_argument("--imgsz", type=int, help="input size (default: the model's)")
+    parser.add_argument("--classes", nargs="+", help="keep only these class ids or names")
+    parser.add_argument("--agnostic", action="store_true", help="class-agnostic NMS")
+    parser.add_argument("--threads", type=int, help="engine CPU threads")
+    parser.add_argument("--engine", choices=sorted(ENGINES), help="engine (default: from the weights' suffix)")
+    parser.add_argument("--precision", default="fp32", help="fp32 (default), bf16 or fp16 where the engine supports it")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    from litedet.engine.predictor import detect
+
+    report = detect(
+        args.source, args.weights, model=args.model, engine=args.engine, save_dir=args.save, conf=args.conf,
+        iou=args.iou, max_det=args.max_det, classes=args.classes, agnostic=args.agnostic, imgsz=args.imgsz,
+        threads=args.threads, precision=args.precision, progress=not args.no_progress,
+    )
+    # With --json the human summary goes to stderr so stdout stays one parseable JSON list.
+    out = sys.stderr if args.json else sys.stdout
+    if report.frames <= 20:
+        for result in report.results:
+            counts: dict[str, int] = {}
+            for det in result["detections"]:
+                counts[det["class_name"]] = counts.get(det["class_name"], 0) + 1
+            text = ", ".join(f"{n} {name}" for name, n in counts.items()) or "no detections"
+            print(f"{result['source']}: {text}", file=out)
+    for line in report.summary_lines():
+        print(line, file=out)
+    if args.json:
+        print(json.dumps(report.results))
+    return 0 if report.frames or not report.skipped else 1

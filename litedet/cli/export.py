@@ -1,0 +1,38 @@
+"""`litedet export --model v5lite-s --weights W --format onnx|openvino|ncnn -o DIR`."""
+
+from __future__ import annotations
+
+import argparse
+
+from litedet.export.formats import export_formats
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    formats = [f.name for f in export_formats()]
+    parser.add_argument("--model", help="registered model name (e.g. v5lite-s); checked against the weights")
+    parser.add_argument("--weights", required=True, help=".safetensors with its .json sidecar (or an ncnn .param to import)")
+    parser.add_argument("--format", required=True, help=f"one of: {', '.join(formats)}")
+    parser.add_argument("--imgsz", help="input size: N (square) or H,W, e.g. 416 or 384,640 (default: the model's)")
+    parser.add_argument("--dynamic", action="store_true", help="symbolic batch, height and width")
+    parser.add_argument("--half", action="store_true", help="fp16 weights (openvino, ncnn)")
+    parser.add_argument("--nms", action="store_true", help="decode + NMS inside the graph (onnx); outputs detections, num_detections")
+    parser.add_argument("--conf", type=float, default=0.25, help="with --nms: score threshold baked into the graph (default 0.25)")
+    parser.add_argument("--iou", type=float, default=0.45, help="with --nms: NMS IoU threshold (default 0.45)")
+    parser.add_argument("--max-det", type=int, default=300, help="with --nms: detections per image (default 300)")
+    parser.add_argument("--name", help="file stem (default: model, model_openvino, model_ncnn + variant suffixes)")
+    parser.add_argument("-o", "--output", default="exports", help="output folder (default: ./exports)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from litedet.export.api import export_model
+
+    result = export_model(
+        args.weights, args.format, args.output, imgsz=args.imgsz, dynamic=args.dynamic, half=args.half,
+        nms=args.nms, model_name=args.model, stem=args.name, conf=args.conf, iou=args.iou, max_det=args.max_det,
+    )
+    print(f"exported {result.summary()}")
+    for path in result.files:
+        print(f"  {path}")
+    if not result.config.nms_in_graph:
+        print(f"run it: litedet detect --weights {result.path} --source IMAGE_OR_VIDEO")
+    return 0

@@ -1,0 +1,493 @@
+"""Compression recipes: a typed YAML that chains steps and writes one report table.
+
+```yaml
+model: runs/v5lite-s.safetensors        # start: a litedet checkpoint (or an .onnx/.xml for quantize only)
+data: configs/data/coco256.yaml         # training data for fine-tune / distill / sparse training
+out: runs/compress/v5lite-s-recipe
+report:                                 # optional; measured once at the end, all stages side by side
+  engine: onnxruntime
+  threads: 2
+  val_images: ../shared/data/coco256/images/val2017
+  val_annotations: ../shared/data/coco256/annotations/instances_val2017.json
+steps:
+  - distill: {teacher: runs/v5lite-s.safetensors, strategies: {response: 1.0}, epochs: 1}
+  - prune: {method: l1, ratio: 0.3}
+  - finetune: {epochs: 2}
+  - decompose: {method: svd, energy: 0.95}
+  - quantize: {method: ort-static, calib: ../shared/data/coco256/images/train2017}
+```
+
+Each step is one mapping with one key (the step name); its settings are typed dataclasses and
+unknown keys or steps are errors, raised before any work starts. Torch steps (``prune``,
+``sparsity``, ``finetune``, ``distill``, ``decompose``) change the model in memory; ``export``
+and ``quantize`` produce engine files. After every step the model is exported (ONNX by default)
+so the report compares every stage on one engine.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+LOGGER = logging.getLogger(__name__)
+
+
+# ----------------------------------------------------------------------------------- typed steps
+
+
+@dataclass
+class FinetuneStep:
+    """Fine-tune on ``data`` (the YOLOv5 loss)."""
+
+    epochs: int = 3
+    steps: int | None = None
+    batch: int = 8
+    lr: float = 0.002
+    augment: bool = True
+
+
+@dataclass
+class SparsityStep:
+    """Network-slimming sparse training: L1 on BN gamma while fine-tuning."""
+
+    strength: float = 1e-4
+    epochs: int = 3
+    steps: int | None = None
+    batch: int = 8
+    lr: float = 0.002
+
+
+@dataclass
+class PruneStep:
+    """Structured (l1, bn_scale) or unstructured (magnitude) pruning."""
+
+    method: str = "l1"
+    ratio: float | None = None
+    target_latency: float | None = None  # ms on the report engine/threads
+    step: float = 0.1
+    round_to: int | None = None
+
+    def __post_init__(self) -> None:
+        from litedet.compress.prune import METHODS, check_ratio
+
+        if self.method not in METHODS:
+            raise ValueError(f"prune.method must be one of {list(METHODS)}, got {self.method!r}")
+        if (self.ratio is None) == (self.target_latency is None):
+            raise ValueError("prune needs exactly one of ratio and target_latency")
+        if self.ratio is not None:
+            check_ratio(self.ratio, "prune.ratio")
+        if self.target_latency is not None and self.target_latency <= 0:
+            raise ValueError(f"prune.target_latency must be > 0 ms, got {self.target_latency}")
+
+
+@dataclass
+class DistillStep:
+    """Distil from ``teacher`` (a checkpoint with the student's classes)."""
+
+    teacher: str = ""
+    strategies: dict[str, float] = field(default_factory=lambda: {"response": 1.0})
+    temperature: float = 2.0
+    epochs: int = 3
+    steps: int | None = None
+    batch: int = 8
+    lr: float = 0.002
+
+    def __post_init__(self) -> None:
+        from litedet.compress.distill import STRATEGIES
+
+        if not self.teacher:
+            raise ValueError("distill.teacher is required (a .safetensors checkpoint)")
+        unknown = sorted(set(self.strategies) - set(STRATEGIES))
+        if unknown:
+            raise ValueError(f"distill.strategies: unknown {unknown}; choose from {list(STRATEGIES)}")
+
+
+@dataclass
+class DecomposeStep:
+    """Low-rank decomposition (svd, cp or both) by rank or by energy kept."""
+
+    method: str = "svd"
+    rank: float | None = None
+    energy: float | None = None
+    exclude: list[str] = field(default_factory=lambda: ["head.*"])
+
+    def __post_init__(self) -> None:
+        if self.method not in ("svd", "cp", "both"):
+            raise ValueError(f"decompose.method must be svd, cp or both, got {self.method!r}")
+        if (self.rank is None) == (self.energy is None):
+            raise ValueError("decompose needs exactly one of rank and energy")
+        if self.energy is not None and not 0 < self.energy <= 1:
+            raise ValueError(f"decompose.energy must be in (0, 1], got {self.energy}")
+
+
+@dataclass
+class ExportStep:
+    """Export the torch model (``onnx`` or ``openvino``)."""
+
+    format: str = "onnx"
+
+
+@dataclass
+class QuantizeStep:
+    """Quantize the current export (exports to ONNX/OpenVINO first when the model is in torch)."""
+
+    method: str = "ort-static"
+    calib: str | None = None
+    images: int = 64
+    per_channel: bool = True
+    calibrate_method: str = "minmax"
+    exclude: list[str] = field(default_factory=list)
+    accuracy_control: bool = False
+    max_drop: float = 0.01
+
+    def __post_init__(self) -> None:
+        from litedet.compress.quantize import METHODS
+
+        if self.method not in METHODS:
+            raise ValueError(f"quantize.method must be one of {list(METHODS)}, got {self.method!r}")
+        if self.method in ("ort-static", "openvino") and not self.calib:
+            raise ValueError(f"quantize.calib (images folder or dataset YAML) is required for {self.method}")
+
+
+STEP_TYPES: dict[str, type] = {
+    "finetune": FinetuneStep,
+    "sparsity": SparsityStep,
+    "prune": PruneStep,
+    "distill": DistillStep,
+    "decompose": DecomposeStep,
+    "export": ExportStep,
+    "quantize": QuantizeStep,
+}
+TORCH_STEPS = ("finetune", "sparsity", "prune", "distill", "decompose")
+
+
+@dataclass
+class ReportSettings:
+    """How the final report measures (engine, threads, validation data)."""
+
+    engine: str = "onnxruntime"
+    threads: int = 2
+    runs: int = 100
+    budget_s: float = 120.0
+    val_images: str | None = None
+    val_annotations: str | None = None
+    each_step: bool = True
+
+
+@dataclass
+class Recipe:
+    """A parsed recipe: start model, data, output folder, report settings and typed steps."""
+
+    model: str
+    steps: list[tuple[str, Any]]
+    data: str | None = None
+    out: str = "runs/compress/recipe"
+    device: str = "cpu"
+    report: ReportSettings = field(default_factory=ReportSettings)
+    source: str = "<recipe>"
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    origin = get_origin(hint)
+    args = [a for a in get_args(hint) if a is not type(None)]
+    if value is None:
+        if type(None) in get_args(hint):
+            return None
+        raise ValueError(f"{where}: a value is required")
+    if origin is Union or (origin is not None and type(None) in get_args(hint)):
+        hint, origin = args[0], get_origin(args[0])
+    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if hint is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if hint is bool and isinstance(value, bool):
+        return value
+    if hint is str and isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        return str(value)
+    if origin is list and isinstance(value, list):
+        return [_coerce(v, get_args(hint)[0], where) for v in value]
+    if origin is dict and isinstance(value, dict):
+        return {str(k): _coerce(v, get_args(hint)[1], f"{where}.{k}") for k, v in value.items()}
+    raise ValueError(f"{where}: expected {getattr(hint, '__name__', hint)}, got {value!r}")
+
+
+def build_typed(cls: type, data: Any, where: str) -> Any:
+    """``cls(**data)`` with unknown keys and wrong types reported by name."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{where}: expected a mapping of settings, got {data!r}")
+    hints = get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"{where}: unknown keys {unknown} (allowed: {sorted(known)})")
+    kwargs = {key: _coerce(value, hints[key], f"{where}.{key}") for key, value in data.items()}
+    try:
+        return cls(**kwargs)
+    except TypeError as err:
+        raise ValueError(f"{where}: {err}") from None
+
+
+def parse_recipe(data: Any, source: str = "<recipe>") -> Recipe:
+    """Check a recipe mapping completely (every step, every key) and return it typed."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{source}: a recipe must be a mapping with 'model' and 'steps'")
+    allowed = {"model", "data", "out", "device", "report", "steps"}
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        raise ValueError(f"{source}: unknown keys {unknown} (allowed: {sorted(allowed)})")
+    if not data.get("model"):
+        raise ValueError(f"{source}: missing 'model' (the checkpoint or exported model to start from)")
+    raw_steps = data.get("steps")
+    if not isinstance(raw_steps, list) or not raw_steps:
+        raise ValueError(f"{source}: 'steps' must be a non-empty list, e.g. [{{prune: {{ratio: 0.3}}}}]")
+    steps: list[tuple[str, Any]] = []
+    for index, raw in enumerate(raw_steps, start=1):
+        if isinstance(raw, str):
+            raw = {raw: {}}
+        if not isinstance(raw, dict) or len(raw) != 1:
+            raise ValueError(f"{source}: step {index} must be one mapping like {{prune: {{ratio: 0.3}}}}, got {raw!r}")
+        (name, settings), = raw.items()
+        if name not in STEP_TYPES:
+            raise ValueError(f"{source}: step {index}: unknown step {name!r}; choose from {sorted(STEP_TYPES)}")
+        steps.append((name, build_typed(STEP_TYPES[name], settings, f"{source}: step {index} ({name})")))
+    recipe = Recipe(
+        model=str(data["model"]), steps=steps, data=data.get("data"), out=str(data.get("out", "runs/compress/recipe")),
+        device=str(data.get("device", "cpu")), report=build_typed(ReportSettings, data.get("report"), f"{source}: report"),
+        source=source,
+    )
+    needs_data = [name for name, _ in steps if name in ("finetune", "sparsity", "distill")]
+    if needs_data and not recipe.data:
+        raise ValueError(f"{source}: steps {needs_data} train, so the recipe needs 'data' (a dataset YAML)")
+    starts_exported = Path(recipe.model).suffix in (".onnx", ".xml")
+    torch_steps = [name for name, _ in steps if name in TORCH_STEPS]
+    if starts_exported and torch_steps:
+        raise ValueError(f"{source}: steps {torch_steps} need a torch checkpoint (.safetensors), but model is {recipe.model}")
+    return recipe
+
+
+def load_recipe(path: str | os.PathLike) -> Recipe:
+    """Read and check a recipe YAML (errors name the file, step and key)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"recipe not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path}: not valid YAML ({err})") from None
+    return parse_recipe(data, str(path))
+
+
+def check_inputs(recipe: Recipe) -> None:
+    """Files the recipe names must exist before any work starts."""
+    files = [("model", recipe.model), ("data", recipe.data)]
+    for index, (name, step) in enumerate(recipe.steps, start=1):
+        if name == "distill":
+            files.append((f"step {index} teacher", step.teacher))
+        if name == "quantize" and step.calib:
+            files.append((f"step {index} calib", step.calib))
+    files += [("report.val_images", recipe.report.val_images), ("report.val_annotations", recipe.report.val_annotations)]
+    for what, value in files:
+        if value and not Path(value).exists():
+            raise FileNotFoundError(f"{recipe.source}: {what} not found: {value}")
+    from litedet.config import find_config
+
+    start = find_config(recipe.model)
+    for index, (name, step) in enumerate(recipe.steps, start=1):
+        if name == "quantize" and step.calib:
+            from litedet.compress.quantize import calibration_images
+
+            calibration_images(step.calib, step.images)  # raises when no image is readable
+        if name == "distill":
+            teacher = find_config(step.teacher)
+            if teacher is None:
+                raise FileNotFoundError(f"{recipe.source}: step {index}: teacher {step.teacher} has no config sidecar")
+            if start is not None and list(teacher.names) != list(start.names):
+                raise ValueError(
+                    f"{recipe.source}: step {index}: the teacher {step.teacher} predicts {teacher.num_classes} classes "
+                    f"({teacher.names[:3]}...), the student {start.num_classes} ({start.names[:3]}...); "
+                    f"fine-tune the teacher on the student's classes first"
+                )
+
+
+# ------------------------------------------------------------------------------------ running
+
+
+@dataclass
+class Stage:
+    """A measured point of the recipe: a name and the engine file that represents it."""
+
+    name: str
+    path: Path
+    params: int | None
+    notes: str = ""
+
+
+@dataclass
+class RecipeResult:
+    """Final files, the stages and the report (when measured)."""
+
+    out: Path
+    model: Path | None
+    exported: Path | None
+    stages: list[Stage]
+    report_paths: tuple[Path, Path] | None
+    report: Any = None
+    log: list[str] = field(default_factory=list)
+
+
+def run_recipe(recipe: Recipe, measure: bool = True, progress: bool = True, command: str | None = None) -> RecipeResult:
+    """Run every step in order; export after each (``report.each_step``); measure all stages in
+    one report at the end."""
+    from litedet.compress.checkpoint import load_model, save_compressed
+    from litedet.compress.finetune import FinetuneConfig, finetune
+
+    check_inputs(recipe)
+    out = Path(recipe.out)
+    out.mkdir(parents=True, exist_ok=True)
+    log: list[str] = []
+    stages: list[Stage] = []
+    start = Path(recipe.model)
+    model = None
+    exported: Path | None = None
+    if start.suffix in (".onnx", ".xml"):
+        exported = start
+        stages.append(Stage("original", start, None))
+    else:
+        model, _ = load_model(start)
+        exported = _export(model, recipe.report.engine, out / "stage0-original")
+        stages.append(Stage("original", exported, _params(model)))
+
+    def ft_config(step: Any) -> FinetuneConfig:
+        return FinetuneConfig(epochs=step.epochs, steps=step.steps, batch=step.batch, lr=step.lr,
+                              augment=getattr(step, "augment", True), device=recipe.device, progress=progress)
+
+    for index, (name, step) in enumerate(recipe.steps, start=1):
+        stage_dir = out / f"stage{index}-{name}"
+        note = ""
+        if name == "finetune":
+            result = finetune(model, recipe.data, ft_config(step))
+            note = f"{result.steps} steps, last loss {result.losses[-1]:.3f}"
+        elif name == "sparsity":
+            from litedet.compress.prune import BNSparsity
+
+            sparsity = BNSparsity(model, step.strength)
+            result = finetune(model, recipe.data, ft_config(step), after_backward=lambda _m: sparsity.add_subgradient())
+            note = f"L1 {step.strength} on BN gamma, {result.steps} steps"
+        elif name == "prune":
+            note = _run_prune(model, step, recipe, stage_dir)
+        elif name == "distill":
+            from litedet.compress.distill import distill_detector
+
+            teacher, _ = load_model(step.teacher)
+            result = distill_detector(model, teacher, recipe.data, step.strategies, step.temperature, ft_config(step))
+            note = f"{step.strategies} T={step.temperature}, {result.steps} steps"
+        elif name == "decompose":
+            from litedet.compress.lowrank import decompose
+
+            rank = step.rank
+            if rank is not None and float(rank).is_integer() and rank >= 1:
+                rank = int(rank)
+            result = decompose(model, step.method, rank=rank, energy=step.energy, exclude=step.exclude, progress=progress)
+            note = f"{len(result.layers)} layers, params {result.params_before} -> {result.params_after}"
+        elif name == "export":
+            exported = _export(model, step.format, stage_dir)
+            stages.append(Stage(f"{index}. export {step.format}", exported, _params(model)))
+            continue
+        elif name == "quantize":
+            from litedet.compress.quantize import quantize
+
+            source = exported
+            wanted = ".xml" if step.method == "openvino" else ".onnx"
+            if model is not None and (source is None or source.suffix != wanted):
+                source = _export(model, "openvino" if wanted == ".xml" else "onnx", stage_dir / "float")
+            if source is None or source.suffix not in (".onnx", ".xml"):
+                raise ValueError(f"step {index} (quantize): no exported model to quantize")
+            options: dict[str, Any] = {}
+            if step.method == "ort-static":
+                options = {"per_channel": step.per_channel, "calibrate_method": step.calibrate_method, "exclude": step.exclude}
+            elif step.method == "ort-dynamic":
+                options = {"per_channel": step.per_channel}
+            else:
+                options = {"accuracy_control": step.accuracy_control, "max_drop": step.max_drop,
+                           "val_images": recipe.report.val_images, "val_annotations": recipe.report.val_annotations}
+            suffix = ".xml" if step.method == "openvino" else ".onnx"
+            result = quantize(source, stage_dir / f"model_int8{suffix}", step.method, step.calib, step.images, **options)
+            exported = result.output
+            stages.append(Stage(f"{index}. quantize {step.method}", exported, None,
+                                f"{result.calibration_images} calibration images" if result.calibration_images else "data-free"))
+            log.append(f"step {index} quantize: {result.output}")
+            continue
+        log.append(f"step {index} {name}: {note}")
+        LOGGER.info("step %d %s: %s", index, name, note)
+        if recipe.report.each_step or index == len(recipe.steps):
+            exported = _export(model, recipe.report.engine, stage_dir)
+            stages.append(Stage(f"{index}. {name}", exported, _params(model), note))
+    final_model = None
+    if model is not None:
+        final_model = save_compressed(model, out / "model.safetensors")
+    report = None
+    report_paths = None
+    if measure:
+        from litedet.compress.report import ReportEntry, compare
+
+        entries = [ReportEntry(s.name, s.path, params=s.params, notes=s.notes) for s in stages]
+        report = compare(entries, recipe.report.val_images, recipe.report.val_annotations, threads=recipe.report.threads,
+                         runs=recipe.report.runs, budget_s=recipe.report.budget_s, progress=progress,
+                         commands=[command] if command else [])
+        report_paths = report.save(out)
+    return RecipeResult(out, final_model, exported, stages, report_paths, report, log)
+
+
+def _params(model: Any) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def _export(model: Any, engine: str, out_dir: Path) -> Path:
+    """Export for measuring on ``engine`` (onnxruntime -> ONNX, openvino -> IR)."""
+    from litedet.export.api import export_model
+
+    fmt = {"onnxruntime": "onnx", "onnx": "onnx", "openvino": "openvino"}.get(engine)
+    if fmt is None:
+        raise ValueError(f"recipes measure on onnxruntime or openvino, got engine {engine!r}")
+    return Path(export_model(model, fmt, out_dir, stem="model").path)
+
+
+def _run_prune(model: Any, step: PruneStep, recipe: Recipe, stage_dir: Path) -> str:
+    from litedet.compress.prune import prune, prune_to_latency
+
+    if step.ratio is not None:
+        result = prune(model, step.ratio, step.method, round_to=step.round_to)
+        return (f"{step.method} {step.ratio:.0%}: params {result.params_before} -> {result.params_after}, "
+                f"MACs {result.macs_before / 1e6:.0f}M -> {result.macs_after / 1e6:.0f}M"
+                + (f", sparsity {result.sparsity:.1%}" if result.sparsity is not None else ""))
+    measure = latency_probe(recipe.report.engine, recipe.report.threads, stage_dir / "probe")
+    trajectory, _ = prune_to_latency(model, step.target_latency, measure, step.method, step.step)  # type: ignore[arg-type]
+    return "latency steps: " + ", ".join(f"{t['removed']:.0%}: {t['latency_ms']:.2f} ms" for t in trajectory)
+
+
+def latency_probe(engine: str, threads: int, work_dir: Path, runs: int = 50) -> Any:
+    """A ``model -> median ms`` function: export to ``engine`` and time it (harness, ``runs`` runs)."""
+
+    def measure(model: Any) -> float:
+        from litedet.bench.harness import measure_latency
+        from litedet.runtime import open_backend
+
+        path = _export(model, engine, work_dir)
+        import numpy as np
+
+        backend = open_backend(path, threads=threads)
+        try:
+            batch = np.random.default_rng(0).random((1, 3, *backend.config.input_size), dtype=np.float32)
+            return measure_latency(lambda: backend.run(batch), warmup=5, min_runs=runs).median_ms
+        finally:
+            backend.close()
+
+    return measure

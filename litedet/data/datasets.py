@@ -1,0 +1,619 @@
+"""Detection datasets in YOLO txt, COCO json and Pascal VOC xml behind one ``Sample`` type.
+
+A dataset YAML names the format and where the files are; ``load_data_config`` reads it (unknown
+keys are errors) and ``DataConfig.load_split`` reads one split, checking every label:
+
+- boxes outside the image are clipped and counted;
+- degenerate boxes (width or height below ``min_box_size`` pixels after clipping) are dropped
+  and counted;
+- an unknown class id, or a YOLO label line without exactly 5 numbers, is an error naming the
+  file and the line;
+- a missing or empty YOLO label file makes the image a background image (no boxes);
+- an image that cannot be decoded (or is missing) is skipped and counted.
+
+Torch-free: numpy, PIL (image headers) and PyYAML only.
+
+YAML examples (``path`` may use ``${VAR}`` or ``${VAR:-default}``; a relative ``path`` is taken
+from the YAML file's folder)::
+
+    # YOLO (ultralytics layout): labels/ beside images/, one "cls cx cy w h" line per box
+    path: ${LITEDET_SHARED:-../../../shared}/data/coco256
+    train: images/train2017
+    val: images/val2017
+    names: {0: person, 1: bicycle, ...}
+
+    # COCO json: images folder + instances json per split (a list merges several)
+    format: coco
+    path: ${LITEDET_SHARED:-../../../shared}/data/tiny_coco50
+    train: {images: train2017, annotations: annotations/instances_train2017.json}
+    val: {images: train2017, annotations: annotations/instances_train2017.json}
+
+    # Pascal VOC xml: one annotations folder, splits as id lists (.txt) or csv with 'filename'
+    format: voc
+    path: ${LITEDET_SHARED:-../../../shared}/data/raccoon
+    images: images
+    annotations: annotations
+    train: train_labels.csv
+    val: test_labels.csv
+    names: [raccoon]
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import re
+import xml.etree.ElementTree as ElementTree
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import yaml
+
+LOGGER = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+FORMATS = ("yolo", "coco", "voc")
+SPLITS = ("train", "val", "test")
+# Keys each format accepts at the top level of a dataset YAML.
+_FORMAT_KEYS: dict[str, set[str]] = {
+    "yolo": {"format", "path", "train", "val", "test", "names", "nc"},
+    "coco": {"format", "path", "train", "val", "test", "names", "nc"},
+    "voc": {"format", "path", "images", "annotations", "train", "val", "test", "names", "nc"},
+}
+_ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}|\$([A-Za-z_][A-Za-z0-9_]*)")
+
+
+@dataclass
+class Sample:
+    """One image and its boxes.
+
+    ``boxes`` float32 [N, 4] in (x1, y1, x2, y2) original-image pixels; ``classes`` int64 [N],
+    contiguous 0..K-1; ``size`` (height, width) of the image as decoded (EXIF orientation
+    applied, as ``cv2.imread`` does).
+    """
+
+    image: Path
+    boxes: np.ndarray
+    classes: np.ndarray
+    size: tuple[int, int]
+
+    def __post_init__(self) -> None:
+        self.boxes = np.asarray(self.boxes, dtype=np.float32).reshape(-1, 4)
+        self.classes = np.asarray(self.classes, dtype=np.int64).reshape(-1)
+        if len(self.boxes) != len(self.classes):
+            raise ValueError(f"{self.image}: {len(self.boxes)} boxes but {len(self.classes)} class ids")
+
+
+@dataclass
+class LabelStats:
+    """What the label checks found in one split."""
+
+    images: int = 0
+    backgrounds: int = 0
+    boxes: int = 0
+    clipped: int = 0
+    degenerate: int = 0
+    crowd: int = 0
+    difficult: int = 0
+    corrupt: int = 0
+    missing: int = 0
+    per_class: Counter = field(default_factory=Counter)
+    skipped_files: list[str] = field(default_factory=list)
+
+
+@dataclass
+class DetectionDataset:
+    """The checked samples of one split, the class names and what the checks found."""
+
+    samples: list[Sample]
+    names: list[str]
+    stats: LabelStats
+    split: str = "train"
+    sources: list[str] = field(default_factory=list)
+    image_root: Path | None = None  # COCO: the images folder of a single json
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def to_coco(self) -> dict[str, Any]:
+        """Ground truth as a COCO-format dict (image ids 1..N in sample order, category ids
+        1..K for classes 0..K-1) for pycocotools."""
+        images, annotations = [], []
+        for image_id, sample in enumerate(self.samples, start=1):
+            height, width = sample.size
+            images.append({"id": image_id, "file_name": str(sample.image), "height": height, "width": width})
+            for box, cls in zip(sample.boxes.tolist(), sample.classes.tolist()):
+                w, h = box[2] - box[0], box[3] - box[1]
+                annotations.append({
+                    "id": len(annotations) + 1, "image_id": image_id, "category_id": int(cls) + 1,
+                    "bbox": [box[0], box[1], w, h], "area": w * h, "iscrowd": 0,
+                })
+        categories = [{"id": i + 1, "name": name} for i, name in enumerate(self.names)]
+        return {"images": images, "annotations": annotations, "categories": categories}
+
+
+# ----------------------------------------------------------------------------------------------
+# YAML
+
+
+def expand_env(text: str, source: str = "dataset YAML") -> str:
+    """Expand ``${VAR}``, ``${VAR:-default}`` and ``$VAR``; an unset variable without a default
+    is an error naming it."""
+
+    def replace(match: re.Match) -> str:
+        name = match.group(1) or match.group(3)
+        default = match.group(2)
+        value = os.environ.get(name)
+        if value:
+            return value
+        if default is not None:
+            return default
+        raise ValueError(f"{source}: environment variable {name} is not set (set it or write ${{{name}:-default}})")
+
+    return _ENV_PATTERN.sub(replace, text)
+
+
+def _parse_names(raw: Any, source: str) -> list[str]:
+    if isinstance(raw, dict):
+        try:
+            keys = sorted(int(k) for k in raw)
+        except (TypeError, ValueError):
+            raise ValueError(f"{source}: 'names' keys must be class ids 0..K-1, got {list(raw)}") from None
+        if keys != list(range(len(keys))):
+            raise ValueError(f"{source}: 'names' ids must be 0..{len(keys) - 1} without gaps, got {keys}")
+        return [str(raw[k] if k in raw else raw[str(k)]) for k in keys]
+    if isinstance(raw, (list, tuple)) and all(isinstance(n, (str, int)) for n in raw):
+        return [str(n) for n in raw]
+    raise ValueError(f"{source}: 'names' must be a list or a {{id: name}} mapping, got {type(raw).__name__}")
+
+
+@dataclass
+class DataConfig:
+    """A parsed dataset YAML. ``splits`` maps split name -> format-specific entries (resolved
+    paths); ``names`` is None for COCO when the YAML does not give them (read from the json)."""
+
+    format: str
+    root: Path
+    splits: dict[str, list[Any]]
+    names: list[str] | None
+    source: str
+    images: Path | None = None
+    annotations: Path | None = None
+
+    def load_split(self, split: str, min_box_size: float = 1.0, progress: bool = False) -> DetectionDataset:
+        """Read and check one split (``train``, ``val`` or ``test``)."""
+        if split not in self.splits:
+            raise ValueError(f"{self.source}: no '{split}' split (has {sorted(self.splits)})")
+        if self.format == "yolo":
+            assert self.names is not None
+            dataset = _load_yolo(self.splits[split], self.names, min_box_size, progress)
+        elif self.format == "coco":
+            dataset = _load_coco(self.splits[split], self.coco_names(), min_box_size, progress)
+        else:
+            assert self.names is not None and self.images is not None and self.annotations is not None
+            dataset = _load_voc(self.splits[split], self.images, self.annotations, self.names, min_box_size, progress)
+        dataset.split = split
+        if not dataset.samples:
+            raise ValueError(
+                f"{self.source}: split '{split}' has no usable images "
+                f"({dataset.stats.corrupt} corrupt, {dataset.stats.missing} missing) in {', '.join(dataset.sources)}"
+            )
+        return dataset
+
+    def coco_names(self) -> list[str]:
+        """COCO: category names in sorted category-id order, merged over every json of every
+        split so that train and val share one mapping."""
+        if self.names is not None:
+            return self.names
+        categories: dict[int, str] = {}
+        for entries in self.splits.values():
+            for _, annotations in entries:
+                for category in _read_coco_json(annotations).get("categories", []):
+                    cid, name = int(category["id"]), str(category["name"])
+                    if categories.setdefault(cid, name) != name:
+                        raise ValueError(f"{annotations}: category id {cid} is {name!r} here but {categories[cid]!r} elsewhere")
+        if not categories:
+            raise ValueError(f"{self.source}: the COCO json files list no categories")
+        self.names = [categories[cid] for cid in sorted(categories)]
+        return self.names
+
+
+def load_data_config(path: str | os.PathLike) -> DataConfig:
+    """Parse and check a dataset YAML (see the module docstring for the three layouts)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"dataset YAML not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path}: not valid YAML ({err})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a dataset YAML must be a mapping with 'train', 'val' and 'names'")
+    source = str(path)
+    fmt = str(data.get("format", "yolo")).lower()
+    if fmt not in FORMATS:
+        raise ValueError(f"{path}: format must be one of {list(FORMATS)}, got {data.get('format')!r}")
+    unknown = sorted(set(data) - _FORMAT_KEYS[fmt])
+    if unknown:
+        raise ValueError(f"{path}: unknown keys {unknown} for format '{fmt}' (allowed: {sorted(_FORMAT_KEYS[fmt])})")
+    for key in ("train", "val"):
+        if key not in data or data[key] in (None, ""):
+            raise ValueError(f"{path}: missing key '{key}'")
+    if fmt in ("yolo", "voc") and "names" not in data:
+        raise ValueError(f"{path}: missing key 'names' (class names in class-id order)")
+    if fmt == "voc":
+        for key in ("images", "annotations"):
+            if key not in data:
+                raise ValueError(f"{path}: missing key '{key}' (a folder, relative to 'path')")
+
+    root_text = expand_env(str(data.get("path", ".")), source)
+    root = Path(root_text).expanduser()
+    if not root.is_absolute():
+        root = (path.parent / root).resolve()
+    if not root.is_dir():
+        raise FileNotFoundError(f"{path}: dataset path {root} does not exist")
+
+    names = _parse_names(data["names"], source) if "names" in data else None
+    if names is not None and "nc" in data and int(data["nc"]) != len(names):
+        raise ValueError(f"{path}: nc={data['nc']} but {len(names)} names are given")
+    if names is not None and not names:
+        raise ValueError(f"{path}: 'names' is empty")
+
+    def resolve(value: Any, what: str) -> Path:
+        if not isinstance(value, str) or not value:
+            raise ValueError(f"{path}: {what} must be a path string, got {value!r}")
+        resolved = Path(expand_env(value, source)).expanduser()
+        resolved = resolved if resolved.is_absolute() else root / resolved
+        if not resolved.exists():
+            raise FileNotFoundError(f"{path}: {what} {resolved} does not exist")
+        return resolved
+
+    splits: dict[str, list[Any]] = {}
+    config = DataConfig(fmt, root, splits, names, source)
+    if fmt == "voc":
+        config.images = resolve(data["images"], "'images'")
+        config.annotations = resolve(data["annotations"], "'annotations'")
+    for split in SPLITS:
+        if data.get(split) in (None, ""):
+            continue
+        entries = data[split] if isinstance(data[split], list) else [data[split]]
+        resolved_entries: list[Any] = []
+        for entry in entries:
+            if fmt == "coco":
+                if not isinstance(entry, dict) or set(entry) != {"images", "annotations"}:
+                    raise ValueError(f"{path}: each COCO '{split}' entry needs exactly 'images' and 'annotations', got {entry!r}")
+                resolved_entries.append((resolve(entry["images"], f"'{split}.images'"),
+                                         resolve(entry["annotations"], f"'{split}.annotations'")))
+            else:
+                resolved_entries.append(resolve(entry, f"'{split}'"))
+        splits[split] = resolved_entries
+    return config
+
+
+# ----------------------------------------------------------------------------------------------
+# images
+
+
+def image_size(path: Path) -> tuple[int, int] | None:
+    """(height, width) as ``cv2.imread`` will decode it (EXIF rotation applied), or None when the
+    file is not a readable image. Reads the header and verifies the file, without decoding."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+            orientation = image.getexif().get(0x0112, 1)
+            image.verify()
+        if orientation in (5, 6, 7, 8):  # rotated by 90 or 270 degrees
+            width, height = height, width
+        if width < 1 or height < 1:
+            return None
+        if path.suffix.lower() in (".jpg", ".jpeg"):
+            with open(path, "rb") as handle:  # a truncated JPEG lacks the end-of-image marker
+                handle.seek(-2, os.SEEK_END)
+                if handle.read() != b"\xff\xd9":
+                    return None
+        return height, width
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        return None
+
+
+def _iter_progress(items: Sequence[Any], progress: bool, desc: str) -> Iterable[Any]:
+    if not progress:
+        return items
+    from tqdm import tqdm
+
+    return tqdm(items, desc=desc, unit="img", leave=False)
+
+
+def _check_boxes(boxes: np.ndarray, classes: np.ndarray, size: tuple[int, int], min_box_size: float,
+                 stats: LabelStats) -> tuple[np.ndarray, np.ndarray]:
+    """Clip to the image (counted) and drop degenerate boxes (counted)."""
+    if not len(boxes):
+        return boxes.reshape(0, 4).astype(np.float32), classes.reshape(0).astype(np.int64)
+    height, width = size
+    clipped = boxes.copy()
+    clipped[:, [0, 2]] = clipped[:, [0, 2]].clip(0, width)
+    clipped[:, [1, 3]] = clipped[:, [1, 3]].clip(0, height)
+    # Half a pixel of slack: rounding in normalised YOLO labels is not a box outside the image.
+    stats.clipped += int((np.abs(clipped - boxes) > 0.5).any(axis=1).sum())
+    keep = ((clipped[:, 2] - clipped[:, 0]) >= min_box_size) & ((clipped[:, 3] - clipped[:, 1]) >= min_box_size)
+    stats.degenerate += int((~keep).sum())
+    return clipped[keep].astype(np.float32), classes[keep].astype(np.int64)
+
+
+def _add_sample(samples: list[Sample], stats: LabelStats, image: Path, boxes: np.ndarray, classes: np.ndarray,
+                size: tuple[int, int], min_box_size: float) -> None:
+    boxes, classes = _check_boxes(boxes, classes, size, min_box_size, stats)
+    samples.append(Sample(image, boxes, classes, size))
+    stats.images += 1
+    stats.boxes += len(boxes)
+    stats.backgrounds += int(len(boxes) == 0)
+    stats.per_class.update(classes.tolist())
+
+
+def _skip(stats: LabelStats, image: Path, missing: bool) -> None:
+    if missing:
+        stats.missing += 1
+    else:
+        stats.corrupt += 1
+    stats.skipped_files.append(str(image))
+    LOGGER.warning("skipping %s image %s", "missing" if missing else "unreadable", image)
+
+
+# ----------------------------------------------------------------------------------------------
+# YOLO txt
+
+
+def yolo_label_path(image: Path) -> Path:
+    """ultralytics convention: the last ``images`` folder in the path becomes ``labels``."""
+    parts = list(image.parts)
+    for index in range(len(parts) - 1, -1, -1):
+        if parts[index] == "images":
+            parts[index] = "labels"
+            return Path(*parts).with_suffix(".txt")
+    return image.with_suffix(".txt")
+
+
+def _list_images(entry: Path) -> list[Path]:
+    if entry.is_dir():
+        return sorted(p for p in entry.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    # A .txt list of image paths, relative to the list's folder when not absolute.
+    images = []
+    for line in entry.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            image = Path(line)
+            images.append(image if image.is_absolute() else (entry.parent / image))
+    return images
+
+
+def read_yolo_labels(label_file: Path, num_classes: int, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Boxes (xyxy pixels, unclipped) and class ids of one YOLO label file. A line without
+    exactly 5 numbers or with a class id outside 0..num_classes-1 is an error naming file:line."""
+    height, width = size
+    boxes, classes = [], []
+    for number, line in enumerate(label_file.read_text().splitlines(), start=1):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) != 5:
+            raise ValueError(
+                f"{label_file}:{number}: expected 5 numbers 'class cx cy w h', got {len(fields)}: {line.strip()!r}"
+            )
+        try:
+            values = [float(v) for v in fields]
+        except ValueError:
+            raise ValueError(f"{label_file}:{number}: not numbers: {line.strip()!r}") from None
+        cls = values[0]
+        if cls != int(cls) or not 0 <= cls < num_classes:
+            raise ValueError(
+                f"{label_file}:{number}: class id {fields[0]} is not in 0..{num_classes - 1} "
+                f"({num_classes} names in the dataset YAML)"
+            )
+        cx, cy, w, h = values[1:]
+        boxes.append([(cx - w / 2) * width, (cy - h / 2) * height, (cx + w / 2) * width, (cy + h / 2) * height])
+        classes.append(int(cls))
+    return np.asarray(boxes, dtype=np.float32).reshape(-1, 4), np.asarray(classes, dtype=np.int64)
+
+
+def _load_yolo(entries: list[Path], names: list[str], min_box_size: float, progress: bool) -> DetectionDataset:
+    stats = LabelStats()
+    samples: list[Sample] = []
+    images = [image for entry in entries for image in _list_images(entry)]
+    for image in _iter_progress(images, progress, "checking labels"):
+        if not image.is_file():
+            _skip(stats, image, missing=True)
+            continue
+        size = image_size(image)
+        if size is None:
+            _skip(stats, image, missing=False)
+            continue
+        label_file = yolo_label_path(image)
+        if label_file.is_file():
+            boxes, classes = read_yolo_labels(label_file, len(names), size)
+        else:  # no label file: a background image, as ultralytics treats it
+            boxes, classes = np.zeros((0, 4), np.float32), np.zeros(0, np.int64)
+        _add_sample(samples, stats, image, boxes, classes, size, min_box_size)
+    return DetectionDataset(samples, list(names), stats, sources=[str(e) for e in entries])
+
+
+# ----------------------------------------------------------------------------------------------
+# COCO json
+
+
+def _read_coco_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: not a COCO json ({err})") from None
+    if not isinstance(data, dict) or "images" not in data or "annotations" not in data:
+        raise ValueError(f"{path}: not a COCO instances json (needs 'images' and 'annotations')")
+    return data
+
+
+def _load_coco(entries: list[tuple[Path, Path]], names: list[str], min_box_size: float, progress: bool) -> DetectionDataset:
+    stats = LabelStats()
+    samples: list[Sample] = []
+    for images_dir, json_path in entries:
+        data = _read_coco_json(json_path)
+        categories = {int(c["id"]): str(c["name"]) for c in data.get("categories", [])}
+        # Contiguous ids: names are in sorted category-id order (DataConfig.coco_names).
+        by_name = {name: index for index, name in enumerate(names)}
+        to_index: dict[int, int] = {}
+        for cid, name in categories.items():
+            if name not in by_name:
+                raise ValueError(f"{json_path}: category {cid} {name!r} is not among the dataset names {names}")
+            to_index[cid] = by_name[name]
+        per_image: dict[int, list[dict[str, Any]]] = {}
+        for number, annotation in enumerate(data["annotations"]):
+            cid = int(annotation.get("category_id", -1))
+            if cid not in to_index:
+                raise ValueError(
+                    f"{json_path}: annotation #{number} (id {annotation.get('id')}) has category_id {cid}, "
+                    f"which is not in 'categories' {sorted(categories)}"
+                )
+            per_image.setdefault(int(annotation["image_id"]), []).append(annotation)
+        for record in _iter_progress(data["images"], progress, f"checking {json_path.name}"):
+            image = images_dir / record["file_name"]
+            if not image.is_file():
+                _skip(stats, image, missing=True)
+                continue
+            size = image_size(image)
+            if size is None:
+                _skip(stats, image, missing=False)
+                continue
+            boxes, classes = [], []
+            for annotation in per_image.get(int(record["id"]), []):
+                if annotation.get("iscrowd", 0):  # crowd regions are not boxes to learn
+                    stats.crowd += 1
+                    continue
+                x, y, w, h = (float(v) for v in annotation["bbox"])
+                boxes.append([x, y, x + w, y + h])
+                classes.append(to_index[int(annotation["category_id"])])
+            _add_sample(samples, stats, image, np.asarray(boxes, np.float32), np.asarray(classes, np.int64),
+                        size, min_box_size)
+    return DetectionDataset(samples, list(names), stats, sources=[str(j) for _, j in entries],
+                            image_root=entries[0][0] if len(entries) == 1 else None)
+
+
+# ----------------------------------------------------------------------------------------------
+# Pascal VOC xml
+
+
+def _read_split_list(path: Path) -> list[str]:
+    """Image stems from a VOC ImageSets-style .txt (one id per line) or a csv with a ``filename``
+    column (first occurrence order, duplicates removed)."""
+    if path.suffix.lower() == ".csv":
+        with open(path, newline="") as handle:
+            reader = csv.DictReader(handle)
+            if reader.fieldnames is None or "filename" not in reader.fieldnames:
+                raise ValueError(f"{path}: a split csv needs a 'filename' column, got {reader.fieldnames}")
+            stems = [Path(row["filename"]).stem for row in reader if row.get("filename")]
+    else:
+        stems = [line.split()[0] for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
+    return list(dict.fromkeys(stems))
+
+
+def read_voc_xml(path: Path, names: list[str]) -> tuple[str | None, np.ndarray, np.ndarray, int]:
+    """(filename, boxes xyxy pixels, class ids, number of 'difficult' objects left out) of one
+    VOC annotation. An object whose name is not in ``names`` is an error naming file and line."""
+    try:
+        root = ElementTree.parse(path).getroot()
+    except ElementTree.ParseError as err:
+        raise ValueError(f"{path}: not a Pascal VOC xml ({err})") from None
+    text = path.read_text(errors="replace")  # to name the line of each <object> in errors
+    filename = root.findtext("filename")
+    boxes, classes, difficult = [], [], 0
+    search_from = 0
+    for index, obj in enumerate(root.iter("object")):
+        name = (obj.findtext("name") or "").strip()
+        position = text.find("<object", search_from)
+        search_from = position + 1 if position >= 0 else search_from
+        line = text.count("\n", 0, position) + 1 if position >= 0 else 0
+        if name not in names:
+            raise ValueError(f"{path}:{line}: object #{index} has class {name!r}, not among the dataset names {names}")
+        if (obj.findtext("difficult") or "0").strip() == "1":  # VOC evaluation ignores these too
+            difficult += 1
+            continue
+        box = obj.find("bndbox")
+        try:
+            coords = [float(box.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax")]  # type: ignore[union-attr, arg-type]
+        except (AttributeError, TypeError, ValueError):
+            raise ValueError(f"{path}:{line}: object #{index} has no valid bndbox xmin/ymin/xmax/ymax") from None
+        boxes.append(coords)
+        classes.append(names.index(name))
+    return filename, np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(classes, np.int64), difficult
+
+
+def _find_image(images_dir: Path, stem: str, filename: str | None) -> Path:
+    if filename:
+        candidate = images_dir / filename
+        if candidate.is_file():
+            return candidate
+    for suffix in IMAGE_SUFFIXES:
+        candidate = images_dir / f"{stem}{suffix}"
+        if candidate.is_file():
+            return candidate
+    return images_dir / (filename or f"{stem}.jpg")
+
+
+def _load_voc(entries: list[Path], images_dir: Path, annotations_dir: Path, names: list[str], min_box_size: float,
+              progress: bool) -> DetectionDataset:
+    stats = LabelStats()
+    samples: list[Sample] = []
+    stems = [stem for entry in entries for stem in _read_split_list(entry)]
+    for stem in _iter_progress(stems, progress, "checking labels"):
+        xml_path = annotations_dir / f"{stem}.xml"
+        if xml_path.is_file():
+            filename, boxes, classes, difficult = read_voc_xml(xml_path, names)
+            stats.difficult += difficult
+        else:  # no annotation: a background image
+            filename, boxes, classes = None, np.zeros((0, 4), np.float32), np.zeros(0, np.int64)
+        image = _find_image(images_dir, stem, filename)
+        if not image.is_file():
+            _skip(stats, image, missing=True)
+            continue
+        size = image_size(image)
+        if size is None:
+            _skip(stats, image, missing=False)
+            continue
+        _add_sample(samples, stats, image, boxes, classes, size, min_box_size)
+    return DetectionDataset(samples, list(names), stats, sources=[str(e) for e in entries])
+
+
+# ----------------------------------------------------------------------------------------------
+# summary
+
+
+def summary_table(datasets: Sequence[DetectionDataset], max_classes: int = 10) -> str:
+    """A plain-text table of what the label checks found, one row per split, then the most
+    frequent classes."""
+    header = ("split", "images", "background", "boxes", "clipped", "degenerate", "crowd", "difficult", "corrupt", "missing")
+    rows = [header]
+    for dataset in datasets:
+        s = dataset.stats
+        rows.append((dataset.split, s.images, s.backgrounds, s.boxes, s.clipped, s.degenerate, s.crowd, s.difficult,
+                     s.corrupt, s.missing))
+    widths = [max(len(str(row[i])) for row in rows) for i in range(len(header))]
+    lines = ["  ".join(str(v).rjust(w) if i else str(v).ljust(w) for i, (v, w) in enumerate(zip(row, widths)))
+             for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    if datasets:
+        names = datasets[0].names
+        totals: Counter = Counter()
+        for dataset in datasets:
+            totals.update(dataset.stats.per_class)
+        common = totals.most_common(max_classes)
+        more = len(totals) - len(common)
+        listed = ", ".join(f"{names[c]} {n}" for c, n in common)
+        lines.append(f"{len(names)} classes; boxes per class: {listed}" + (f", ... ({more} more)" if more > 0 else ""))
+    for dataset in datasets:
+        for path in dataset.stats.skipped_files[:5]:
+            lines.append(f"skipped ({dataset.split}): {path}")
+    return "\n".join(lines)

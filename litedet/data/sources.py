@@ -1,0 +1,329 @@
+"""Where frames come from: an image, a folder, a glob, a video file, a camera or a stream.
+
+``open_source(spec)`` returns an iterable ``Source`` of ``Frame`` objects (BGR uint8 images).
+Files are read in order; nothing is dropped. Live sources (a camera index, ``rtsp://``,
+``rtmp://``, ``http(s)://`` streams) are read on their own thread into a one-frame slot: when a
+new frame arrives before the previous one was taken, the old one is dropped and counted, so a
+slow consumer always gets the newest frame and stays at most a frame or two behind real time.
+
+Bad input never stops a run: an unreadable or truncated image is skipped with a warning naming
+it (and counted in ``stats.skipped``); a video that ends early or breaks keeps the frames read
+and ends cleanly. A missing path raises ``FileNotFoundError`` naming it. Imports no torch.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+import threading
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Protocol
+
+import cv2
+import numpy as np
+
+from litedet.data.transforms import ensure_bgr
+
+LOGGER = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm")
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".m4v", ".mpg", ".mpeg", ".wmv", ".webm", ".gif", ".ts")
+STREAM_SCHEMES = ("rtsp://", "rtmp://", "http://", "https://")
+
+
+@dataclass
+class Frame:
+    """One image to detect on. ``source`` names it (``clip.mp4:17`` for frame 17 of a video),
+    ``stream`` is the file or URL it belongs to and ``index`` its position there."""
+
+    image: np.ndarray
+    source: str
+    stream: str
+    index: int = 0
+    is_video: bool = False
+
+
+@dataclass
+class SourceStats:
+    """What a source read: frames given out, images skipped (path, reason), live frames dropped."""
+
+    frames: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    dropped: int = 0
+
+
+class Capture(Protocol):
+    """The part of ``cv2.VideoCapture`` a source uses (so tests can pass a camera stub)."""
+
+    def isOpened(self) -> bool: ...  # noqa: N802 - OpenCV's name
+    def read(self) -> tuple[bool, np.ndarray | None]: ...
+    def get(self, prop_id: int) -> float: ...
+    def release(self) -> None: ...
+
+
+class Source:
+    """Iterable of frames with ``stats``, ``total`` (frames expected, None when unknown or live),
+    ``fps`` (for writing videos) and ``close()``."""
+
+    live: bool = False
+
+    def __init__(self) -> None:
+        self.stats = SourceStats()
+        self.total: int | None = None
+        self.fps: float = 25.0
+
+    def __iter__(self) -> Iterator[Frame]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release files, captures and threads."""
+
+    def __enter__(self) -> "Source":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Read an image file as BGR uint8; ``ValueError`` naming it when unreadable or truncated."""
+    path = Path(path)
+    data = np.fromfile(path, dtype=np.uint8)
+    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    if image is None:
+        raise ValueError(f"{path}: not a readable image")
+    # libjpeg decodes a truncated JPEG with a grey tail and only a warning: check the end marker.
+    if path.suffix.lower() in (".jpg", ".jpeg") and b"\xff\xd9" not in data[-4096:].tobytes():
+        raise ValueError(f"{path}: truncated JPEG (no end-of-image marker)")
+    if image.dtype != np.uint8:  # 16-bit PNG/TIFF
+        image = cv2.convertScaleAbs(image, alpha=255.0 / max(1, int(image.max())))
+    return ensure_bgr(image)
+
+
+def _read_url_image(url: str, timeout: float = 30.0) -> np.ndarray:
+    with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - user-given URL
+        data = np.frombuffer(response.read(), dtype=np.uint8)
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    if image is None:
+        raise ValueError(f"{url}: not a readable image")
+    return image
+
+
+class FileSource(Source):
+    """Image and video files, in the given order; videos are read frame by frame."""
+
+    def __init__(self, paths: list[Path]) -> None:
+        super().__init__()
+        self.paths = paths
+        images = [p for p in paths if p.suffix.lower() in IMAGE_SUFFIXES]
+        self.total = len(images) + sum(_frame_count(p) for p in paths if p.suffix.lower() in VIDEO_SUFFIXES)
+        self.total = self.total or None
+        videos = [p for p in paths if p.suffix.lower() in VIDEO_SUFFIXES]
+        if videos:
+            self.fps = _video_fps(videos[0])
+        self._capture: cv2.VideoCapture | None = None
+
+    def __iter__(self) -> Iterator[Frame]:
+        for path in self.paths:
+            if path.suffix.lower() in VIDEO_SUFFIXES:
+                yield from self._video(path)
+                continue
+            try:
+                image = read_image(path)
+            except ValueError as err:
+                LOGGER.warning("skipping %s", err)
+                self.stats.skipped.append((str(path), str(err)))
+                continue
+            self.stats.frames += 1
+            yield Frame(image, str(path), str(path))
+
+    def _video(self, path: Path) -> Iterator[Frame]:
+        capture = cv2.VideoCapture(str(path))
+        self._capture = capture
+        try:
+            if not capture.isOpened():
+                LOGGER.warning("skipping %s: not a readable video", path)
+                self.stats.skipped.append((str(path), "not a readable video"))
+                return
+            expected = int(capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+            index = 0
+            while True:
+                ok, image = capture.read()
+                if not ok or image is None:
+                    break
+                self.stats.frames += 1
+                yield Frame(image, f"{path}:{index}", str(path), index, is_video=True)
+                index += 1
+            if index == 0:
+                self.stats.skipped.append((str(path), "no frame could be decoded"))
+                LOGGER.warning("skipping %s: no frame could be decoded", path)
+            elif expected and index < expected - 1:
+                # Frame counts from container headers can be off by one; more means the file broke.
+                LOGGER.warning("%s ended after %d of %d frames; keeping the frames read", path, index, expected)
+        finally:
+            capture.release()
+            self._capture = None
+
+    def close(self) -> None:
+        if self._capture is not None:
+            self._capture.release()
+
+
+def _frame_count(path: Path) -> int:
+    capture = cv2.VideoCapture(str(path))
+    try:
+        return max(0, int(capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0)) if capture.isOpened() else 0
+    finally:
+        capture.release()
+
+
+def _video_fps(path: Path) -> float:
+    capture = cv2.VideoCapture(str(path))
+    try:
+        fps = capture.get(cv2.CAP_PROP_FPS) if capture.isOpened() else 0.0
+    finally:
+        capture.release()
+    return float(fps) if fps and 0 < fps < 1000 else 25.0
+
+
+class URLImageSource(Source):
+    """One image fetched over HTTP(S)."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__()
+        self.url = url
+        self.total = 1
+
+    def __iter__(self) -> Iterator[Frame]:
+        try:
+            image = _read_url_image(self.url)
+        except (OSError, ValueError) as err:
+            LOGGER.warning("skipping %s: %s", self.url, err)
+            self.stats.skipped.append((self.url, str(err)))
+            return
+        self.stats.frames += 1
+        yield Frame(image, self.url, self.url)
+
+
+class LiveSource(Source):
+    """A camera or network stream read on its own thread; stale frames are dropped.
+
+    The reader thread keeps only the newest frame. ``__iter__`` waits for a frame newer than the
+    last one given out; if the reader stored another first, the older one was dropped
+    (``stats.dropped``). ``Frame.index`` is the frame's position in the stream, so gaps show the
+    drops. The source ends when the stream ends or ``close()`` is called.
+    """
+
+    live = True
+
+    def __init__(self, name: str, capture: Capture, max_frames: int | None = None) -> None:
+        super().__init__()
+        if not capture.isOpened():
+            capture.release()
+            raise ValueError(f"cannot open {name}: check the camera index or stream URL")
+        self.name = name
+        self.max_frames = max_frames
+        fps = capture.get(cv2.CAP_PROP_FPS)
+        self.fps = float(fps) if fps and 0 < fps < 1000 else 25.0
+        self._capture = capture
+        self._lock = threading.Condition()
+        self._latest: tuple[int, np.ndarray] | None = None
+        self._ended = False
+        self._stop = threading.Event()
+        self._read_count = 0
+        self._thread = threading.Thread(target=self._reader, name=f"litedet-source-{name}", daemon=True)
+        self._thread.start()
+
+    def _reader(self) -> None:
+        index = 0
+        try:
+            while not self._stop.is_set():
+                ok, image = self._capture.read()
+                if not ok or image is None:
+                    break
+                with self._lock:
+                    if self._latest is not None:
+                        self.stats.dropped += 1
+                    self._latest = (index, image)
+                    self._read_count = index + 1
+                    self._lock.notify_all()
+                index += 1
+        except Exception as err:  # a broken stream ends the run, it does not kill the process
+            LOGGER.warning("%s: stream broke after %d frames: %s", self.name, index, err)
+        finally:
+            with self._lock:
+                self._ended = True
+                self._lock.notify_all()
+
+    @property
+    def frames_read(self) -> int:
+        """Frames the reader thread has taken from the stream so far."""
+        with self._lock:
+            return self._read_count
+
+    def __iter__(self) -> Iterator[Frame]:
+        given = 0
+        while self.max_frames is None or given < self.max_frames:
+            with self._lock:
+                while self._latest is None and not self._ended:
+                    self._lock.wait(timeout=0.5)
+                if self._latest is None:
+                    return
+                index, image = self._latest
+                self._latest = None
+            given += 1
+            self.stats.frames += 1
+            yield Frame(image, f"{self.name}:{index}", self.name, index, is_video=True)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5.0)
+        self._capture.release()
+
+
+def _collect_dir(path: Path) -> list[Path]:
+    return sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES + VIDEO_SUFFIXES)
+
+
+def open_source(
+    source: str | int | os.PathLike,
+    max_frames: int | None = None,
+    capture_factory: Callable[[str | int], Capture] | None = None,
+) -> Source:
+    """Open ``source``: an image or video file, a folder, a glob, a camera index (``0``) or an
+    ``rtsp://`` / ``rtmp://`` / ``http(s)://`` URL (a URL ending in an image suffix is fetched as
+    one image; any other URL is a stream).
+
+    ``max_frames`` ends a live source after that many frames. ``capture_factory`` opens cameras
+    and streams (default ``cv2.VideoCapture``), e.g. a stub where no camera exists.
+    """
+    factory = capture_factory or cv2.VideoCapture
+    spec = str(source) if isinstance(source, os.PathLike) else source
+    if isinstance(spec, int) or (isinstance(spec, str) and spec.isdigit()):
+        index = int(spec)
+        return LiveSource(f"camera{index}", factory(index), max_frames)
+    if spec.lower().startswith(STREAM_SCHEMES):
+        path_part = spec.split("?", 1)[0].lower()
+        if spec.lower().startswith(("http://", "https://")) and path_part.endswith(IMAGE_SUFFIXES):
+            return URLImageSource(spec)
+        return LiveSource(spec, factory(spec), max_frames)
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        files = _collect_dir(path)
+        if not files:
+            raise FileNotFoundError(f"no images or videos in folder {path} (suffixes {', '.join(IMAGE_SUFFIXES + VIDEO_SUFFIXES)})")
+        return FileSource(files)
+    if path.is_file():
+        if path.suffix.lower() not in IMAGE_SUFFIXES + VIDEO_SUFFIXES:
+            raise ValueError(f"{path}: unknown image/video suffix {path.suffix!r}")
+        return FileSource([path])
+    if glob.has_magic(spec):
+        files = sorted(Path(p) for p in glob.glob(os.path.expanduser(spec), recursive=True))
+        files = [p for p in files if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES + VIDEO_SUFFIXES]
+        if not files:
+            raise FileNotFoundError(f"no images or videos match {spec}")
+        return FileSource(files)
+    raise FileNotFoundError(f"source not found: {path}")

@@ -1,0 +1,104 @@
+"""``Detections``: what detection returns for one image or frame (no torch)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import cv2
+import numpy as np
+
+
+def _palette(index: int) -> tuple[int, int, int]:
+    """A stable, distinct BGR colour per class id (golden-ratio hue steps)."""
+    hue = int((index * 0.618033988749895 % 1.0) * 179)
+    hsv = np.uint8([[[hue, 220, 255]]])
+    b, g, r = cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)[0, 0]
+    return int(b), int(g), int(r)
+
+
+@dataclass
+class Detections:
+    """Detections in one image.
+
+    ``boxes`` float32 [N, 4] (x1, y1, x2, y2) in original-image pixels, clipped to the image;
+    ``scores`` float32 [N]; ``class_ids`` int64 [N] (0-based model classes); ``names`` the model's
+    class names (``names[class_ids[i]]`` names detection i); ``source`` where the image came from
+    (a path, ``video.mp4:17`` for frame 17, a stream URL); ``image_shape`` (height, width).
+    """
+
+    boxes: np.ndarray
+    scores: np.ndarray
+    class_ids: np.ndarray
+    names: Sequence[str]
+    source: str = ""
+    image_shape: tuple[int, int] = (0, 0)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.boxes = np.asarray(self.boxes, dtype=np.float32).reshape(-1, 4)
+        self.scores = np.asarray(self.scores, dtype=np.float32).reshape(-1)
+        self.class_ids = np.asarray(self.class_ids, dtype=np.int64).reshape(-1)
+        if not (len(self.boxes) == len(self.scores) == len(self.class_ids)):
+            raise ValueError(
+                f"Detections needs as many boxes, scores and class ids: got {len(self.boxes)}, "
+                f"{len(self.scores)}, {len(self.class_ids)}"
+            )
+
+    @classmethod
+    def empty(cls, names: Sequence[str], source: str = "", image_shape: tuple[int, int] = (0, 0)) -> "Detections":
+        return cls(np.zeros((0, 4)), np.zeros(0), np.zeros(0), names, source, image_shape)
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+    @property
+    def class_names(self) -> list[str]:
+        """The class name of each detection."""
+        return [self._name(int(c)) for c in self.class_ids]
+
+    def _name(self, class_id: int) -> str:
+        return self.names[class_id] if 0 <= class_id < len(self.names) else str(class_id)
+
+    def to_json(self) -> dict[str, Any]:
+        """``{"source": ..., "detections": [{"box": [x1, y1, x2, y2], "score", "class_id", "class_name"}]}``
+        with boxes in original pixels (rounded to 0.01 px) and scores to 5 decimals."""
+        return {
+            "source": self.source,
+            "detections": [
+                {
+                    "box": [round(float(v), 2) for v in box],
+                    "score": round(float(score), 5),
+                    "class_id": int(class_id),
+                    "class_name": self._name(int(class_id)),
+                }
+                for box, score, class_id in zip(self.boxes, self.scores, self.class_ids)
+            ],
+        }
+
+    def draw(self, image: np.ndarray, line_width: int | None = None) -> np.ndarray:
+        """A copy of ``image`` (BGR) with each box, its class name and score drawn on it."""
+        canvas = np.ascontiguousarray(image).copy()
+        width = line_width or max(1, round(sum(canvas.shape[:2]) / 2 * 0.003))
+        font_scale = width / 3
+        for box, score, class_id in zip(self.boxes, self.scores, self.class_ids):
+            color = _palette(int(class_id))
+            x1, y1, x2, y2 = (int(round(float(v))) for v in box)
+            cv2.rectangle(canvas, (x1, y1), (x2, y2), color, width, cv2.LINE_AA)
+            label = f"{self._name(int(class_id))} {score:.2f}"
+            (text_w, text_h), baseline = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, font_scale, max(1, width - 1))
+            above = y1 - text_h - baseline >= 0
+            top = y1 - text_h - baseline if above else y1
+            cv2.rectangle(canvas, (x1, top), (x1 + text_w, top + text_h + baseline), color, -1, cv2.LINE_AA)
+            cv2.putText(
+                canvas, label, (x1, top + text_h), cv2.FONT_HERSHEY_SIMPLEX, font_scale, (255, 255, 255),
+                max(1, width - 1), cv2.LINE_AA,
+            )
+        return canvas
+
+    def __repr__(self) -> str:
+        counts: dict[str, int] = {}
+        for name in self.class_names:
+            counts[name] = counts.get(name, 0) + 1
+        summary = ", ".join(f"{n} {name}" for name, n in sorted(counts.items(), key=lambda kv: -kv[1])) or "nothing"
+        return f"Detections({self.source or '<image>'}: {summary})"

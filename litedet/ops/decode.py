@@ -1,0 +1,128 @@
+"""Decode raw head maps into candidate boxes, in numpy, shared by every backend.
+
+YOLO head (YOLOv5 ``Detect``): one map per level, [B, na * (5 + nc), H, W] of logits, channel
+``a * (5 + nc) + k`` for anchor ``a`` and ``k`` in (tx, ty, tw, th, objectness, class 0..nc-1).
+For the cell (gx, gy) at stride s with anchor (aw, ah) in input pixels (YOLOv5 v4+ decode):
+
+    cx = (2 * sigmoid(tx) - 0.5 + gx) * s        w = (2 * sigmoid(tw)) ** 2 * aw
+    cy = (2 * sigmoid(ty) - 0.5 + gy) * s        h = (2 * sigmoid(th)) ** 2 * ah
+
+Objectness and class scores are sigmoids. The result is [B, N, 5 + nc] rows of
+(cx, cy, w, h, objectness, class probabilities...) in input (letterboxed) pixels, levels in
+order, then anchors, then rows, then columns: the same order as YOLOv5's ``Detect`` output.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    """Numerically stable logistic function, float32 in, float32 out."""
+    x = np.asarray(x, dtype=np.float32)
+    # exp(-|x|) never overflows; pick the matching branch per element.
+    e = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e)).astype(np.float32)
+
+
+def decode_yolo(
+    outputs: Sequence[np.ndarray],
+    anchors: Sequence[Sequence[Sequence[float]]],
+    strides: Sequence[int],
+    num_classes: int,
+) -> np.ndarray:
+    """Decode YOLO raw maps.
+
+    Args:
+        outputs: one float array per level, [B, na * (5 + num_classes), H_i, W_i] logits.
+        anchors: per level, ``na`` (w, h) pairs in input pixels.
+        strides: per level, the input pixels per cell.
+        num_classes: classes the head predicts.
+
+    Returns:
+        float32 [B, N, 5 + num_classes], N = sum(na * H_i * W_i): (cx, cy, w, h, obj, cls...).
+    """
+    if not (len(outputs) == len(anchors) == len(strides)):
+        raise ValueError(
+            f"decode_yolo needs one anchor set and stride per output: got {len(outputs)} outputs, "
+            f"{len(anchors)} anchor levels, {len(strides)} strides"
+        )
+    per_row = 5 + num_classes
+    decoded = []
+    for level, (raw, level_anchors, stride) in enumerate(zip(outputs, anchors, strides)):
+        raw = np.asarray(raw, dtype=np.float32)
+        level_anchors = np.asarray(level_anchors, dtype=np.float32).reshape(-1, 2)
+        num_anchors = len(level_anchors)
+        if raw.ndim != 4 or raw.shape[1] != num_anchors * per_row:
+            raise ValueError(
+                f"output {level} has shape {raw.shape}; expected [B, {num_anchors * per_row}, H, W] "
+                f"for {num_anchors} anchors and {num_classes} classes"
+            )
+        batch, _, height, width = raw.shape
+        # [B, na, 5+nc, H, W] -> [B, na, H, W, 5+nc]
+        maps = sigmoid(raw.reshape(batch, num_anchors, per_row, height, width).transpose(0, 1, 3, 4, 2))
+        grid_y, grid_x = np.meshgrid(np.arange(height, dtype=np.float32), np.arange(width, dtype=np.float32), indexing="ij")
+        grid = np.stack([grid_x, grid_y], axis=-1)  # [H, W, 2] as (gx, gy)
+        xy = (maps[..., 0:2] * 2.0 - 0.5 + grid) * float(stride)
+        wh = (maps[..., 2:4] * 2.0) ** 2 * level_anchors[None, :, None, None, :]
+        rows = np.concatenate([xy, wh, maps[..., 4:]], axis=-1)
+        decoded.append(rows.reshape(batch, -1, per_row))
+    return np.concatenate(decoded, axis=1)
+
+
+# SSD box-coder variances for centre and size (SSD reference implementation, torchvision).
+SSD_VARIANCES = (0.1, 0.2)
+
+
+def decode_ssdlite(
+    outputs: Sequence[np.ndarray],
+    anchors: Sequence[Sequence[Sequence[float]]],
+    num_classes: int,
+    anchor_input_size: tuple[int, int],
+    input_size: tuple[int, int] | None = None,
+    variances: Sequence[float] = SSD_VARIANCES,
+) -> np.ndarray:
+    """Decode SSDLite raw maps (``litedet.models.heads.ssdlite``) into YOLO-style rows.
+
+    Each level is [B, A * (5 + nc), H, W], channel ``a * (5 + nc) + k`` with ``k`` in
+    (dx, dy, dw, dh, background logit, class logits...). For cell (row i, column j) and prior
+    (pw, ph) (``anchors`` are in pixels at ``anchor_input_size`` (h, w) and scale with the actual
+    ``input_size``)::
+
+        cx = (j + 0.5) / W * input_w + dx * v0 * pw      w = pw * exp(dw * v1)
+        cy = (i + 0.5) / H * input_h + dy * v0 * ph      h = ph * exp(dh * v1)
+
+    Class scores are a softmax over background + classes with the background dropped. Returns
+    [B, N, 5 + nc] rows (cx, cy, w, h, 1.0, class probabilities...), so the objectness column is 1
+    and ``non_max_suppression`` scores each box by its class probability.
+    """
+    height_in, width_in = anchor_input_size if input_size is None else input_size
+    scale_w, scale_h = width_in / anchor_input_size[1], height_in / anchor_input_size[0]
+    per_row = 5 + num_classes
+    decoded = []
+    for level, (raw, level_anchors) in enumerate(zip(outputs, anchors)):
+        raw = np.asarray(raw, dtype=np.float32)
+        priors = np.asarray(level_anchors, dtype=np.float32).reshape(-1, 2) * np.float32([scale_w, scale_h])
+        num_priors = len(priors)
+        if raw.ndim != 4 or raw.shape[1] != num_priors * per_row:
+            raise ValueError(
+                f"SSDLite output {level} has shape {raw.shape}; expected [B, {num_priors * per_row}, H, W] "
+                f"for {num_priors} priors and {num_classes} classes"
+            )
+        batch, _, height, width = raw.shape
+        maps = raw.reshape(batch, num_priors, per_row, height, width).transpose(0, 1, 3, 4, 2)  # [B, A, H, W, 5+nc]
+        rows, cols = np.meshgrid(np.arange(height, dtype=np.float32), np.arange(width, dtype=np.float32), indexing="ij")
+        centres = np.stack([(cols + 0.5) / width * width_in, (rows + 0.5) / height * height_in], axis=-1)  # [H, W, 2]
+        prior_wh = priors[None, :, None, None, :]
+        xy = centres + maps[..., 0:2] * variances[0] * prior_wh
+        wh = prior_wh * np.exp(np.clip(maps[..., 2:4] * variances[1], None, 20.0))
+        logits = maps[..., 4:]
+        logits = logits - logits.max(axis=-1, keepdims=True)
+        probs = np.exp(logits)
+        probs /= probs.sum(axis=-1, keepdims=True)
+        ones = np.ones_like(probs[..., :1])
+        out = np.concatenate([xy, np.broadcast_to(wh, xy.shape), ones, probs[..., 1:]], axis=-1)
+        decoded.append(out.reshape(batch, -1, per_row).astype(np.float32))
+    return np.concatenate(decoded, axis=1)

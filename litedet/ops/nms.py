@@ -1,0 +1,128 @@
+"""Non-maximum suppression in numpy, shared by every backend.
+
+``non_max_suppression`` follows YOLOv5's ``utils/general.py`` step for step so that scores and
+kept boxes match it: objectness pre-filter, score = objectness x class probability, best class
+(or every class above the threshold with ``multi_label``), class filter, at most ``max_nms``
+candidates by score, then greedy per-class NMS via the class-offset trick, keeping ``max_det``.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from litedet.ops.boxes import box_area, xywh_to_xyxy
+
+# Boxes of different classes are shifted this far apart so one NMS never compares them
+# (YOLOv5 ``max_wh``: larger than any image side we expect).
+CLASS_OFFSET = 7680.0
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float, max_keep: int | None = None) -> np.ndarray:
+    """Greedy NMS over boxes [N, 4] (xyxy) with scores [N].
+
+    Visits boxes by descending score and drops every later box whose IoU with a kept box is
+    greater than ``iou_threshold`` (torchvision ``ops.nms`` semantics). Stops after ``max_keep``
+    boxes are kept, which gives the same result as truncating the full answer, since boxes are
+    kept in score order. Returns the kept indices (int64), highest score first.
+    """
+    # float64: class offsets (batched_nms) put coordinates near 1e6, where float32 loses pixels.
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    scores = np.asarray(scores, dtype=np.float32).reshape(-1)
+    if len(boxes) != len(scores):
+        raise ValueError(f"nms got {len(boxes)} boxes and {len(scores)} scores")
+    if not 0.0 <= iou_threshold <= 1.0:
+        raise ValueError(f"iou_threshold must be in [0, 1], got {iou_threshold}")
+    limit = len(boxes) if max_keep is None else max(0, int(max_keep))
+    order = np.argsort(-scores, kind="stable")
+    areas = box_area(boxes)
+    keep: list[int] = []
+    while order.size and len(keep) < limit:
+        best, rest = order[0], order[1:]
+        keep.append(int(best))
+        top_left = np.maximum(boxes[best, :2], boxes[rest, :2])
+        bottom_right = np.minimum(boxes[best, 2:], boxes[rest, 2:])
+        inter = np.prod(np.clip(bottom_right - top_left, 0, None), axis=1)
+        union = areas[best] + areas[rest] - inter
+        iou = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+        order = rest[iou <= iou_threshold]
+    return np.asarray(keep, dtype=np.int64)
+
+
+def batched_nms(
+    boxes: np.ndarray,
+    scores: np.ndarray,
+    class_ids: np.ndarray,
+    iou_threshold: float,
+    max_keep: int | None = None,
+) -> np.ndarray:
+    """NMS done independently per class (torchvision ``batched_nms``), by offsetting each class's
+    boxes by ``class_id * CLASS_OFFSET`` so boxes of different classes never overlap."""
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    offsets = np.asarray(class_ids, dtype=np.float64).reshape(-1, 1) * CLASS_OFFSET
+    return nms(boxes + offsets, scores, iou_threshold, max_keep)
+
+
+def non_max_suppression(
+    prediction: np.ndarray,
+    conf_threshold: float = 0.25,
+    iou_threshold: float = 0.45,
+    classes: Sequence[int] | None = None,
+    agnostic: bool = False,
+    multi_label: bool = False,
+    max_det: int = 300,
+    max_nms: int = 30000,
+) -> list[np.ndarray]:
+    """YOLOv5 NMS on decoded predictions.
+
+    Args:
+        prediction: [B, N, 5 + nc] rows of (cx, cy, w, h, objectness, class probabilities...),
+            as returned by ``litedet.ops.decode.decode_yolo``.
+        conf_threshold: keep candidates whose objectness and final score exceed this.
+        iou_threshold: IoU above which a lower-scored box of the same class is suppressed.
+        classes: keep only these class ids (None: all).
+        agnostic: one NMS over all classes instead of one per class.
+        multi_label: a box may give one candidate per class above the threshold (YOLOv5 val);
+            otherwise only its best class.
+        max_det: most detections kept per image.
+        max_nms: most candidates (by score) that enter NMS.
+
+    Returns:
+        One float32 array [n, 6] per image: (x1, y1, x2, y2, score, class_id), by descending score.
+    """
+    prediction = np.asarray(prediction, dtype=np.float32)
+    if prediction.ndim != 3 or prediction.shape[-1] < 6:
+        raise ValueError(f"prediction must be [B, N, 5 + nc] with nc >= 1, got {prediction.shape}")
+    if not 0.0 <= conf_threshold <= 1.0:
+        raise ValueError(f"conf_threshold must be in [0, 1], got {conf_threshold}")
+    if max_det < 1:
+        raise ValueError(f"max_det must be >= 1, got {max_det}")
+    wanted = None if classes is None else np.asarray(list(classes), dtype=np.int64)
+    results = []
+    for rows in prediction:
+        rows = rows[rows[:, 4] > conf_threshold]
+        class_scores = rows[:, 5:] * rows[:, 4:5]
+        boxes = xywh_to_xyxy(rows[:, :4])
+        if multi_label:
+            box_index, class_id = np.nonzero(class_scores > conf_threshold)
+            boxes, scores = boxes[box_index], class_scores[box_index, class_id]
+        else:
+            class_id = class_scores.argmax(axis=1) if len(rows) else np.zeros(0, dtype=np.int64)
+            scores = class_scores[np.arange(len(rows)), class_id]
+            keep = scores > conf_threshold
+            boxes, scores, class_id = boxes[keep], scores[keep], class_id[keep]
+        if wanted is not None:
+            keep = np.isin(class_id, wanted)
+            boxes, scores, class_id = boxes[keep], scores[keep], class_id[keep]
+        if len(scores) > max_nms:
+            top = np.argsort(-scores, kind="stable")[:max_nms]
+            boxes, scores, class_id = boxes[top], scores[top], class_id[top]
+        offsets = np.zeros_like(scores) if agnostic else class_id.astype(np.float32)
+        keep = batched_nms(boxes, scores, offsets, iou_threshold, max_det)
+        results.append(
+            np.concatenate(
+                [boxes[keep], scores[keep, None], class_id[keep, None].astype(np.float32)], axis=1
+            ).astype(np.float32)
+        )
+    return results

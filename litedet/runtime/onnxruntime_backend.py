@@ -1,0 +1,66 @@
+"""ONNX Runtime backend for exported ``.onnx`` models (imports no torch)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from litedet.config import ModelConfig
+from litedet.runtime.base import Backend
+from litedet.runtime.shapes import check_input_shape
+
+PRECISIONS = ("fp32",)
+
+
+class OnnxRuntimeBackend(Backend):
+    """Runs an ``.onnx`` export with ONNX Runtime (CPU provider; CUDA when that build is installed).
+
+    ``threads`` sets the intra-op thread pool (one inter-op thread: these graphs are sequential).
+    ONNX Runtime runs the exported fp32 graph only; use OpenVINO or ncnn for bf16/fp16.
+    """
+
+    name = "onnxruntime"
+
+    def __init__(
+        self,
+        weights: str | os.PathLike,
+        config: ModelConfig,
+        threads: int | None = None,
+        precision: str = "fp32",
+    ) -> None:
+        import onnxruntime as ort
+
+        if precision not in PRECISIONS:
+            raise ValueError(f"onnxruntime runs fp32 only, got precision {precision!r}; use openvino (bf16, fp16) or ncnn (fp16)")
+        super().__init__(config, threads=threads, precision=precision)
+        path = Path(weights)
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        if threads is not None:
+            options.intra_op_num_threads = int(threads)
+            options.inter_op_num_threads = 1
+        available = ort.get_available_providers()
+        providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=providers)
+        except Exception as err:  # noqa: BLE001 - ORT raises its own exception types per failure
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ValueError(f"{path}: not a loadable ONNX model ({first})") from None
+        inputs = self.session.get_inputs()
+        if len(inputs) != 1:
+            raise ValueError(f"{path}: expected one image input, the model has {[i.name for i in inputs]}")
+        self.input_name = inputs[0].name
+        self.input_shape = list(inputs[0].shape)
+        graph_outputs = [o.name for o in self.session.get_outputs()]
+        self.output_names = list(config.output_names) or graph_outputs
+        missing = [n for n in self.output_names if n not in graph_outputs]
+        if missing:
+            raise ValueError(f"{path}: outputs {missing} named in its config are not in the model (it has {graph_outputs})")
+
+    def run(self, batch: np.ndarray) -> list[np.ndarray]:
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        check_input_shape(batch, self.input_shape, self.name)
+        outputs = self.session.run(self.output_names, {self.input_name: batch})
+        return [np.asarray(out) for out in outputs]

@@ -1,0 +1,71 @@
+"""OpenVINO backend for exported IR models (``.xml`` + ``.bin``; imports no torch)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from litedet.config import ModelConfig
+from litedet.runtime.base import Backend
+from litedet.runtime.shapes import check_input_shape
+
+# litedet precision -> OpenVINO INFERENCE_PRECISION_HINT. BENCHMARKS.md: on AMX CPUs OpenVINO
+# defaults to bf16, so fp32 must be asked for explicitly to match torch.
+PRECISION_HINTS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
+
+
+class OpenVINOBackend(Backend):
+    """Runs an OpenVINO IR on ``device`` (default CPU).
+
+    ``precision``: ``fp32`` (exact; set explicitly since the CPU default is bf16 where AMX is
+    present), ``bf16`` or ``fp16`` (the CPU plugin's inference precision; the weights file may be
+    fp32 or compressed fp16 either way). ``threads`` sets ``INFERENCE_NUM_THREADS``.
+    """
+
+    name = "openvino"
+
+    def __init__(
+        self,
+        weights: str | os.PathLike,
+        config: ModelConfig,
+        threads: int | None = None,
+        precision: str = "fp32",
+        device: str = "CPU",
+    ) -> None:
+        import openvino as ov
+
+        if precision not in PRECISION_HINTS:
+            raise ValueError(f"openvino precision must be one of {sorted(PRECISION_HINTS)}, got {precision!r}")
+        super().__init__(config, threads=threads, precision=precision)
+        path = Path(weights)
+        if not path.with_suffix(".bin").is_file():
+            raise FileNotFoundError(f"{path}: its weights file {path.with_suffix('.bin')} is missing (copy the .xml and .bin together)")
+        core = ov.Core()
+        properties: dict[str, object] = {"INFERENCE_PRECISION_HINT": PRECISION_HINTS[precision], "PERFORMANCE_HINT": "LATENCY"}
+        if threads is not None:
+            properties["INFERENCE_NUM_THREADS"] = int(threads)
+        try:
+            network = core.read_model(str(path))
+            self.compiled = core.compile_model(network, device, properties)
+        except RuntimeError as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ValueError(f"{path}: OpenVINO cannot load this model ({first})") from None
+        if len(self.compiled.inputs) != 1:
+            raise ValueError(f"{path}: expected one image input, the model has {len(self.compiled.inputs)}")
+        partial = self.compiled.input(0).get_partial_shape()
+        self.input_shape = [d.get_length() if d.is_static else None for d in partial]
+        graph_outputs = [sorted(o.get_names())[0] if o.get_names() else str(i) for i, o in enumerate(self.compiled.outputs)]
+        names = list(config.output_names) or graph_outputs
+        try:
+            self.outputs = [self.compiled.output(name) for name in names]
+        except RuntimeError:
+            raise ValueError(f"{path}: outputs {names} named in its config are not all in the model (it has {graph_outputs})") from None
+        self.request = self.compiled.create_infer_request()
+
+    def run(self, batch: np.ndarray) -> list[np.ndarray]:
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        check_input_shape(batch, self.input_shape, self.name)
+        results = self.request.infer({0: batch})
+        return [np.array(results[port], dtype=np.float32, copy=True) for port in self.outputs]

@@ -1,0 +1,22 @@
+"""Input checks shared by the engine backends (no torch)."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+
+def check_input_shape(batch: np.ndarray, expected: Sequence[object], engine: str) -> None:
+    """Raise a ValueError naming both shapes when ``batch`` does not fit an engine input whose
+    shape is ``expected`` (ints for fixed axes; names, None or -1 for dynamic ones)."""
+    if batch.ndim != 4 or batch.shape[1] != 3:
+        raise ValueError(f"{engine}: expected a batch [B, 3, H, W], got shape {list(batch.shape)}")
+    if len(expected) != 4:
+        return
+    for axis, (got, want) in enumerate(zip(batch.shape, expected)):
+        if isinstance(want, (int, np.integer)) and want > 0 and got != want:
+            raise ValueError(
+                f"{engine}: the model takes input {list(expected)}, got {list(batch.shape)} (axis {axis}); "
+                "export with --dynamic, or with --imgsz matching the input"
+            )

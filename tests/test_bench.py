@@ -1,0 +1,489 @@
+"""Benchmark harness, peers, reports and the guideline experiments: behaviour only, never timing."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from litedet.bench import harness
+from litedet.bench.harness import Candidate, LoadMonitor, measure_interleaved, measure_latency, summarize
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+def test_summarize_known_values():
+    times = [i / 1000 for i in range(1, 11)]  # 1..10 ms
+    stats = summarize(times)
+    assert stats.n == 10
+    assert stats.median_ms == pytest.approx(5.5)
+    assert stats.p90_ms == pytest.approx(9.1)  # numpy linear interpolation
+    assert stats.mean_ms == pytest.approx(5.5)
+    assert stats.std_ms == pytest.approx(np.std(np.arange(1, 11), ddof=1))
+    assert stats.min_ms == pytest.approx(1.0) and stats.max_ms == pytest.approx(10.0)
+    assert stats.total_s == pytest.approx(0.055)
+
+
+def test_summarize_is_robust_to_outliers():
+    times = [0.010] * 99 + [5.0]
+    stats = summarize(times)
+    assert stats.median_ms == pytest.approx(10.0)
+    assert stats.p90_ms == pytest.approx(10.0)
+    assert stats.mean_ms > 50  # the mean is not, which is why the median is reported
+
+
+@pytest.mark.parametrize("bad", [[], [float("nan")], [-1.0]])
+def test_summarize_rejects_bad_input(bad):
+    with pytest.raises(ValueError):
+        summarize(bad)
+
+
+def test_measure_latency_counts_runs_and_warmup():
+    calls = []
+    stats = measure_latency(lambda: calls.append(1), warmup=7, min_runs=100, max_attempts=1)
+    assert stats.n == 100
+    assert len(calls) == 107
+    assert stats.median_ms >= 0 and stats.p90_ms >= stats.median_ms
+    assert stats.attempts >= 1
+
+
+def test_measure_latency_synchronizes_after_each_call():
+    order = []
+    measure_latency(lambda: order.append("run"), warmup=0, min_runs=5, max_attempts=1,
+                    synchronize=lambda: order.append("sync"))
+    assert order == ["run", "sync"] * 5
+
+
+def test_budget_stops_early_with_floor():
+    calls = []
+
+    def slow():
+        calls.append(1)
+        import time
+
+        time.sleep(0.002)
+
+    stats = measure_latency(slow, warmup=0, min_runs=10_000, budget_s=0.05, min_runs_in_budget=5)
+    assert 5 <= stats.n < 10_000
+
+
+@pytest.mark.parametrize("kwargs", [{"warmup": -1}, {"min_runs": 0}, {"budget_s": 0}, {"max_attempts": 0}])
+def test_measure_rejects_bad_arguments(kwargs):
+    with pytest.raises(ValueError):
+        measure_interleaved({"a": lambda: None}, **kwargs)
+
+
+# --------------------------------------------------------------------------- interleaving
+
+
+def test_interleaving_alternates_configurations_in_rounds():
+    order: list[str] = []
+    configs = {name: (lambda n=name: order.append(n)) for name in "ABC"}
+    stats = measure_interleaved(configs, warmup=0, min_runs=6, chunk=2, max_attempts=1)
+    assert all(s.n == 6 for s in stats.values())
+    # collapse consecutive repeats: rounds must go A, B, C, A, B, C, ...
+    runs = [name for i, name in enumerate(order) if i == 0 or order[i - 1] != name]
+    assert runs == list("ABC") * 3
+    assert list(stats) == list("ABC")
+
+
+def test_interleaving_calls_before_hook_for_each_chunk():
+    events: list[str] = []
+    configs = {
+        "A": Candidate(fn=lambda: events.append("a"), before=lambda: events.append("setA")),
+        "B": Candidate(fn=lambda: events.append("b"), before=lambda: events.append("setB")),
+    }
+    measure_interleaved(configs, warmup=1, min_runs=4, chunk=2, max_attempts=1)
+    # every run of A follows a setA with no B in between, and vice versa
+    current = None
+    for event in events:
+        if event.startswith("set"):
+            current = event[-1].lower()
+        else:
+            assert event == current
+
+
+def test_disturbed_runs_are_repeated_and_flagged(monkeypatch):
+    loads = iter([90.0, 80.0, 95.0])
+
+    class FakeMonitor(LoadMonitor):
+        def __init__(self):
+            super().__init__()
+            self.value = next(loads)
+
+        @property
+        def other_load(self):
+            return self.value
+
+    monkeypatch.setattr(harness, "LoadMonitor", FakeMonitor)
+    stats = measure_interleaved({"a": lambda: None}, warmup=0, min_runs=3, load_threshold=50, max_attempts=3)["a"]
+    assert stats.disturbed  # still above the threshold after every attempt
+    assert stats.attempts == 3
+    assert stats.other_load == 80.0  # the least disturbed attempt is kept
+
+
+def test_quiet_runs_are_not_repeated(monkeypatch):
+    class QuietMonitor(LoadMonitor):
+        @property
+        def other_load(self):
+            return 1.0
+
+    monkeypatch.setattr(harness, "LoadMonitor", QuietMonitor)
+    calls = []
+    stats = measure_interleaved({"a": lambda: calls.append(1)}, warmup=0, min_runs=4, load_threshold=50, max_attempts=3)["a"]
+    assert not stats.disturbed and stats.attempts == 1 and len(calls) == 4
+
+
+def test_load_monitor_reads_this_machine():
+    monitor = LoadMonitor()
+    with monitor:
+        sum(i * i for i in range(200_000))
+    load = monitor.other_load
+    assert load is None or 0.0 <= load <= 100.0
+
+
+def test_energy_meter_says_not_available_without_counters(monkeypatch):
+    from litedet.bench import energy
+
+    monkeypatch.setattr(energy, "rapl_zones", lambda root=energy.POWERCAP: [])
+    meter = energy.open_energy_meter("cpu")
+    meter.start()
+    meter.stop()
+    assert meter.source == "not available" and meter.per_image_mj(10) is None and meter.mean_watts is None
+
+
+def test_rapl_meter_handles_counter_wrap(tmp_path):
+    from litedet.bench.energy import RaplMeter, rapl_zones
+
+    zone = tmp_path / "intel-rapl:0"
+    zone.mkdir()
+    (zone / "max_energy_range_uj").write_text("1000000\n")
+    (zone / "energy_uj").write_text("999000\n")
+    assert rapl_zones(str(tmp_path)) == [zone]
+    meter = RaplMeter([zone])
+    meter.start()
+    (zone / "energy_uj").write_text("1000\n")  # wrapped: 1000 uJ to the top + 1000 uJ after
+    meter.stop()
+    assert meter.joules == pytest.approx(0.002)
+    assert meter.per_image_mj(2) == pytest.approx(1.0)
+
+
+# --------------------------------------------------------------------------- machine
+
+
+def test_machine_info_without_measuring():
+    from litedet.bench.machine import machine_info
+
+    info = machine_info(measure=False)
+    assert info.logical_cpus >= 1 and info.cpu_model
+    assert "numpy" in info.engines
+    assert info.peak_gflops == {}
+    assert json.loads(json.dumps(info.to_dict()))["cpu_model"] == info.cpu_model
+
+
+def test_peak_gflops_is_positive_and_rejects_bad_threads():
+    from litedet.bench.machine import measure_peak_gflops
+
+    gflops, method = measure_peak_gflops(1, n=256, repeats=2)
+    assert gflops > 0 and "n=256" in method
+    with pytest.raises(ValueError):
+        measure_peak_gflops(0)
+
+
+# --------------------------------------------------------------------------- peers
+
+
+def test_unknown_peer_is_an_error():
+    from litedet.bench.peers import get_peer
+
+    with pytest.raises(ValueError, match="unknown peer"):
+        get_peer("yolov99")
+
+
+def test_absent_peers_are_skipped_with_a_note(monkeypatch, tmp_path):
+    from litedet.bench import peers
+
+    monkeypatch.setenv("LITEDET_SHARED", str(tmp_path))  # no published weights here
+    real_find_spec = peers.importlib.util.find_spec
+    monkeypatch.setattr(peers.importlib.util, "find_spec",
+                        lambda name, *a: None if name == "ultralytics" else real_find_spec(name, *a))
+    found, notes = peers.resolve_peers(["yolov8n", "v5lite-ncnn", "fastestdet", "ssdlite"])
+    assert [p.name for p in found] == ["ssdlite"]
+    assert len(notes) == 3
+    assert any("ultralytics" in n for n in notes)
+    assert any("v5lite-e.ncnn.param" in n for n in notes)
+
+
+def test_ncnn_io_names(tmp_path):
+    from litedet.bench.peers import ncnn_io_names
+
+    param = tmp_path / "m.param"
+    param.write_text(
+        "7767517\n4 5\nInput in0 0 1 images\nConvolution c 1 1 images a 0=8\nSplit s 1 2 a a0 a1\n"
+        "Sigmoid o 1 1 a0 out1\n"
+    )
+    assert ncnn_io_names(param) == ("images", ["a1", "out1"])
+
+
+def test_published_v5lite_runs_and_decodes(shared):
+    from litedet.bench.peers import V5LiteNcnnPeer
+
+    import cv2
+
+    peer = V5LiteNcnnPeer()
+    if peer.missing():
+        pytest.skip(peer.missing())
+    variant = next(v for v in peer.variants([320]) if v.variant == "v5lite-e")
+    assert variant.imgsz == 320 and variant.engines == ("ncnn",)
+    run = peer.open(variant, "ncnn", 1, shared)
+    image_path = sorted((shared / "data/coco256/images/val2017").glob("*.jpg"))[0]
+    image = cv2.imread(str(image_path))
+    tensor, meta = peer.preprocess(image, variant)
+    assert tensor.shape == (1, 3, 320, 320) and tensor.dtype == np.float32
+    outputs = run(tensor)
+    assert [o.shape for o in outputs] == [(1, 3, 1600, 85), (1, 3, 400, 85), (1, 3, 100, 85)]
+    dets = peer.postprocess(outputs, meta, variant, conf=0.25, iou=0.45)
+    assert len(dets) > 0  # a trained COCO model finds something in a COCO image
+    assert (dets.boxes[:, 2] <= image.shape[1] + 1e-3).all() and (dets.boxes[:, 3] <= image.shape[0] + 1e-3).all()
+    assert ((dets.classes >= 0) & (dets.classes < 80)).all()
+
+
+# --------------------------------------------------------------------------- report
+
+
+def _row(**over):
+    row = {"model": "m", "variant": "m", "kind": "litedet", "engine": "onnxruntime", "threads": 1, "imgsz": 64,
+           "batch": 1, "mode": "network", "median_ms": 2.0, "p90_ms": 2.5, "gflops": 0.1, "params": 1000,
+           "other_load": 3.0, "disturbed": False}
+    row.update(over)
+    return row
+
+
+def test_report_writes_markdown_json_and_plots(tmp_path):
+    from litedet.bench.report import write_report
+
+    rows = [_row(), _row(engine="torch", median_ms=5.0, p90_ms=6.0), _row(model="peer", kind="peer", median_ms=1.0)]
+    results = [{"model": "m", "map50_95": 0.3, "map50": 0.5}, {"model": "peer", "map50_95": 0.2}]
+    paths = write_report(rows, tmp_path, machine={"cpu_model": "cpu", "peak_gflops": {1: 100.0}}, map_results=results)
+    text = paths["markdown"].read_text()
+    assert "| m @64 |" in text and "onnxruntime" in text
+    payload = json.loads(paths["json"].read_text())
+    assert len(payload["rows"]) == 3
+    assert paths["latency_png"].read_bytes()[:4] == b"\x89PNG"
+    assert paths["pareto_network_png"].read_bytes()[:4] == b"\x89PNG"
+
+
+def test_report_rejects_rows_without_required_keys(tmp_path):
+    from litedet.bench.report import write_report
+
+    row = _row()
+    del row["p90_ms"]
+    with pytest.raises(ValueError, match="p90_ms"):
+        write_report([row], tmp_path)
+
+
+def test_map_results_file_is_checked(tmp_path):
+    from litedet.bench.report import load_map_results
+
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps([{"model": "v5lite-e", "map50_95": 0.27, "map50": 0.44}]))
+    assert load_map_results(good)[0]["model"] == "v5lite-e"
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps([{"model": "x", "map50_95": 27.5}]))
+    with pytest.raises(ValueError, match="fraction"):
+        load_map_results(bad)
+    with pytest.raises(FileNotFoundError):
+        load_map_results(tmp_path / "missing.json")
+
+
+def test_pareto_front():
+    from litedet.bench.report import pareto_front
+
+    points = [(10, 0.3), (5, 0.2), (20, 0.25), (7, 0.2), (30, 0.4)]
+    assert pareto_front(points) == [1, 0, 4]
+
+
+def test_attach_accuracy_matches_engine_and_size():
+    from litedet.bench.report import attach_accuracy
+
+    rows = [_row(engine="torch"), _row(engine="ncnn"), _row(imgsz=320)]
+    joined = attach_accuracy(rows, [{"model": "m", "engine": "ncnn", "imgsz": 64, "map50_95": 0.1}])
+    assert len(joined) == 1 and joined[0]["engine"] == "ncnn"
+    assert not math.isnan(joined[0]["map50_95"])
+
+
+# --------------------------------------------------------------------------- runs
+
+
+def _required_row_types(row):
+    from litedet.bench.report import REQUIRED_KEYS
+
+    for key in REQUIRED_KEYS:
+        assert key in row, key
+    assert isinstance(row["model"], str) and isinstance(row["engine"], str)
+    assert isinstance(row["threads"], int) and isinstance(row["imgsz"], int) and isinstance(row["batch"], int)
+    assert row["median_ms"] > 0 and row["p90_ms"] >= row["median_ms"]
+    assert row["gflops"] is None or row["gflops"] > 0
+    assert row["params"] is None or row["params"] > 0
+    for key in ("other_load", "disturbed", "energy_mj_per_image", "energy_source", "mode", "n"):
+        assert key in row
+
+
+def test_published_peers_rows_schema(shared, tmp_path):
+    """Peers only (no torch export needed): network + end-to-end rows, report files, JSON rows."""
+    import cv2
+
+    from litedet.bench.run import benchmark, load_images
+
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("ncnn")
+    images = load_images(2)
+    assert all(isinstance(im, np.ndarray) and im.ndim == 3 for im in images)
+    result = benchmark(models=[], peers="fastestdet,v5lite-ncnn", engines="onnxruntime,ncnn", threads="1",
+                       imgsz="320", runs=3, warmup=1, end_to_end=True, images=images, out_dir=tmp_path,
+                       measure_peak=False, progress=False)
+    rows = result.rows
+    keys = {(r["model"], r.get("variant"), r["engine"], r["imgsz"], r["mode"]) for r in rows}
+    assert keys == {
+        ("fastestdet", "fastestdet", "onnxruntime", 352, "network"),
+        ("v5lite-ncnn", "v5lite-e", "ncnn", 320, "network"),
+        ("v5lite-ncnn", "v5lite-s", "ncnn", 416, "network"),
+        ("fastestdet", "fastestdet", "onnxruntime", 352, "end-to-end"),
+        ("v5lite-ncnn", "v5lite-e", "ncnn", 320, "end-to-end"),
+        ("v5lite-ncnn", "v5lite-s", "ncnn", 416, "end-to-end"),
+    }
+    for row in rows:
+        _required_row_types(row)
+        assert row["n"] == 3
+    assert json.loads(json.dumps(rows))  # plain JSON types only
+    payload = json.loads((tmp_path / "results.json").read_text())
+    assert len(payload["rows"]) == 6 and "energy" in " ".join(payload["notes"])
+    assert (tmp_path / "latency.png").is_file()
+    del cv2
+
+
+def test_benchmark_rejects_bad_arguments(tmp_path):
+    from litedet.bench.run import benchmark
+
+    with pytest.raises(ValueError, match="engine"):
+        benchmark(models="v5lite-e", engines="tensorrt", out_dir=tmp_path)
+    with pytest.raises(ValueError, match="nothing to benchmark"):
+        benchmark(models="", peers="", out_dir=tmp_path)
+    with pytest.raises(ValueError, match="threads"):
+        benchmark(models="v5lite-e", threads="0", out_dir=tmp_path)
+
+
+def test_tiny_litedet_model_end_to_end(tmp_path):
+    """A litedet model through torch and ONNX Runtime at 64 px, network (batch 1 and 2) and
+    end-to-end, 3 runs each: the run completes and every row is well formed."""
+    pytest.importorskip("litedet.export.api")
+    pytest.importorskip("litedet.bench.profile")
+    pytest.importorskip("onnxruntime")
+    from litedet.bench.run import benchmark
+
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 255, (90, 120, 3), dtype=np.uint8) for _ in range(2)]
+    result = benchmark(models="v5lite-e", engines="torch,onnxruntime", threads="1", imgsz="64", batch="1,2",
+                       runs=3, warmup=1, end_to_end=True, images=images, out_dir=tmp_path, measure_peak=False,
+                       progress=False)
+    combos = {(r["engine"], r["batch"], r["mode"]) for r in result.rows}
+    assert ("torch", 1, "network") in combos and ("onnxruntime", 1, "end-to-end") in combos
+    assert ("torch", 2, "network") in combos
+    for row in result.rows:
+        _required_row_types(row)
+        assert row["model"] == "v5lite-e" and row["kind"] == "litedet"
+        assert row["gflops"] > 0 and row["params"] > 0
+    network = [r for r in result.rows if r["mode"] == "network" and r["batch"] == 2]
+    assert all(r["images_per_s"] == pytest.approx(2e3 / r["median_ms"]) for r in network)
+    # a second run reuses the cached exports
+    cache = list((tmp_path / "cache").glob("v5lite-e_64_random/onnxruntime_dynamic/.done"))
+    assert cache
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def test_cli_parses_both_modes():
+    from litedet.cli import build_parser
+
+    parser = build_parser("bench")
+    args = parser.parse_args(["bench", "guidelines", "--quick", "--out", "x"])
+    assert args.mode == "guidelines" and args.quick and args.out == "x"
+    args = parser.parse_args(["bench", "--models", "v5lite-e,v5lite-s", "--threads", "1,2", "--end-to-end", "--json"])
+    assert args.mode == "run" and args.end_to_end and args.json and args.models == "v5lite-e,v5lite-s"
+
+
+def test_cli_reports_bad_engine_as_one_line(capsys):
+    from litedet.cli import main
+
+    assert main(["bench", "--models", "v5lite-e", "--engines", "tensorrt", "--out", "/tmp/never"]) == 2
+    err = capsys.readouterr().err
+    assert "tensorrt" in err and "Traceback" not in err
+
+
+# --------------------------------------------------------------------------- guidelines
+
+
+def test_guideline_experiments_follow_the_paper():
+    from litedet.bench.guidelines import guideline_experiments
+
+    experiments = guideline_experiments((1, 2))
+    keys = [e.key for e in experiments]
+    assert keys == ["G1", "G1", "G2", "G2", "G3", "G3", "G4", "G4"]
+    g1 = experiments[0]
+    assert [s.label for s in g1.settings] == ["1:1", "1:2", "1:6", "1:12"]
+    assert [s.channels for s in g1.settings] == ["(128,128)", "(90,180)", "(52,312)", "(36,432)"]
+    assert [s.channels for s in experiments[3].settings] == ["c=256", "c=360", "c=512", "c=720"]
+    for experiment in experiments:
+        assert experiment.expected_fastest in [s.label for s in experiment.settings]
+        for setting in experiment.settings:
+            blocks = setting.build()
+            assert len(blocks) == 10  # §2: ten stacked blocks
+    with pytest.raises(ValueError):
+        guideline_experiments((3,))
+
+
+def test_guideline_blocks_keep_shapes():
+    import torch
+
+    from litedet.bench.guidelines import guideline_experiments
+
+    for experiment in guideline_experiments((1,)):
+        for setting in experiment.settings:
+            x = torch.zeros(1, setting.in_channels, 8, 8)
+            assert setting.build()(x).shape == x.shape  # blocks stack: same channels in and out
+
+
+def test_guideline_flops_are_equal_within_each_experiment():
+    pytest.importorskip("litedet.bench.profile")
+    from litedet.bench.guidelines import check_equal_flops, guideline_experiments
+
+    for experiment in guideline_experiments((1,)):
+        flops = check_equal_flops(experiment)
+        assert min(flops) > 0
+        assert max(flops) <= min(flops) * 1.06
+
+
+def test_focus_stems_params_and_flops():
+    from litedet.bench.guidelines import focus_stems
+
+    stems = focus_stems(32)
+    params = {k: sum(p.numel() for p in m.parameters()) for k, m in stems.items()}
+    assert params["Focus + 3x3 conv"] == params["6x6 conv stride 2"]  # 12*9 == 3*36 weights per filter
+    assert params["3x3 conv stride 2"] < params["Focus + 3x3 conv"]
+    import torch
+
+    x = torch.zeros(1, 3, 64, 64)
+    assert {tuple(m.eval()(x).shape) for m in stems.values()} == {(1, 32, 32, 32)}
+
+
+def test_dense_block_matches_param_budget():
+    from litedet.bench.guidelines import DenseBlock, equal_params_dense_block
+
+    block = equal_params_dense_block(900_000, in_channels=128, layers=5)
+    params = sum(p.numel() for p in block.parameters())
+    assert abs(params - 900_000) / 900_000 < 0.02
+    assert isinstance(block, DenseBlock) and block.out_channels == 128 + 5 * block.layers[0][-1].out_channels

@@ -1,0 +1,308 @@
+"""Compression: pruning, low-rank, quantization, distillation, recipes (tiny inputs, CPU)."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from litedet.compress.checkpoint import load_compressed, save_compressed
+from litedet.compress.distill import (
+    AttentionTransfer,
+    Distiller,
+    FitNetLoss,
+    HintonKD,
+    ResponseKD,
+    Taps,
+    check_compatible,
+    tap_features,
+)
+from litedet.compress.lowrank import cp_decompose, decompose, svd_decompose
+from litedet.compress.prune import BNSparsity, magnitude_prune, structured_prune, weight_sparsity
+from litedet.compress.recipe import parse_recipe
+from litedet.models.registry import create_model
+
+SIZE = 64
+
+
+def _detector(name: str = "v5lite-e", seed: int = 0, **kwargs) -> nn.Module:
+    torch.manual_seed(seed)
+    model = create_model(name, input_size=SIZE, **kwargs).eval()
+    # Non-trivial BN statistics so folding and pruning by gamma see different channels.
+    generator = torch.Generator().manual_seed(seed)
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            n = module.num_features
+            module.weight.data = torch.rand(n, generator=generator) + 0.1
+            module.bias.data = torch.randn(n, generator=generator) * 0.1
+            module.running_mean = torch.randn(n, generator=generator) * 0.1
+            module.running_var = torch.rand(n, generator=generator) + 0.5
+    return model
+
+
+def _outputs(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    with torch.no_grad():
+        return list(model(x))
+
+
+# ------------------------------------------------------------------------------------- pruning
+
+
+@pytest.mark.parametrize("importance", ["l1", "bn_scale"])
+def test_structured_pruning_removes_channels_and_keeps_outputs(importance):
+    model = _detector("v5lite-s")
+    x = torch.randn(1, 3, SIZE, SIZE)
+    shapes = [o.shape for o in _outputs(model, x)]
+    c3_width = model.neck.td4.cv1.conv.out_channels
+    unit_width = model.backbone.stage3[1].branch2[0].out_channels
+    result = structured_prune(model, 0.3, importance, imgsz=SIZE)
+    assert result.params_after < 0.85 * result.params_before
+    assert result.channels_after < result.channels_before
+    assert model.neck.td4.cv1.conv.out_channels < c3_width  # C3 hidden width really shrank
+    assert model.backbone.stage3[1].branch2[0].out_channels < unit_width  # inside ShuffleNetV2 units too
+    assert model.backbone.stage3[1].branch2[5].out_channels == unit_width  # unit outputs kept (shuffle)
+    assert [o.shape for o in _outputs(model, x)] == shapes  # head layout kept
+    assert all(torch.isfinite(o).all() for o in _outputs(model, x))
+
+
+def test_bn_scale_prunes_the_smallest_gammas():
+    model = _detector("v5lite-e")
+    bn = model.neck.td3.cv1.bn
+    with torch.no_grad():
+        bn.weight.fill_(1.0)
+        bn.weight[:4] = 1e-4  # four channels network slimming should remove first
+    kept_before = bn.weight.clone()
+    structured_prune(model, 0.1, "bn_scale", imgsz=SIZE)
+    remaining = model.neck.td3.cv1.bn.weight
+    assert len(remaining) < len(kept_before)
+    assert remaining.min() > 1e-3
+
+
+def test_pruned_checkpoint_round_trip(tmp_path):
+    model = _detector("v5lite-e")
+    structured_prune(model, 0.25, "l1", imgsz=SIZE)
+    x = torch.randn(1, 3, SIZE, SIZE)
+    path = save_compressed(model, tmp_path / "pruned.safetensors")
+    loaded, config = load_compressed(path)
+    assert config.extra["compression"]["pruned"] is True
+    for a, b in zip(_outputs(model, x), _outputs(loaded, x)):
+        torch.testing.assert_close(a, b)
+
+
+def test_magnitude_pruning_sparsity_and_shapes():
+    model = _detector("v5lite-e")
+    shapes = {name: p.shape for name, p in model.named_parameters()}
+    result = magnitude_prune(model, 0.5)
+    assert result.sparsity == pytest.approx(0.5, abs=0.02)
+    assert {name: p.shape for name, p in model.named_parameters()} == shapes
+    assert result.params_after == result.params_before  # dense size unchanged: reported honestly
+    assert weight_sparsity(model) > 0.45
+
+
+@pytest.mark.parametrize("ratio", [0.0, 1.0, -0.2, 1.5])
+def test_ratio_outside_open_interval_is_an_error(ratio):
+    with pytest.raises(ValueError, match=r"\(0, 1\)"):
+        structured_prune(_detector(), ratio)
+
+
+def test_bn_sparsity_loss_and_subgradient():
+    model = _detector()
+    sparsity = BNSparsity(model, 1e-3)
+    assert sparsity.loss() > 0
+    model.zero_grad()
+    for bn in sparsity.norms:
+        bn.weight.grad = torch.zeros_like(bn.weight)
+    sparsity.add_subgradient()
+    bn = sparsity.norms[0]
+    torch.testing.assert_close(bn.weight.grad, 1e-3 * torch.sign(bn.weight))
+
+
+# ------------------------------------------------------------------------------------ low-rank
+
+
+def test_svd_full_rank_reconstructs_and_low_rank_shrinks():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(16, 24, 1, bias=True)
+    x = torch.randn(2, 16, 8, 8)
+    torch.testing.assert_close(svd_decompose(conv, 16)(x), conv(x), atol=1e-4, rtol=1e-4)
+    low = svd_decompose(conv, 4)
+    assert sum(p.numel() for p in low.parameters()) < sum(p.numel() for p in conv.parameters())
+    linear = nn.Linear(20, 12)
+    y = torch.randn(3, 20)
+    torch.testing.assert_close(svd_decompose(linear, 12)(y), linear(y), atol=1e-4, rtol=1e-4)
+
+
+def test_cp_reconstructs_at_high_rank_with_stride():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(4, 6, 3, stride=2, padding=1)
+    x = torch.randn(2, 4, 9, 9)
+    factors = cp_decompose(conv, 36)
+    out = factors(x)
+    assert out.shape == conv(x).shape
+    assert (out - conv(x)).abs().max() < 1e-2 * conv(x).abs().max()
+
+
+def test_decompose_model_reduces_params_and_round_trips(tmp_path):
+    model = _detector("v5lite-e")
+    x = torch.randn(1, 3, SIZE, SIZE)
+    reference = _outputs(model, x)
+    full = copy.deepcopy(model)
+    decompose(full, "svd", energy=1.0)  # nothing worth replacing at full energy: outputs equal
+    for a, b in zip(_outputs(full, x), reference):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+    result = decompose(model, "svd", rank=0.25)
+    assert result.params_after < result.params_before and result.layers
+    assert [o.shape for o in _outputs(model, x)] == [o.shape for o in reference]
+    loaded, _ = load_compressed(save_compressed(model, tmp_path / "lowrank.safetensors"))
+    for a, b in zip(_outputs(model, x), _outputs(loaded, x)):
+        torch.testing.assert_close(a, b)
+
+
+# ---------------------------------------------------------------------------------- quantization
+
+
+@pytest.fixture(scope="module")
+def tiny_onnx(tmp_path_factory):
+    from litedet.export.api import export_model
+
+    out = tmp_path_factory.mktemp("onnx")
+    result = export_model(_detector("v5lite-e"), "onnx", out, stem="model")
+    images = out / "calib"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for index in range(6):  # smooth synthetic photos: blurred noise at two scales
+        image = cv2.GaussianBlur(rng.integers(0, 255, (96, 128, 3), dtype=np.uint8), (0, 0), 3 + index)
+        cv2.imwrite(str(images / f"img{index}.jpg"), image)
+    return Path(result.path), images
+
+
+def test_int8_static_onnx_runs_and_correlates_with_fp32(tiny_onnx, tmp_path):
+    from litedet.compress.quantize import quantize
+    from litedet.runtime import open_backend
+
+    model, images = tiny_onnx
+    result = quantize(model, tmp_path / "int8.onnx", "ort-static", images, num_images=6)
+    assert result.size_after < result.size_before
+    fp32, int8 = open_backend(model, threads=1), open_backend(result.output, threads=1)
+    assert int8.config.precision == "int8" and int8.config.extra["quantization"]["per_channel"] is True
+    batch = np.stack([cv2.imread(str(p))[:SIZE, :SIZE, ::-1].transpose(2, 0, 1) for p in sorted(images.iterdir())[:2]])
+    batch = batch.astype(np.float32) / 255
+    for image in batch:
+        for a, b in zip(fp32.run(image[None]), int8.run(image[None])):
+            assert a.shape == b.shape
+            assert np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.95
+
+
+def test_dynamic_int8_is_data_free(tiny_onnx, tmp_path):
+    from litedet.compress.quantize import quantize
+    from litedet.runtime import open_backend
+
+    model, _ = tiny_onnx
+    result = quantize(model, tmp_path / "dyn.onnx", "ort-dynamic")
+    outputs = open_backend(result.output, threads=1).run(np.full((1, 3, SIZE, SIZE), 0.5, np.float32))
+    assert len(outputs) == 3
+
+
+def test_calibration_folder_without_images_is_an_error(tiny_onnx, tmp_path):
+    from litedet.compress.quantize import quantize
+
+    model, _ = tiny_onnx
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.jpg").write_text("not an image")
+    with pytest.raises(ValueError, match="no readable image"):
+        quantize(model, tmp_path / "x.onnx", "ort-static", empty)
+
+
+# ---------------------------------------------------------------------------------- distillation
+
+
+def _taps(model: nn.Module, x: torch.Tensor) -> Taps:
+    with tap_features(model) as store:
+        outputs = list(model(x))
+    return Taps(outputs, store[-1])
+
+
+def test_distillation_losses_are_zero_for_identical_networks():
+    teacher = _detector()
+    x = torch.randn(2, 3, SIZE, SIZE)
+    with torch.no_grad():
+        taps = _taps(teacher, x)
+        channels = [f.shape[1] for f in taps.features]
+        assert ResponseKD(3, 80)(taps, taps).abs() < 1e-6
+        assert FitNetLoss(channels, channels)(taps, taps).abs() < 1e-6
+        assert AttentionTransfer()(taps, taps).abs() < 1e-6
+        logits = Taps([torch.randn(4, 10)])
+        assert HintonKD(4.0)(logits, logits).abs() < 1e-6
+
+
+@pytest.mark.parametrize("strategy", ["response", "fitnet", "attention"])
+def test_distillation_loss_decreases_over_a_few_steps(strategy):
+    teacher = _detector(seed=0)
+    student = _detector(seed=1)
+    x = torch.randn(2, 3, SIZE, SIZE)
+    with torch.no_grad():
+        target = _taps(teacher, x)
+    distiller = Distiller({strategy: 1.0}, student, teacher, imgsz=SIZE)
+    optimizer = torch.optim.Adam([*student.parameters(), *distiller.parameters()], lr=1e-3)
+    student.train()
+    losses = []
+    for _ in range(6):
+        loss = distiller(_taps(student, x), target)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+
+
+def test_teacher_with_other_classes_is_rejected():
+    with pytest.raises(ValueError, match="teacher classes"):
+        check_compatible(_detector(num_classes=3), _detector(num_classes=80))
+
+
+# ----------------------------------------------------------------------------------------- recipe
+
+
+def _recipe(**changes):
+    data = {"model": "m.safetensors", "data": "d.yaml", "steps": [{"prune": {"ratio": 0.3}}, {"finetune": {"epochs": 1}}]}
+    data.update(changes)
+    return data
+
+
+def test_recipe_parses_typed_steps():
+    recipe = parse_recipe(_recipe(steps=[{"prune": {"method": "bn_scale", "ratio": 0.3}}, "finetune",
+                                         {"quantize": {"calib": "imgs", "images": 8}}]))
+    assert [name for name, _ in recipe.steps] == ["prune", "finetune", "quantize"]
+    assert recipe.steps[0][1].ratio == 0.3 and recipe.steps[2][1].images == 8
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"steps": [{"shrink": {}}]}, "unknown step 'shrink'"),
+        ({"steps": [{"prune": {"ratio": 0.3, "speed": 2}}]}, r"unknown keys \['speed'\]"),
+        ({"steps": [{"prune": {"ratio": 1.3}}]}, r"\(0, 1\)"),
+        ({"steps": [{"prune": {"ratio": "a lot"}}]}, "expected float"),
+        ({"colour": "red"}, r"unknown keys \['colour'\]"),
+        ({"data": None}, "needs 'data'"),
+        ({"steps": []}, "non-empty list"),
+        ({"model": "m.onnx"}, "need a torch checkpoint"),
+        ({"steps": [{"quantize": {"method": "ort-static"}}]}, "calib"),
+    ],
+)
+def test_recipe_errors_are_clear(changes, message):
+    with pytest.raises(ValueError, match=message):
+        parse_recipe(_recipe(**changes))
+
+
+def test_cli_rejects_bad_ratio_before_work(capsys):
+    from litedet.cli import main
+
+    assert main(["prune", "--weights", "missing.safetensors", "--ratio", "1.5", "--no-report"]) == 2
+    assert "(0, 1)" in capsys.readouterr().err

@@ -1,0 +1,217 @@
+"""Export round trips (ONNX, OpenVINO, ncnn) at a tiny input, the in-graph NMS variant, and the
+errors a user can meet. Each engine's raw maps must equal torch's within a float tolerance."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from litedet.config import ModelConfig
+from litedet.export.api import export_model, fuse_for_export, parse_imgsz
+from litedet.export.formats import default_stem, export_formats, get_format
+from litedet.models.detector import Detector
+from litedet.models.heads.yolo import YoloHead
+from litedet.models.registry import create_model
+from litedet.ops import decode_yolo, non_max_suppression
+from litedet.runtime import open_backend
+
+SIZE = 64
+
+
+@pytest.fixture(scope="module")
+def tiny() -> Detector:
+    """v5lite-e at 64 px, 3 classes, random weights with non-trivial BatchNorm statistics (so
+    Conv+BN fusion is exercised) and a head that gives well-spread scores (no ties in NMS)."""
+    torch.manual_seed(0)
+    model = create_model("v5lite-e", input_size=SIZE, num_classes=3, names=["a", "b", "c"]).eval()
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.2, 0.2)
+                module.running_var.uniform_(0.5, 2.0)
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.uniform_(-0.2, 0.2)
+        for conv in model.head.convs:
+            nn.init.normal_(conv.weight, std=0.5)
+            nn.init.zeros_(conv.bias)
+    return model
+
+
+def _raw(model: nn.Module, batch: np.ndarray) -> list[np.ndarray]:
+    with torch.no_grad():
+        return [out.numpy() for out in model(torch.from_numpy(batch))]
+
+
+def _assert_close(outputs: list[np.ndarray], reference: list[np.ndarray], atol: float) -> None:
+    assert len(outputs) == len(reference)
+    for got, want in zip(outputs, reference):
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got, want, rtol=0, atol=atol)
+
+
+def test_format_table() -> None:
+    names = [f.name for f in export_formats()]
+    assert names == ["onnx", "openvino", "ncnn"]
+    assert get_format("ONNX").suffix == ".onnx"
+    assert default_stem(get_format("openvino"), half=True) == "model_openvino_fp16"
+    assert parse_imgsz("384,640", (416, 416)) == (384, 640)
+    assert parse_imgsz(None, (416, 416)) == (416, 416)
+    with pytest.raises(ValueError, match="--imgsz"):
+        parse_imgsz("big", (416, 416))
+
+
+def test_fusion_keeps_outputs_and_removes_batchnorm(tiny: Detector) -> None:
+    import copy
+
+    fused = fuse_for_export(copy.deepcopy(tiny))
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in fused.modules())
+    batch = np.random.default_rng(0).random((1, 3, SIZE, SIZE), dtype=np.float32)
+    _assert_close(_raw(fused, batch), _raw(tiny, batch), atol=1e-4)
+
+
+def test_onnx_static_round_trip_non_square(tiny: Detector, tmp_path: Path) -> None:
+    """Height != width, so a swapped size shows; the sidecar is the checkpoint's config plus the
+    export's fields."""
+    height, width = SIZE, SIZE + 32
+    result = export_model(tiny, "onnx", tmp_path, imgsz=f"{height},{width}")
+    assert result.path == tmp_path / "model.onnx"
+    config = ModelConfig.load(tmp_path / "model.json")
+    assert config.input_size == (height, width) and config.names == ["a", "b", "c"]
+    assert config.output_names == ["out0", "out1", "out2"] and not config.dynamic and config.precision == "fp32"
+    assert config.anchors == tiny.config.anchors and config.strides == [8, 16, 32]
+    assert config.preprocess == tiny.config.preprocess and config.model == "v5lite-e"
+    assert config.extra["export"]["format"] == "onnx" and not config.nms_in_graph
+    assert not list(tmp_path.glob(".*export*")), "the staging folder must be gone"
+    backend = open_backend(result.path)
+    batch = np.random.default_rng(1).random((1, 3, height, width), dtype=np.float32)
+    outputs = backend.run(batch)
+    assert outputs[0].shape == (1, 24, height // 8, width // 8)
+    _assert_close(outputs, _raw(tiny, batch), atol=1e-4)
+    with pytest.raises(ValueError, match="--dynamic"):
+        backend.run(np.zeros((1, 3, width, height), dtype=np.float32))
+
+
+def test_onnx_dynamic_two_sizes(tiny: Detector, tmp_path: Path) -> None:
+    result = export_model(tiny, "onnx", tmp_path, imgsz=SIZE, dynamic=True)
+    assert result.config.dynamic and result.path.name == "model_dynamic.onnx"
+    backend = open_backend(result.path)
+    rng = np.random.default_rng(2)
+    for shape in ((1, 3, SIZE, SIZE), (2, 3, SIZE + 32, SIZE + 64)):
+        batch = rng.random(shape, dtype=np.float32)
+        _assert_close(backend.run(batch), _raw(tiny, batch), atol=1e-4)
+
+
+def test_onnx_nms_matches_numpy_postprocessing(tiny: Detector, tmp_path: Path) -> None:
+    conf, iou, max_det = 0.05, 0.45, 20
+    result = export_model(tiny, "onnx", tmp_path, imgsz=SIZE, dynamic=True, nms=True, conf=conf, iou=iou, max_det=max_det)
+    config = result.config
+    assert config.nms_in_graph and config.output_names == ["detections", "num_detections"]
+    backend = open_backend(result.path)
+    rng = np.random.default_rng(3)
+    for shape in ((1, 3, SIZE, SIZE), (2, 3, SIZE + 32, SIZE)):
+        batch = rng.random(shape, dtype=np.float32)
+        detections, counts = backend.run(batch)
+        assert detections.shape == (shape[0], max_det, 6) and counts.shape == (shape[0],)
+        candidates = decode_yolo(_raw(tiny, batch), config.anchors, config.strides, config.num_classes)
+        expected = non_max_suppression(candidates, conf, iou, max_det=max_det)
+        for image in range(shape[0]):
+            count = int(counts[image])
+            assert count == len(expected[image]) and count > 0
+            np.testing.assert_allclose(detections[image, :count], expected[image], rtol=0, atol=1e-3)
+            assert not detections[image, count:].any(), "rows past num_detections are zero"
+
+
+def test_openvino_round_trip_fp32_and_fp16(tiny: Detector, tmp_path: Path) -> None:
+    batch = np.random.default_rng(4).random((1, 3, SIZE, SIZE), dtype=np.float32)
+    reference = _raw(tiny, batch)
+    full = export_model(tiny, "openvino", tmp_path, imgsz=SIZE)
+    assert {p.name for p in full.files} == {"model_openvino.xml", "model_openvino.bin", "model_openvino.json"}
+    _assert_close(open_backend(full.path, precision="fp32").run(batch), reference, atol=1e-4)
+    half = export_model(tiny, "openvino", tmp_path, imgsz=SIZE, half=True)
+    assert half.config.precision == "fp16"
+    assert (tmp_path / "model_openvino_fp16.bin").stat().st_size < 0.6 * (tmp_path / "model_openvino.bin").stat().st_size
+    _assert_close(open_backend(half.path, precision="fp32").run(batch), reference, atol=2e-2)
+
+
+def test_ncnn_round_trip_dynamic(tiny: Detector, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # a relative output folder (pnnx runs in its own working folder)
+    result = export_model(tiny, "ncnn", "exports", imgsz=SIZE, dynamic=True)
+    assert {p.name for p in result.files} == {"model_ncnn_dynamic.param", "model_ncnn_dynamic.bin", "model_ncnn_dynamic.json"}
+    assert result.config.output_names and result.config.extra["input_names"]
+    backend = open_backend(result.path, threads=1)
+    rng = np.random.default_rng(5)
+    for shape in ((1, 3, SIZE, SIZE), (1, 3, SIZE + 32, SIZE)):
+        batch = rng.random(shape, dtype=np.float32)
+        _assert_close(backend.run(batch), _raw(tiny, batch), atol=1e-4)
+
+
+# ---- errors -------------------------------------------------------------------------------------
+
+
+class _Erfinv(nn.Module):
+    """An op ONNX opset 17 has no translation for (aten::erfinv)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.erfinv(x.tanh() * 0.5)
+
+
+class _TinyBackbone(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, 8, 1)
+        self.odd = _Erfinv()
+        self.down1 = nn.Conv2d(8, 8, 3, 2, 1)
+        self.down2 = nn.Conv2d(8, 8, 3, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        p3 = self.odd(self.stem(x))
+        p4 = self.down1(p3)
+        return [p3, p4, self.down2(p4)]
+
+
+def test_unknown_format_and_unsupported_option(tiny: Detector, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="unknown export format 'tflite'.*onnx, openvino, ncnn"):
+        export_model(tiny, "tflite", tmp_path)
+    with pytest.raises(ValueError, match="does not support --nms"):
+        export_model(tiny, "ncnn", tmp_path, nms=True)
+    with pytest.raises(ValueError, match="multiple of the model's largest stride 32"):
+        export_model(tiny, "onnx", tmp_path, imgsz=50)
+    assert not any(tmp_path.iterdir())
+
+
+def test_unwritable_output_folder(tiny: Detector, tmp_path: Path) -> None:
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    with pytest.raises(ValueError, match="is not a folder"):
+        export_model(tiny, "onnx", blocker)
+    with pytest.raises(ValueError, match="cannot create the output folder"):
+        export_model(tiny, "onnx", blocker / "sub")
+    if hasattr(os, "geteuid") and os.geteuid() != 0:
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        with pytest.raises(ValueError, match="cannot write"):
+            export_model(tiny, "onnx", locked)
+
+
+def test_weights_of_another_model(tiny: Detector, tmp_path: Path) -> None:
+    from litedet.models.checkpoint import save_checkpoint_weights
+
+    weights = save_checkpoint_weights(tiny, tmp_path / "e.safetensors")
+    with pytest.raises(ValueError, match="does not fit v5lite-s"):
+        export_model(weights, "onnx", tmp_path / "out", model_name="v5lite-s")
+    with pytest.raises(FileNotFoundError, match="missing.safetensors"):
+        export_model(tmp_path / "missing.safetensors", "onnx", tmp_path / "out")
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "ncnn"])
+def test_op_the_engine_cannot_take_names_the_layer(fmt: str, tmp_path: Path) -> None:
+    model = Detector(_TinyBackbone(), nn.Identity(), YoloHead([8, 8, 8], (8, 16, 32), 2), input_size=SIZE, model_name="odd").eval()
+    with pytest.raises(ValueError, match=r"aten::erfinv in layer backbone\.odd"):
+        export_model(model, fmt, tmp_path, imgsz=SIZE)
+    assert not any(tmp_path.iterdir()), "a failed export leaves nothing behind"

@@ -1,0 +1,215 @@
+"""Frame sources: files, folders with bad images, videos (also broken ones), an HTTP MJPEG stream
+and a camera stub, with stale-frame dropping on live sources."""
+
+from __future__ import annotations
+
+import http.server
+import logging
+import socketserver
+import threading
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from litedet.data.sources import FileSource, LiveSource, open_source
+
+
+def _frame(i: int, shape=(48, 64)) -> np.ndarray:
+    """A frame whose brightness encodes its number (JPEG-safe: steps of 8)."""
+    return np.full((*shape, 3), (i * 8) % 256, np.uint8)
+
+
+def _write_video(path: Path, frames: int) -> Path:
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 10, (64, 48))
+    assert writer.isOpened()
+    for i in range(frames):
+        writer.write(_frame(i))
+    writer.release()
+    return path
+
+
+def test_video_file_gives_every_frame_in_order(tmp_path):
+    video = _write_video(tmp_path / "clip.mp4", 12)
+    with open_source(video) as source:
+        frames = list(source)
+        assert source.total == 12
+    assert [f.index for f in frames] == list(range(12))
+    assert all(f.is_video and f.stream == str(video) for f in frames)
+    assert frames[3].source == f"{video}:3"
+    brightness = [int(round(f.image.mean() / 8)) for f in frames]
+    assert brightness == list(range(12))
+
+
+def test_broken_video_keeps_frames_and_ends_cleanly(tmp_path):
+    video = _write_video(tmp_path / "clip.mp4", 40)
+    data = video.read_bytes()
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(data[: len(data) // 2])
+    source = open_source(broken)
+    frames = list(source)  # must not raise
+    assert len(frames) < 40
+    # mp4 with its index at the end may not open at all: then it is reported as skipped
+    assert frames or source.stats.skipped
+
+
+def test_folder_skips_unreadable_and_truncated_images(tmp_path, caplog):
+    good = _frame(3, (40, 30))
+    cv2.imwrite(str(tmp_path / "a.jpg"), good)
+    cv2.imwrite(str(tmp_path / "c.png"), good)
+    (tmp_path / "b.jpg").write_bytes(np.random.default_rng(0).bytes(2000))
+    full = cv2.imencode(".jpg", np.random.default_rng(1).integers(0, 255, (200, 200, 3), dtype=np.uint8))[1].tobytes()
+    (tmp_path / "d.jpg").write_bytes(full[: len(full) // 2])
+    (tmp_path / "notes.txt").write_text("not an image")
+    with caplog.at_level(logging.WARNING, logger="litedet.data.sources"):
+        source = open_source(tmp_path)
+        frames = list(source)
+    assert [Path(f.source).name for f in frames] == ["a.jpg", "c.png"]
+    assert frames[0].image.shape == (40, 30, 3)
+    assert [Path(p).name for p, _ in source.stats.skipped] == ["b.jpg", "d.jpg"]
+    assert "b.jpg" in caplog.text and "d.jpg" in caplog.text
+
+
+def test_glob_and_missing_paths(tmp_path):
+    for name in ("x1.png", "x2.png", "y.png"):
+        cv2.imwrite(str(tmp_path / name), _frame(1))
+    assert [Path(f.source).name for f in open_source(str(tmp_path / "x*.png"))] == ["x1.png", "x2.png"]
+    with pytest.raises(FileNotFoundError, match="nothing_here.jpg"):
+        open_source(tmp_path / "nothing_here.jpg")
+    with pytest.raises(FileNotFoundError, match=r"z\*\.png"):
+        open_source(str(tmp_path / "z*.png"))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(FileNotFoundError, match="empty"):
+        open_source(empty)
+
+
+class _MJPEGHandler(http.server.BaseHTTPRequestHandler):
+    """Serves ``frames`` JPEG frames as multipart/x-mixed-replace at ``period`` seconds each, or
+    a single JPEG at /still.jpg."""
+
+    frames = 50
+    period = 0.02
+
+    def log_message(self, *args):  # keep test output quiet
+        pass
+
+    def do_GET(self):  # noqa: N802 - http.server's name
+        if self.path.endswith(".jpg"):
+            data = cv2.imencode(".jpg", _frame(5))[1].tobytes()
+            self.send_response(200)
+            self.send_header("Content-Type", "image/jpeg")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
+        self.end_headers()
+        for i in range(self.frames):
+            data = cv2.imencode(".jpg", _frame(i))[1].tobytes()
+            try:
+                self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(data))
+                self.wfile.write(data + b"\r\n")
+            except (BrokenPipeError, ConnectionResetError):
+                return
+            time.sleep(self.period)
+
+
+@pytest.fixture
+def mjpeg_server():
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _MJPEGHandler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_http_mjpeg_stream_drops_stale_frames(mjpeg_server):
+    source = open_source(f"{mjpeg_server}/stream.mjpg")
+    assert isinstance(source, LiveSource)
+    seen, lags = [], []
+    try:
+        for frame in source:
+            # the frame handed out is the newest the reader had: at most a frame or two behind
+            lags.append(source.frames_read - 1 - frame.index)
+            assert int(round(frame.image.mean() / 8)) == frame.index % 32
+            seen.append(frame.index)
+            time.sleep(0.08)  # a consumer 4x slower than the stream
+    finally:
+        source.close()
+    assert seen == sorted(seen) and len(set(seen)) == len(seen)
+    assert source.stats.dropped > 0
+    assert source.stats.frames + source.stats.dropped == source.frames_read
+    assert max(lags) <= 2
+    assert seen[-1] >= 45  # kept up with the stream to its end
+
+
+def test_http_image_url(mjpeg_server):
+    frames = list(open_source(f"{mjpeg_server}/still.jpg"))
+    assert len(frames) == 1 and frames[0].image.shape == (48, 64, 3)
+
+
+class CameraStub:
+    """A camera that produces a new frame every ``period`` seconds, like a real device."""
+
+    def __init__(self, frames: int = 40, period: float = 0.01) -> None:
+        self.frames, self.period, self.count, self.released = frames, period, 0, False
+
+    def isOpened(self) -> bool:  # noqa: N802 - OpenCV's name
+        return True
+
+    def read(self):
+        if self.count >= self.frames or self.released:
+            return False, None
+        time.sleep(self.period)
+        self.count += 1
+        return True, _frame(self.count - 1)
+
+    def get(self, prop_id: int) -> float:
+        return 100.0 if prop_id == cv2.CAP_PROP_FPS else 0.0
+
+    def release(self) -> None:
+        self.released = True
+
+
+def test_camera_index_with_stub_drops_stale_frames():
+    stubs = []
+
+    def factory(index):
+        assert index == 0
+        stubs.append(CameraStub())
+        return stubs[-1]
+
+    source = open_source("0", capture_factory=factory)
+    assert source.fps == 100.0
+    indices = []
+    for frame in source:
+        indices.append(frame.index)
+        time.sleep(0.04)
+    source.close()
+    assert stubs[0].released
+    assert source.stats.dropped > 0 and len(indices) < 40
+    assert indices[-1] >= 37
+
+
+def test_live_source_max_frames_and_unopenable_camera():
+    source = open_source(0, capture_factory=lambda i: CameraStub(frames=1000), max_frames=3)
+    assert len(list(source)) == 3
+    source.close()
+
+    class Closed(CameraStub):
+        def isOpened(self):  # noqa: N802
+            return False
+
+    with pytest.raises(ValueError, match="camera3"):
+        open_source(3, capture_factory=lambda i: Closed())
+
+
+def test_file_source_fps_from_video(tmp_path):
+    source = FileSource([_write_video(tmp_path / "v.mp4", 3)])
+    assert source.fps == pytest.approx(10.0)

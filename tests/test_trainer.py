@@ -1,0 +1,192 @@
+"""The trainer: exact resume, NaN handling, new-class fine-tuning, checkpoints, the CLI.
+
+A tiny run: v5lite-e at 64 px on 8 generated images, CPU, no workers.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from litedet.data.datasets import load_data_config
+from litedet.engine import trainer as trainer_module
+from litedet.engine.config import TrainConfig
+from litedet.engine.trainer import Trainer, TrainingDivergedError, load_training_state, train
+
+TINY = dict(model="v5lite-e", epochs=2, batch=2, imgsz=64, workers=0, progress=False, nbs=4, warmup_epochs=1,
+            eval_interval=2, cache=True)
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> Path:
+    """8 train + 2 val images (96x72) with 1-2 boxes each, YOLO format, classes [a, b]."""
+    root = tmp_path_factory.mktemp("tiny")
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 8), ("val", 2)):
+        (root / "images" / split).mkdir(parents=True)
+        (root / "labels" / split).mkdir(parents=True)
+        for index in range(count):
+            image = np.full((72, 96, 3), 40, np.uint8)
+            lines = []
+            for box in range(1 + index % 2):
+                w, h = (int(v) for v in rng.integers(16, 40, 2))
+                x, y = int(rng.integers(0, 96 - w)), int(rng.integers(0, 72 - h))
+                image[y:y + h, x:x + w] = (200, 60 + 100 * box, 30)
+                lines.append(f"{box} {(x + w / 2) / 96:.5f} {(y + h / 2) / 72:.5f} {w / 96:.5f} {h / 72:.5f}")
+            cv2.imwrite(str(root / "images" / split / f"{index}.jpg"), image)
+            (root / "labels" / split / f"{index}.txt").write_text("\n".join(lines) + "\n")
+    data = root / "data.yaml"
+    data.write_text("path: .\ntrain: images/train\nval: images/val\nnames: [a, b]\n")
+    return data
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    state = load_training_state(path)
+    return {**{f"model.{k}": v for k, v in state["model"].items()}, **{f"ema.{k}": v for k, v in state["ema"].items()}}
+
+
+def test_resume_after_step_k_is_exact(tiny_data, tmp_path):
+    full = train(TrainConfig(data=str(tiny_data), out=str(tmp_path / "full"), **TINY))
+    assert full.epochs_done == 2 and full.steps == 8 and not full.stopped_early
+    # Stop in the middle of epoch 2 between two optimizer steps (nbs 4 = 2 batches accumulated).
+    part = train(TrainConfig(data=str(tiny_data), out=str(tmp_path / "part"), stop_after_step=5, **TINY))
+    assert part.stopped_early and part.steps == 5
+    state = load_training_state(tmp_path / "part" / "last.pt")
+    assert (state["epoch"], state["epoch_step"], state["step"]) == (1, 1, 5)
+    resumed = Trainer.from_checkpoint(tmp_path / "part").fit()
+    assert resumed.steps == 8 and resumed.epochs_done == 2
+    a, b = _weights(tmp_path / "full" / "last.pt"), _weights(tmp_path / "part" / "last.pt")
+    assert a.keys() == b.keys()
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, f"resumed run differs in {different[:5]}"
+    # Same metrics, the CSV has one row per epoch, exported weights and plots exist.
+    assert resumed.last_map50_95 == pytest.approx(full.last_map50_95)
+    rows = (tmp_path / "part" / "results.csv").read_text().splitlines()
+    assert len(rows) == 3 and rows[0].startswith("epoch,train/box_loss")
+    for name in ("best.safetensors", "best.json", "last.safetensors", "last.json", "results.png"):
+        assert (tmp_path / "part" / name).is_file(), name
+
+
+def test_checkpoint_is_weights_only_loadable(tiny_data, tmp_path):
+    train(TrainConfig(data=str(tiny_data), out=str(tmp_path), stop_after_step=1, **TINY))
+    state = torch.load(tmp_path / "last.pt", weights_only=True)
+    for key in ("model", "ema", "optimizer", "scheduler", "epoch", "step", "rng", "config"):
+        assert key in state
+    assert {"python", "numpy", "torch"} <= set(state["rng"])
+    assert not list(tmp_path.glob(".last.pt.*"))  # no temp file left from the atomic write
+
+
+def test_nan_loss_stops_naming_step_images_and_checkpoint(tiny_data, tmp_path, monkeypatch):
+    calls = {"n": 0}
+    original = trainer_module.YoloLoss.forward
+
+    def poisoned(self, outputs, targets):
+        calls["n"] += 1
+        total, items = original(self, outputs, targets)
+        return (total * float("nan"), items) if calls["n"] == 6 else (total, items)
+
+    monkeypatch.setattr(trainer_module.YoloLoss, "forward", poisoned)
+    with pytest.raises(TrainingDivergedError) as info:
+        train(TrainConfig(data=str(tiny_data), out=str(tmp_path), **TINY))
+    message = str(info.value)
+    assert "at step 6 (epoch 2, batch 2)" in message
+    assert message.count(".jpg") == 2 and "images/train/" in message
+    assert f"last good checkpoint: {tmp_path / 'last.pt'}" in message
+    assert load_training_state(tmp_path / "last.pt")["step"] == 4  # end of epoch 1, before the NaN
+
+
+def test_new_class_count_reinitialises_the_head(tiny_data, tmp_path, caplog):
+    from litedet.models.checkpoint import save_checkpoint_weights
+    from litedet.models.registry import create_model
+
+    torch.manual_seed(1)
+    source = create_model("v5lite-e", num_classes=5, input_size=64)
+    save_checkpoint_weights(source, tmp_path / "five.safetensors")
+    config = TrainConfig(data=str(tiny_data), out=str(tmp_path / "run"), weights=str(tmp_path / "five.safetensors"), **TINY)
+    with caplog.at_level("INFO", logger="litedet.engine.trainer"):
+        trainer = Trainer(config)
+    assert "5 classes in the checkpoint, 2 in the data: head re-initialised for 2 classes" in caplog.text
+    assert trainer.model.num_classes == 2 and trainer.model.names == ["a", "b"]
+    kept = source.backbone.state_dict()
+    for key, value in trainer.model.backbone.state_dict().items():
+        assert torch.equal(value, kept[key]), key
+    result = trainer.fit()
+    assert result.best_weights is not None
+    from litedet.config import ModelConfig
+
+    assert ModelConfig.load(tmp_path / "run" / "best.json").names == ["a", "b"]
+
+
+def test_cli_train_prints_summary_and_reports_bad_data(tiny_data, tmp_path, capsys):
+    from litedet.cli import main
+
+    code = main(["train", "--data", str(tiny_data), "--model", "v5lite-e", "--epochs", "1", "--batch", "4",
+                 "--imgsz", "64", "--workers", "0", "--device", "cpu", "--out", str(tmp_path / "run"), "--no-progress"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "split  images  background" in out and "train       8" in out
+    assert "best mAP50-95 / mAP50" in out and (tmp_path / "run" / "last.pt").is_file()
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(f"path: {tiny_data.parent}\ntrain: images/train\nnames: [a, b]\n")
+    assert main(["train", "--data", str(bad), "--out", str(tmp_path / "bad")]) == 2
+    assert "missing key 'val'" in capsys.readouterr().err
+
+
+def test_config_rejects_unknown_keys(tmp_path):
+    experiment = tmp_path / "exp.yaml"
+    experiment.write_text("data: d.yaml\nepochs: 3\nlearning_rate: 0.1\n")
+    with pytest.raises(ValueError, match=r"unknown keys \['learning_rate'\]"):
+        TrainConfig.load(experiment)
+    experiment.write_text("data: d.yaml\nlr0: 1e-3\naugment: {mosaic: 0.5}\n")
+    config = TrainConfig.load(experiment, epochs=7, batch=None)
+    assert config.lr0 == 0.001 and config.epochs == 7 and config.batch == 16 and config.augment.mosaic == 0.5
+    with pytest.raises(ValueError, match="imgsz must be a multiple of 32"):
+        TrainConfig(imgsz=100)
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        if torch.cuda.is_available():
+            raise ValueError("CUDA is not available (skipped on a GPU machine)")
+        trainer_module.select_device("cuda")
+
+
+def test_loader_items_depend_only_on_seed_epoch_and_index(tiny_data):
+    from litedet.data.augment import AugmentConfig
+    from litedet.data.loader import DetectionTrainDataset, EpochSampler, collate
+
+    train_set = load_data_config(tiny_data).load_split("train")
+    first = DetectionTrainDataset(train_set, 64, AugmentConfig(), seed=3)
+    second = DetectionTrainDataset(train_set, 64, AugmentConfig(), seed=3, cache=True)
+    for dataset in (first, second):
+        dataset.set_epoch(2)
+    _ = second[5]  # a different access order must not change what item 1 is
+    a, b = first[1], second[1]
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and a[0].shape == (3, 64, 64)
+    second.set_epoch(3)
+    assert not torch.equal(second[1][0], a[0])
+    images, targets, paths = collate([first[0], first[1]])
+    assert images.shape == (2, 3, 64, 64) and targets.shape[1] == 6 and len(paths) == 2
+    assert set(targets[:, 0].tolist()) <= {0.0, 1.0} and (targets[:, 2:] >= 0).all() and (targets[:, 2:] <= 1).all()
+    sampler = EpochSampler(8, seed=3)
+    sampler.set_epoch(4)
+    order = sampler.order()
+    sampler.set_epoch(4, start=3)
+    assert list(sampler) == order[3:] and sorted(order) == list(range(8))
+
+
+def test_imagenet_backbone_loads_into_a_shufflenet_detector():
+    from litedet.engine.trainer import load_imagenet_backbone
+    from litedet.models.registry import create_model
+    from tests.conftest import require_shared
+
+    weights = require_shared("weights", "shufflenetv2-0.5x-imagenet", "shufflenetv2.pth")
+    model = create_model("yolo-shufflenetv2_x0_5", num_classes=1, input_size=64)
+    summary = load_imagenet_backbone(model, weights)
+    assert "0 file keys not placed" in summary
+    source = torch.load(weights, map_location="cpu", weights_only=True)
+    torch.testing.assert_close(model.backbone.conv1.conv.weight, source["first_conv.0.weight"])
+    assert model(torch.zeros(1, 3, 64, 64))[0].shape[1] == 3 * 6
+    with pytest.raises(ValueError, match="does not fit v5lite-e .*first_conv.0.weight"):
+        load_imagenet_backbone(create_model("v5lite-e", num_classes=1), weights)
