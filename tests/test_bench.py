@@ -313,6 +313,10 @@ def test_attach_accuracy_matches_engine_and_size():
     joined = attach_accuracy(rows, [{"model": "m", "engine": "ncnn", "imgsz": 64, "map50_95": 0.1}])
     assert len(joined) == 1 and joined[0]["engine"] == "ncnn"
     assert not math.isnan(joined[0]["map50_95"])
+    peer = _row(model="v5lite-ncnn", variant="v5lite-e", kind="peer")
+    joined = attach_accuracy([_row(model="v5lite-e", variant="v5lite-e"), peer],
+                             [{"model": "v5lite-e", "kind": "peer", "map50_95": 0.275}])
+    assert [r["model"] for r in joined] == ["v5lite-ncnn"]
 
 
 # --------------------------------------------------------------------------- runs
@@ -344,7 +348,7 @@ def test_published_peers_rows_schema(shared, tmp_path):
     assert all(isinstance(im, np.ndarray) and im.ndim == 3 for im in images)
     result = benchmark(models=[], peers="fastestdet,v5lite-ncnn", engines="onnxruntime,ncnn", threads="1",
                        imgsz="320", runs=3, warmup=1, end_to_end=True, images=images, out_dir=tmp_path,
-                       measure_peak=False, progress=False)
+                       measure_peak=False, progress=False, cache_dir=tmp_path / "cache")
     rows = result.rows
     keys = {(r["model"], r.get("variant"), r["engine"], r["imgsz"], r["mode"]) for r in rows}
     assert keys == {
@@ -369,7 +373,7 @@ def test_benchmark_rejects_bad_arguments(tmp_path):
     from litedet.bench.run import benchmark
 
     with pytest.raises(ValueError, match="engine"):
-        benchmark(models="v5lite-e", engines="tensorrt", out_dir=tmp_path)
+        benchmark(models="v5lite-e", engines="tensorrt", out_dir=tmp_path, cache_dir=tmp_path)
     with pytest.raises(ValueError, match="nothing to benchmark"):
         benchmark(models="", peers="", out_dir=tmp_path)
     with pytest.raises(ValueError, match="threads"):
@@ -388,7 +392,7 @@ def test_tiny_litedet_model_end_to_end(tmp_path):
     images = [rng.integers(0, 255, (90, 120, 3), dtype=np.uint8) for _ in range(2)]
     result = benchmark(models="v5lite-e", engines="torch,onnxruntime", threads="1", imgsz="64", batch="1,2",
                        runs=3, warmup=1, end_to_end=True, images=images, out_dir=tmp_path, measure_peak=False,
-                       progress=False)
+                       progress=False, cache_dir=tmp_path / "cache")
     combos = {(r["engine"], r["batch"], r["mode"]) for r in result.rows}
     assert ("torch", 1, "network") in combos and ("onnxruntime", 1, "end-to-end") in combos
     assert ("torch", 2, "network") in combos
@@ -487,3 +491,20 @@ def test_dense_block_matches_param_budget():
     params = sum(p.numel() for p in block.parameters())
     assert abs(params - 900_000) / 900_000 < 0.02
     assert isinstance(block, DenseBlock) and block.out_channels == 128 + 5 * block.layers[0][-1].out_channels
+
+
+def test_guideline_verdict_from_synthetic_timings():
+    from litedet.bench.guidelines import GuidelinesReport, _result, guideline_experiments, guidelines_markdown
+
+    experiment = guideline_experiments((1,))[1]  # G2: g=1, 2, 4, 8
+    profiles = {s.label: {"params": 1, "gflops": 1.0, "mac_m": 2.0} for s in experiment.settings}
+    in_order = {s.label: summarize([0.010 * (i + 1)] * 3) for i, s in enumerate(experiment.settings)}
+    result = _result(experiment, in_order, profiles, 1, "cpu")
+    assert result.agrees and result.monotone and result.fastest == "g=1"
+    assert [round(r.relative, 2) for r in result.rows] == [1.0, 2.0, 3.0, 4.0]
+    swapped = dict(in_order, **{"g=2": summarize([0.005] * 3)})
+    result = _result(experiment, swapped, profiles, 1, "cpu")
+    assert not result.agrees and result.fastest == "g=2" and result.expected_relative == pytest.approx(2.0)
+    assert result.monotone is False
+    text = guidelines_markdown(GuidelinesReport("cpu", 1, [result], [], [], {}))
+    assert "DISAGREES" in text and "| g=2 | c=180 |" in text

@@ -306,3 +306,28 @@ def test_cli_rejects_bad_ratio_before_work(capsys):
 
     assert main(["prune", "--weights", "missing.safetensors", "--ratio", "1.5", "--no-report"]) == 2
     assert "(0, 1)" in capsys.readouterr().err
+
+
+def test_qat_trains_and_exports_a_qdq_onnx(tmp_path):
+    import onnx
+
+    from litedet.compress.qat import FakeQuantConv2d, calibrate, export_qat_onnx, prepare_qat
+    from litedet.runtime import open_backend
+
+    model = _detector("v5lite-e")
+    x = torch.rand(1, 3, SIZE, SIZE)
+    reference = _outputs(model, x)
+    prepare_qat(model)
+    assert any(isinstance(m, FakeQuantConv2d) for m in model.modules())
+    calibrate(model, [torch.rand(1, 3, SIZE, SIZE) for _ in range(3)] + [x])
+    model.train()
+    loss = sum(o.pow(2).mean() for o in model(x))
+    loss.backward()  # straight-through gradients reach the float weights
+    assert model.backbone.conv1.conv.conv.weight.grad is not None
+    path = export_qat_onnx(model, tmp_path)
+    ops = {node.op_type for node in onnx.load(str(path)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    backend = open_backend(path, threads=1)
+    assert backend.config.precision == "int8"
+    for a, b in zip(reference, backend.run(x.numpy())):
+        assert np.corrcoef(a.numpy().ravel(), b.ravel())[0, 1] > 0.95

@@ -213,6 +213,10 @@ def test_planner_picks_the_argmin_of_a_synthetic_profile():
     assert plan_split(a, b, bandwidth="10GB/s").cut == 0
     # A dead-slow link keeps everything on A.
     assert plan_split(a, b, bandwidth="1kB/s").cut == 4
+    # Calibration scales the blocks to add up to the whole network measured in one piece.
+    slow_whole = DeviceProfile(**{**a.to_dict(), "total_ms": 80.0})
+    assert plan_split(slow_whole, b, bandwidth=1e6).candidates[4].total_ms == pytest.approx(80.0)
+    assert plan_split(slow_whole, b, bandwidth=1e6, calibrate=False).candidates[4].total_ms == pytest.approx(40.0)
 
 
 def test_units():

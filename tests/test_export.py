@@ -126,15 +126,22 @@ def test_onnx_nms_matches_numpy_postprocessing(tiny: Detector, tmp_path: Path) -
             assert not detections[image, count:].any(), "rows past num_detections are zero"
 
 
-def test_openvino_round_trip_fp32_and_fp16(tiny: Detector, tmp_path: Path) -> None:
+def test_openvino_round_trip(tiny: Detector, tmp_path: Path) -> None:
     batch = np.random.default_rng(4).random((1, 3, SIZE, SIZE), dtype=np.float32)
-    reference = _raw(tiny, batch)
+    result = export_model(tiny, "openvino", tmp_path, imgsz=SIZE)
+    assert {p.name for p in result.files} == {"model_openvino.xml", "model_openvino.bin", "model_openvino.json"}
+    _assert_close(open_backend(result.path, precision="fp32").run(batch), _raw(tiny, batch), atol=1e-4)
+
+
+@pytest.mark.slow
+def test_openvino_half_stores_fp16_weights(tiny: Detector, tmp_path: Path) -> None:
+    batch = np.random.default_rng(4).random((1, 3, SIZE, SIZE), dtype=np.float32)
     full = export_model(tiny, "openvino", tmp_path, imgsz=SIZE)
-    assert {p.name for p in full.files} == {"model_openvino.xml", "model_openvino.bin", "model_openvino.json"}
-    _assert_close(open_backend(full.path, precision="fp32").run(batch), reference, atol=1e-4)
     half = export_model(tiny, "openvino", tmp_path, imgsz=SIZE, half=True)
-    assert half.config.precision == "fp16"
+    assert half.config.precision == "fp16" and half.path.name == "model_openvino_fp16.xml"
     assert (tmp_path / "model_openvino_fp16.bin").stat().st_size < 0.6 * (tmp_path / "model_openvino.bin").stat().st_size
+    reference = _raw(tiny, batch)
+    _assert_close(open_backend(full.path).run(batch), reference, atol=1e-4)
     _assert_close(open_backend(half.path, precision="fp32").run(batch), reference, atol=2e-2)
 
 
@@ -215,3 +222,28 @@ def test_op_the_engine_cannot_take_names_the_layer(fmt: str, tmp_path: Path) -> 
     with pytest.raises(ValueError, match=r"aten::erfinv in layer backbone\.odd"):
         export_model(model, fmt, tmp_path, imgsz=SIZE)
     assert not any(tmp_path.iterdir()), "a failed export leaves nothing behind"
+
+
+@pytest.mark.slow
+def test_full_size_parity_on_real_images(tmp_path: Path) -> None:
+    """scripts/parity.py on the imported published v5lite-s: every format equals torch on real
+    COCO images at 416 and at a non-square 384x640 (same classes, boxes within 1 px, scores
+    within 1e-3)."""
+    import importlib.util
+    import json
+
+    from conftest import require_shared
+    from litedet.export.ncnn_import import import_ncnn_weights
+
+    param = require_shared("weights", "yolov5-lite", "v5lite-s.ncnn.param")
+    images = require_shared("data", "coco256", "images", "val2017")
+    weights, _ = import_ncnn_weights(param, "v5lite-s", tmp_path / "v5lite-s.safetensors")
+    spec = importlib.util.spec_from_file_location("parity", Path(__file__).resolve().parents[1] / "scripts" / "parity.py")
+    parity = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(parity)
+    out = tmp_path / "parity"
+    code = parity.main(["--weights", str(weights), "--images", str(images), "--num-images", "4",
+                        "--sizes", "416", "384,640", "--out", str(out)])
+    rows = json.loads((out / "parity.json").read_text())
+    assert code == 0 and len(rows) == 6
+    assert all(row["passed"] and row["detections_torch"] > 0 for row in rows)

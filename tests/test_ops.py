@@ -147,6 +147,19 @@ def test_decode_yolo_hand_example():
     np.testing.assert_allclose(out[0, 0], [4, 4, 10, 13, 0.5, 0.5], rtol=1e-6)
     with pytest.raises(ValueError, match="expected"):
         decode_yolo([raw], anchors, [8], num_classes=2)
+    # filtering on objectness keeps exactly the rows above it, in the same order
+    only = decode_yolo([raw], anchors, [8], num_classes=1, min_objectness=0.6)
+    np.testing.assert_array_equal(only, out[:, out[0, :, 4] > 0.6])
+
+
+def test_decode_yolo_filtered_matches_full_decode_on_random_maps():
+    rng = np.random.default_rng(0)
+    anchors = [[[10, 13], [16, 30], [33, 23]], [[30, 61], [62, 45], [59, 119]]]
+    outputs = [rng.normal(-3, 2, (2, 3 * 7, 6, 5)).astype(np.float32), rng.normal(-3, 2, (2, 21, 3, 3)).astype(np.float32)]
+    full = decode_yolo(outputs, anchors, [8, 16], num_classes=2)
+    part = decode_yolo(outputs, anchors, [8, 16], num_classes=2, min_objectness=0.3)
+    for image in range(2):
+        np.testing.assert_allclose(part[image][part[image, :, 4] > 0.3], full[image][full[image, :, 4] > 0.3])
 
 
 def test_decode_ssdlite_hand_example():

@@ -67,7 +67,7 @@ def test_resume_after_step_k_is_exact(tiny_data, tmp_path):
     assert resumed.last_map50_95 == pytest.approx(full.last_map50_95)
     rows = (tmp_path / "part" / "results.csv").read_text().splitlines()
     assert len(rows) == 3 and rows[0].startswith("epoch,train/box_loss")
-    for name in ("best.safetensors", "best.json", "last.safetensors", "last.json", "results.png"):
+    for name in ("best.safetensors", "best.json", "last.safetensors", "last.json", "results.png", "pr_curve.png"):
         assert (tmp_path / "part" / name).is_file(), name
 
 
@@ -179,7 +179,7 @@ def test_loader_items_depend_only_on_seed_epoch_and_index(tiny_data):
 def test_imagenet_backbone_loads_into_a_shufflenet_detector():
     from litedet.engine.trainer import load_imagenet_backbone
     from litedet.models.registry import create_model
-    from tests.conftest import require_shared
+    from conftest import require_shared
 
     weights = require_shared("weights", "shufflenetv2-0.5x-imagenet", "shufflenetv2.pth")
     model = create_model("yolo-shufflenetv2_x0_5", num_classes=1, input_size=64)

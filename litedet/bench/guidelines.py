@@ -128,6 +128,7 @@ class Experiment:
     settings: list[Setting]
     input_hw: int = INPUT_HW
     flops_tolerance: float = 0.06  # the paper's channel numbers give FLOPs equal within ~5 %
+    monotone: bool = False  # the paper's speed falls setting after setting (G1, G2)
 
 
 def _g1(scale: int) -> Experiment:
@@ -139,6 +140,7 @@ def _g1(scale: int) -> Experiment:
         paper_table="Table 1",
         paper_direction="1:1 fastest; speed drops as c1:c2 departs from 1:1",
         expected_fastest="1:1",
+        monotone=True,
         settings=[
             Setting(label, f"({c1 * scale},{c2 * scale})",
                     (lambda c1=c1 * scale, c2=c2 * scale: stack(lambda: G1Block(c1, c2))), c1 * scale)
@@ -156,6 +158,7 @@ def _g2(scale: int) -> Experiment:
         paper_table="Table 2",
         paper_direction="g=1 fastest; speed drops as the group number grows",
         expected_fastest="g=1",
+        monotone=True,
         settings=[
             Setting(f"g={g}", f"c={c * scale}", (lambda c=c * scale, g=g: stack(lambda: G2Block(c, g))), c * scale)
             for g, c in rows
@@ -247,6 +250,8 @@ class ExperimentResult:
     expected_fastest: str
     fastest: str
     agrees: bool
+    expected_relative: float  # median of the paper's pick / median of the fastest here
+    monotone: bool | None  # for G1/G2: does speed fall setting after setting here too
     batch: int
     device: str
     rows: list[SettingResult] = field(default_factory=list)
@@ -318,7 +323,12 @@ def _result(experiment: Experiment, stats: dict[str, LatencyStats], profiles: di
     result = ExperimentResult(
         key=experiment.key, title=experiment.title, paper_table=experiment.paper_table,
         paper_direction=experiment.paper_direction, expected_fastest=experiment.expected_fastest,
-        fastest=fastest, agrees=fastest == experiment.expected_fastest, batch=batch, device=device,
+        fastest=fastest, agrees=fastest == experiment.expected_fastest,
+        expected_relative=stats[experiment.expected_fastest].median_ms / best,
+        monotone=(all(stats[a.label].median_ms <= stats[b.label].median_ms
+                      for a, b in zip(experiment.settings, experiment.settings[1:]))
+                  if experiment.monotone else None),
+        batch=batch, device=device,
     )
     for setting in experiment.settings:
         s = stats[setting.label]
@@ -562,11 +572,16 @@ def guidelines_markdown(report: GuidelinesReport) -> str:
     lines.append(f"CPU: {report.machine.get('cpu_model', '?')}; torch {report.machine.get('engines', {}).get('torch', '?')}. "
                  "Input 56x56, 10 stacked blocks, FLOPs equal within each table; `load` is the % of the machine "
                  "other processes used while the row was timed.")
+    lines += ["", "## Summary", "", "| experiment | paper's fastest | fastest here | paper's pick vs fastest | verdict |",
+              "|---|---|---|---|---|"]
+    for exp in report.experiments:
+        lines.append(f"| {exp.title} | {exp.expected_fastest} | {exp.fastest} | {exp.expected_relative:.2f}x | "
+                     f"{_verdict(exp)} |")
     for exp in report.experiments:
         unit = "batches/s" if exp.device.startswith("cuda") else "images/s"
         lines += ["", f"## {exp.title} — paper {exp.paper_table}", "",
-                  f"Paper: {exp.paper_direction}. Here: fastest is **{exp.fastest}** (batch {exp.batch}) — "
-                  f"{'agrees' if exp.agrees else 'DISAGREES'}.", "",
+                  f"Paper: {exp.paper_direction}. Here (batch {exp.batch}): fastest is **{exp.fastest}**; the "
+                  f"paper's pick runs at {exp.expected_relative:.2f}x its time — {_verdict(exp)}.", "",
                   f"| setting | channels | GFLOPs | MAC (M) | median ms | p90 ms | {unit} | x fastest | n | load % |",
                   "|---|---|---|---|---|---|---|---|---|---|"]
         for row in exp.rows:
@@ -588,6 +603,14 @@ def guidelines_markdown(report: GuidelinesReport) -> str:
         lines.append(f"| {block.label} | {block.params} | {block.gflops:.3f} | {_fmt(block.mac_m, '.1f')} | {block.out_channels} | "
                      f"{block.median_ms:.2f} | {block.p90_ms:.2f} | {_fmt(block.other_load, '.0f')} |")
     return "\n".join(lines) + "\n"
+
+
+def _verdict(exp: ExperimentResult) -> str:
+    """'agrees' / 'DISAGREES', with the ordering for the experiments whose paper table is monotone."""
+    text = "agrees" if exp.agrees else "DISAGREES"
+    if exp.monotone is not None:
+        text += ", speed falls in the paper's order" if exp.monotone else ", order differs from the paper's"
+    return text
 
 
 def _fmt(value: float | None, spec: str) -> str:

@@ -5,9 +5,11 @@ the Pareto plot comes from a JSON file (``--map results.json``): a list of objec
 
     [{"model": "v5lite-e", "engine": "onnxruntime", "imgsz": 320, "map50_95": 0.275, "map50": 0.445}, ...]
 
-``model`` and ``map50_95`` are required; ``map50``, ``engine`` and ``imgsz`` are optional. An entry
-without ``engine`` applies to every engine (accuracy barely moves between engines in fp32); an entry
-without ``imgsz`` applies to every input size.
+``model`` and ``map50_95`` are required; ``map50``, ``engine``, ``imgsz`` and ``kind`` are optional.
+``model`` matches a row's model or its variant (``v5lite-e`` matches the published build listed
+under the peer ``v5lite-ncnn``); ``kind`` ("litedet" or "peer") tells the two apart. An entry
+without ``engine`` applies to every engine (accuracy barely moves between engines in fp32); an
+entry without ``imgsz`` applies to every input size.
 """
 
 from __future__ import annotations
@@ -69,6 +71,8 @@ def attach_accuracy(rows: Sequence[dict[str, Any]], results: Sequence[dict[str, 
             if "engine" in entry and entry["engine"] != row["engine"]:
                 continue
             if "imgsz" in entry and int(entry["imgsz"]) != int(row["imgsz"]):
+                continue
+            if "kind" in entry and entry["kind"] != row.get("kind"):
                 continue
             joined.append({**row, "map50_95": entry["map50_95"], "map50": entry.get("map50")})
             break

@@ -362,6 +362,7 @@ def benchmark(
     measure_peak: bool = True,
     progress: bool = True,
     command: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
 ) -> BenchmarkResult:
     """Measure every combination and return one row dict per (model, engine, threads, imgsz,
     batch, mode); with ``out_dir`` also write ``report.md``, ``results.json`` and PNG plots there.
@@ -374,6 +375,7 @@ def benchmark(
     of random weights. ``precision`` (fp32, bf16, fp16) and ``device`` (cpu, cuda) apply to the torch
     engine; exported engines run fp32 on the CPU. Rows always carry ``model, engine, threads, imgsz, batch, median_ms, p90_ms,
     gflops, params`` plus load and energy fields (``litedet.bench.report.ROW_KEYS``).
+    Exports are cached in ``cache_dir`` (default ``runs/bench/cache``) and reused by later runs.
     """
     from litedet.bench.energy import open_energy_meter
     from litedet.bench.machine import machine_info
@@ -401,7 +403,7 @@ def benchmark(
     if precision not in ("fp32", "bf16", "fp16"):
         raise ValueError(f"precision must be fp32, bf16 or fp16, got {precision!r}")
     out = Path(out_dir) if out_dir is not None else None
-    cache = (out or DEFAULT_OUT) / "cache"
+    cache = Path(cache_dir) if cache_dir is not None else DEFAULT_OUT / "cache"
     notes: list[str] = []
     machine = machine_info(threads, measure=measure_peak)
     dynamic_batch = max(batches) > 1
@@ -462,8 +464,9 @@ def benchmark(
         counts: dict[str, int] = {}
 
         def on_chunk(name: str, done: int) -> None:
-            if bar is not None:
-                bar.update(done - counts.get(name, 0))
+            delta = done - counts.get(name, 0)  # negative when a disturbed configuration starts again
+            if bar is not None and delta > 0:
+                bar.update(delta)
             counts[name] = done
 
         stats = measure_interleaved(

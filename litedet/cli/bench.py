@@ -24,6 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", action="append", default=[], metavar="MODEL=PATH",
                         help="use a checkpoint instead of random weights for MODEL (repeatable)")
     parser.add_argument("--out", default=None, help="output folder (default runs/bench, runs/bench/guidelines)")
+    parser.add_argument("--cache", default=None, help="export cache folder, reused across runs (default runs/bench/cache)")
     parser.add_argument("--json", action="store_true", help="print the rows as one JSON list, last")
     parser.add_argument("--runs", type=int, default=100, help="timed runs per configuration after warm-up")
     parser.add_argument("--warmup", type=int, default=10, help="untimed warm-up runs per configuration")
@@ -74,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
         peers=args.peers, end_to_end=args.end_to_end, out_dir=args.out or "runs/bench", runs=args.runs,
         budget_s=args.budget, warmup=args.warmup, weights=_weights(args.weights), map_results=map_results,
         load_threshold=args.load_threshold, device=args.device, precision=args.precision,
-        command=" ".join(shlex.quote(a) for a in ["litedet", *sys.argv[1:]]),
+        command=" ".join(shlex.quote(a) for a in ["litedet", *sys.argv[1:]]), cache_dir=args.cache,
     )
     print(markdown_report(result.rows, result.machine, result.notes))
     for name, path in result.paths.items():

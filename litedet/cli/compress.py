@@ -110,9 +110,9 @@ def run_prune(args: argparse.Namespace) -> int:
 
 def add_quantize_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", required=True, help="exported .onnx / OpenVINO .xml (or a .safetensors, exported first)")
-    parser.add_argument("--method", default="ort-static", choices=["ort-static", "ort-dynamic", "openvino"],
+    parser.add_argument("--method", default="ort-static", choices=["ort-static", "ort-dynamic", "openvino", "qat"],
                         help="ort-static: INT8 QDQ with calibration (default); ort-dynamic: data-free weight INT8; "
-                             "openvino: NNCF INT8")
+                             "openvino: NNCF INT8; qat: quantization-aware training of a .safetensors (needs --data)")
     parser.add_argument("--calib", help="calibration images: a folder or a dataset YAML (its train split)")
     parser.add_argument("--num-images", type=int, default=64, help="calibration images to use (default 64)")
     parser.add_argument("--calibrate-method", default="minmax", choices=["minmax", "entropy", "percentile"])
@@ -121,11 +121,17 @@ def add_quantize_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--accuracy-control", action="store_true",
                         help="openvino: nncf.quantize_with_accuracy_control on --val-images/--val-annotations")
     parser.add_argument("--max-drop", type=float, default=0.01, help="accuracy control: max mAP50-95 drop (default 0.01)")
+    _add_finetune_arguments(parser, "quantization-aware training (--method qat)")
     parser.add_argument("-o", "--output", default="runs/compress/quantize", help="output folder")
     _add_report_arguments(parser)
 
 
 def run_quantize(args: argparse.Namespace) -> int:
+    if args.method == "qat":
+        if not args.data:
+            raise ValueError("--method qat trains: pass --data data.yaml")
+        qat = {"epochs": max(args.epochs, 1), "steps": args.steps, "batch": args.batch, "lr": args.lr}
+        return _run(args, [{"qat": qat}])
     step = {"method": args.method, "calib": args.calib, "images": args.num_images, "per_channel": not args.per_tensor,
             "calibrate_method": args.calibrate_method, "exclude": args.exclude,
             "accuracy_control": args.accuracy_control, "max_drop": args.max_drop}

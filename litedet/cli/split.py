@@ -34,6 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     plan.add_argument("--devices", required=True, help="A.json,B.json: profiles of device A (camera) and device B")
     plan.add_argument("--bandwidth", required=True, help="link bandwidth, e.g. 10MB/s, 100Mbit/s")
     plan.add_argument("--latency", default="0ms", help="link latency per transfer, e.g. 5ms")
+    plan.add_argument("--no-calibrate", action="store_true",
+                      help="use the block latencies as measured (default: scale them to add up to the whole network's)")
     plan.add_argument("-o", "--output", default=None, help="also write the plan as JSON")
     plan.add_argument("--json", action="store_true", help="print the plan as one JSON object, last")
 
@@ -89,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
         profile_a, profile_b = _profiles(args.devices)
         if args.model and args.model != profile_a.model:
             raise ValueError(f"--model {args.model} does not match the profiles' model {profile_a.model}")
-        plan = plan_split(profile_a, profile_b, args.bandwidth, args.latency)
+        plan = plan_split(profile_a, profile_b, args.bandwidth, args.latency, calibrate=not args.no_calibrate)
         print(plan.table())
         if args.output:
             from pathlib import Path

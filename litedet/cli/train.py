@@ -19,6 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--imgsz", type=int, help="training and evaluation size (multiple of 32)")
     parser.add_argument("--device", help="auto (default) | cpu | cuda")
     parser.add_argument("--workers", type=int, help="data-loading processes (default 2)")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--optimizer", choices=("sgd", "adamw"))
     parser.add_argument("--lr0", type=float)
     parser.add_argument("--seed", type=int)
@@ -46,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
             overrides = {
                 key: getattr(args, key)
                 for key in ("data", "model", "weights", "backbone_weights", "epochs", "batch", "imgsz", "device",
-                            "workers", "optimizer", "lr0", "seed", "cache", "ema", "amp", "deterministic",
+                            "workers", "threads", "optimizer", "lr0", "seed", "cache", "ema", "amp", "deterministic",
                             "close_mosaic", "eval_interval", "out", "progress")
             }
             if args.config:

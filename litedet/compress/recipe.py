@@ -155,7 +155,20 @@ class QuantizeStep:
             raise ValueError(f"quantize.calib (images folder or dataset YAML) is required for {self.method}")
 
 
+@dataclass
+class QatStep:
+    """Quantization-aware training (torch fake-quant), then export to a QDQ INT8 ONNX model."""
+
+    epochs: int = 1
+    steps: int | None = None
+    batch: int = 8
+    lr: float = 0.0005
+    calib_batches: int = 8
+    augment: bool = True
+
+
 STEP_TYPES: dict[str, type] = {
+    "qat": QatStep,
     "finetune": FinetuneStep,
     "sparsity": SparsityStep,
     "prune": PruneStep,
@@ -164,7 +177,7 @@ STEP_TYPES: dict[str, type] = {
     "export": ExportStep,
     "quantize": QuantizeStep,
 }
-TORCH_STEPS = ("finetune", "sparsity", "prune", "distill", "decompose")
+TORCH_STEPS = ("finetune", "sparsity", "prune", "distill", "decompose", "qat")
 
 
 @dataclass
@@ -263,7 +276,10 @@ def parse_recipe(data: Any, source: str = "<recipe>") -> Recipe:
         device=str(data.get("device", "cpu")), report=build_typed(ReportSettings, data.get("report"), f"{source}: report"),
         source=source,
     )
-    needs_data = [name for name, _ in steps if name in ("finetune", "sparsity", "distill")]
+    needs_data = [name for name, _ in steps if name in ("finetune", "sparsity", "distill", "qat")]
+    after_qat = [name for name, _ in steps[[n for n, _ in steps].index("qat") + 1:]] if any(n == "qat" for n, _ in steps) else []
+    if any(name in TORCH_STEPS for name in after_qat):
+        raise ValueError(f"{source}: qat ends the torch part of a recipe (it exports INT8); move {after_qat} before it")
     if needs_data and not recipe.data:
         raise ValueError(f"{source}: steps {needs_data} train, so the recipe needs 'data' (a dataset YAML)")
     starts_exported = Path(recipe.model).suffix in (".onnx", ".xml")
@@ -346,9 +362,6 @@ class RecipeResult:
 def run_recipe(recipe: Recipe, measure: bool = True, progress: bool = True, command: str | None = None) -> RecipeResult:
     """Run every step in order; export after each (``report.each_step``); measure all stages in
     one report at the end."""
-    from litedet.compress.checkpoint import load_model, save_compressed
-    from litedet.compress.finetune import FinetuneConfig, finetune
-
     check_inputs(recipe)
     out = Path(recipe.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -361,11 +374,15 @@ def run_recipe(recipe: Recipe, measure: bool = True, progress: bool = True, comm
         exported = start
         stages.append(Stage("original", start, None))
     else:
+        from litedet.compress.checkpoint import load_model
+
         model, _ = load_model(start)
         exported = _export(model, recipe.report.engine, out / "stage0-original")
         stages.append(Stage("original", exported, _params(model)))
 
-    def ft_config(step: Any) -> FinetuneConfig:
+    def ft_config(step: Any) -> Any:
+        from litedet.compress.finetune import FinetuneConfig
+
         return FinetuneConfig(epochs=step.epochs, steps=step.steps, batch=step.batch, lr=step.lr,
                               augment=getattr(step, "augment", True), device=recipe.device, progress=progress)
 
@@ -373,9 +390,12 @@ def run_recipe(recipe: Recipe, measure: bool = True, progress: bool = True, comm
         stage_dir = out / f"stage{index}-{name}"
         note = ""
         if name == "finetune":
+            from litedet.compress.finetune import finetune
+
             result = finetune(model, recipe.data, ft_config(step))
             note = f"{result.steps} steps, last loss {result.losses[-1]:.3f}"
         elif name == "sparsity":
+            from litedet.compress.finetune import finetune
             from litedet.compress.prune import BNSparsity
 
             sparsity = BNSparsity(model, step.strength)
@@ -384,6 +404,7 @@ def run_recipe(recipe: Recipe, measure: bool = True, progress: bool = True, comm
         elif name == "prune":
             note = _run_prune(model, step, recipe, stage_dir)
         elif name == "distill":
+            from litedet.compress.checkpoint import load_model
             from litedet.compress.distill import distill_detector
 
             teacher, _ = load_model(step.teacher)
@@ -397,6 +418,12 @@ def run_recipe(recipe: Recipe, measure: bool = True, progress: bool = True, comm
                 rank = int(rank)
             result = decompose(model, step.method, rank=rank, energy=step.energy, exclude=step.exclude, progress=progress)
             note = f"{len(result.layers)} layers, params {result.params_before} -> {result.params_after}"
+        elif name == "qat":
+            exported = _run_qat(model, step, recipe, stage_dir, ft_config(step))
+            stages.append(Stage(f"{index}. qat", exported, _params(model), f"{step.epochs} epoch(s) QAT"))
+            log.append(f"step {index} qat: {exported}")
+            model = None  # fake-quantized: the torch part of the recipe ends here
+            continue
         elif name == "export":
             exported = _export(model, step.format, stage_dir)
             stages.append(Stage(f"{index}. export {step.format}", exported, _params(model)))
@@ -432,6 +459,8 @@ def run_recipe(recipe: Recipe, measure: bool = True, progress: bool = True, comm
             stages.append(Stage(f"{index}. {name}", exported, _params(model), note))
     final_model = None
     if model is not None:
+        from litedet.compress.checkpoint import save_compressed
+
         final_model = save_compressed(model, out / "model.safetensors")
     report = None
     report_paths = None
@@ -444,6 +473,27 @@ def run_recipe(recipe: Recipe, measure: bool = True, progress: bool = True, comm
                          commands=[command] if command else [])
         report_paths = report.save(out)
     return RecipeResult(out, final_model, exported, stages, report_paths, report, log)
+
+
+def _run_qat(model: Any, step: QatStep, recipe: Recipe, stage_dir: Path, config: Any) -> Path:
+    """Fold BN, fake-quantize, calibrate on training images, fine-tune, export QDQ ONNX."""
+    import itertools
+
+    import torch
+
+    from litedet.compress.finetune import finetune
+    from litedet.compress.qat import calibrate, export_qat_onnx, prepare_qat
+    from litedet.data.datasets import load_data_config
+    from litedet.data.loader import DetectionTrainDataset, build_loader
+
+    prepare_qat(model)
+    train = load_data_config(recipe.data).load_split("train")  # type: ignore[arg-type]
+    loader, _ = build_loader(DetectionTrainDataset(train, int(max(model.input_size))), step.batch, seed=0)
+    device = torch.device(recipe.device)
+    model.to(device)
+    calibrate(model, (images.to(device).float() / 255 for images, _, _ in itertools.islice(loader, step.calib_batches)))
+    finetune(model, recipe.data, config)  # type: ignore[arg-type]
+    return export_qat_onnx(model.cpu(), stage_dir)
 
 
 def _params(model: Any) -> int:

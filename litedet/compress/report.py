@@ -192,7 +192,9 @@ def compare(
             engine = entry.engine or engine_for(path)
             backend = open_backend(path, engine=engine, threads=threads, precision=entry.precision)
             input_size = input_size or tuple(backend.config.input_size)
-            row = ReportRow(entry.name, str(path), engine, entry.precision, threads,
+            # The file's own precision (an INT8 export runs through the engine's fp32 API).
+            precision = backend.config.precision if entry.precision == "fp32" else entry.precision
+            row = ReportRow(entry.name, str(path), engine, precision, threads,
                             entry.params if entry.params is not None else count_file_params(path), file_bytes(path),
                             notes=entry.notes)
             if measure_map and val_images is not None and val_annotations is not None:

@@ -254,6 +254,9 @@ class LiveSource(Source):
         except Exception as err:  # a broken stream ends the run, it does not kill the process
             LOGGER.warning("%s: stream broke after %d frames: %s", self.name, index, err)
         finally:
+            # Released here, by the thread that reads: releasing while another thread is inside
+            # read() can crash some OpenCV backends.
+            self._capture.release()
             with self._lock:
                 self._ended = True
                 self._lock.notify_all()
@@ -279,9 +282,11 @@ class LiveSource(Source):
             yield Frame(image, f"{self.name}:{index}", self.name, index, is_video=True)
 
     def close(self) -> None:
+        """Stop the reader; it releases the capture once its current read returns."""
         self._stop.set()
         self._thread.join(timeout=5.0)
-        self._capture.release()
+        if self._thread.is_alive():
+            LOGGER.warning("%s: the stream is still blocked in a read; it is released when that returns", self.name)
 
 
 def _collect_dir(path: Path) -> list[Path]:

@@ -281,8 +281,14 @@ class DeviceProfile:
     repeats: int = 0
     version: int = PROFILE_VERSION
 
-    def block_ms(self) -> list[float]:
-        return [float(b["latency_ms"]) for b in self.blocks]
+    def block_ms(self, calibrate: bool = False) -> list[float]:
+        """Each block's median latency; ``calibrate`` scales them to add up to ``total_ms`` (a block
+        timed alone, again and again, runs on warm caches and so reads faster than in the network)."""
+        values = [float(b["latency_ms"]) for b in self.blocks]
+        total = sum(values)
+        if calibrate and total > 0 and self.total_ms > 0:
+            values = [v * self.total_ms / total for v in values]
+        return values
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -563,11 +569,14 @@ def plan_split(
     profile_b: DeviceProfile,
     bandwidth: float | str,
     latency: float | str = 0.0,
+    calibrate: bool = True,
 ) -> SplitPlan:
     """Choose the cut minimising compute on A + transfer + compute on B (Neurosurgeon §5).
 
     ``bandwidth`` in bytes/s (or a string such as ``"10MB/s"``), ``latency`` in seconds (or
-    ``"5ms"``), paid once whenever something is sent (every cut but the last).
+    ``"5ms"``), paid once whenever something is sent (every cut but the last). ``calibrate``
+    scales each device's block latencies to add up to its whole-network latency
+    (``DeviceProfile.block_ms``).
     """
     bandwidth_b = parse_bandwidth(bandwidth)
     latency_s = parse_latency(latency)
@@ -583,7 +592,7 @@ def plan_split(
             f"the profiles cut {profile_a.model} into different blocks ({len(names_a)} on A, {len(names_b)} on B); "
             f"profile both with the same litedet version"
         )
-    a_ms, b_ms = profile_a.block_ms(), profile_b.block_ms()
+    a_ms, b_ms = profile_a.block_ms(calibrate), profile_b.block_ms(calibrate)
     n = len(a_ms)
     candidates = []
     for k in range(n + 1):

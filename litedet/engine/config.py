@@ -44,6 +44,7 @@ class TrainConfig:
     imgsz: int = 320
     device: str = "auto"
     workers: int = 2
+    threads: int | None = None  # torch CPU threads (None: torch's default); 1 is fastest on a busy machine
     seed: int = 0
     deterministic: bool = False  # torch.use_deterministic_algorithms (CPU runs are reproducible anyway)
     cache: bool = False  # keep resized images in memory

@@ -45,6 +45,8 @@ class EvalResult:
     stats: list[float] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     summary: str = ""
+    # precision at COCO's 101 recall points at IoU 0.5, mean over classes with ground truth
+    pr_curve: list[float] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {"map50_95": self.map50_95, "map50": self.map50, "images": self.images}
@@ -145,7 +147,10 @@ def evaluate_coco(
         if values.size:
             per_class[name_of[category]] = float(values.mean())
     summary = "\n".join(line for line in buffer.getvalue().splitlines() if "Average" in line)
-    return EvalResult(stats[0], stats[1], per_class, len(scored), stats, skipped, summary)
+    at_50 = precision[0]  # [R, K]
+    valid = (at_50 > -1).all(axis=0)
+    pr_curve = at_50[:, valid].mean(axis=1).tolist() if valid.any() else []
+    return EvalResult(stats[0], stats[1], per_class, len(scored), stats, skipped, summary, pr_curve)
 
 
 def evaluate(

@@ -53,13 +53,17 @@ class StageTimes:
 
 
 def decode_outputs(
-    outputs: Sequence[np.ndarray], config: ModelConfig, input_size: tuple[int, int] | None = None
+    outputs: Sequence[np.ndarray],
+    config: ModelConfig,
+    input_size: tuple[int, int] | None = None,
+    min_objectness: float | None = None,
 ) -> np.ndarray:
     """Raw backend outputs -> [B, N, 5 + nc] candidates (cx, cy, w, h, obj, class probs) in
     input pixels, by ``config.head``; ``input_size`` (h, w) is the batch's size (SSD priors scale
-    with it; default ``config.input_size``)."""
+    with it; default ``config.input_size``); rows with objectness at most ``min_objectness`` may
+    be left out (NMS drops them anyway)."""
     if config.head == "yolo":
-        return decode_yolo(outputs, config.anchors, config.strides, config.num_classes)
+        return decode_yolo(outputs, config.anchors, config.strides, config.num_classes, min_objectness)
     if config.head == "ssdlite":
         variances = tuple(config.extra.get("variances", SSD_VARIANCES))
         return decode_ssdlite(outputs, config.anchors, config.num_classes, config.input_size, input_size, variances)
@@ -144,7 +148,8 @@ class Predictor:
         input_size: tuple[int, int] | None = None,
     ) -> list[Detections]:
         """Raw outputs of a batch -> ``Detections`` per image, boxes in original pixels."""
-        candidates = decode_outputs(outputs, self.config, tuple(input_size) if input_size is not None else None)
+        size = tuple(input_size) if input_size is not None else None
+        candidates = decode_outputs(outputs, self.config, size, min_objectness=self.conf)
         kept = non_max_suppression(
             candidates, self.conf, self.iou, classes=self.classes, agnostic=self.agnostic,
             multi_label=self.multi_label, max_det=self.max_det,

@@ -21,7 +21,6 @@ order by (seed, e) (``litedet.data.loader``), so a run stopped after any step an
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import csv
 import io
@@ -31,7 +30,7 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -275,6 +274,10 @@ class Trainer:
         self.train_set, self.val_set = train_set, val_set
         self.names = list(train_set.names)
         self.device = select_device(config.device)
+        if config.threads is not None:
+            if config.threads < 1:
+                raise ValueError(f"threads must be >= 1, got {config.threads}")
+            torch.set_num_threads(config.threads)
         self.use_amp = bool(config.amp and self.device.type == "cuda")
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = not config.deterministic

@@ -168,7 +168,33 @@ def export_model(
     out_dir = Path(out_dir).expanduser()
     if not isinstance(model_or_weights, nn.Module) and not Path(model_or_weights).is_file():
         raise FileNotFoundError(f"weights file not found: {model_or_weights}")
+    created = not out_dir.exists()
     _check_out_dir(out_dir)
+    try:
+        return _export(export_format, model_or_weights, out_dir, imgsz, dynamic, half, nms, model_name, stem, conf, iou, max_det, start)
+    except BaseException:
+        if created and out_dir.is_dir() and not any(out_dir.iterdir()):
+            out_dir.rmdir()  # leave no trace of a failed export
+        raise
+
+
+def _export(
+    export_format: ExportFormat,
+    model_or_weights: nn.Module | str | os.PathLike,
+    out_dir: Path,
+    imgsz: int | str | Sequence[int] | None,
+    dynamic: bool,
+    half: bool,
+    nms: bool,
+    model_name: str | None,
+    stem: str | None,
+    conf: float,
+    iou: float,
+    max_det: int,
+    start: float,
+) -> ExportResult:
+    """``export_model`` once the output folder exists: load, fuse, export into a staging folder,
+    write the sidecar, move the files into ``out_dir``."""
     _check_packages(export_format)
 
     model = _load(model_or_weights, model_name)

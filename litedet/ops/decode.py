@@ -32,6 +32,7 @@ def decode_yolo(
     anchors: Sequence[Sequence[Sequence[float]]],
     strides: Sequence[int],
     num_classes: int,
+    min_objectness: float | None = None,
 ) -> np.ndarray:
     """Decode YOLO raw maps.
 
@@ -40,9 +41,13 @@ def decode_yolo(
         anchors: per level, ``na`` (w, h) pairs in input pixels.
         strides: per level, the input pixels per cell.
         num_classes: classes the head predicts.
+        min_objectness: when given, rows whose objectness is at most this in every image of the
+            batch are left out before the sigmoids are computed (NMS drops them anyway; most
+            rows go this way at detection thresholds, so post-processing gets much cheaper).
 
     Returns:
-        float32 [B, N, 5 + num_classes], N = sum(na * H_i * W_i): (cx, cy, w, h, obj, cls...).
+        float32 [B, N, 5 + num_classes]: (cx, cy, w, h, obj, cls...); N = sum(na * H_i * W_i)
+        rows without ``min_objectness``, else the rows that pass it, in the same order.
     """
     if not (len(outputs) == len(anchors) == len(strides)):
         raise ValueError(
@@ -50,6 +55,10 @@ def decode_yolo(
             f"{len(anchors)} anchor levels, {len(strides)} strides"
         )
     per_row = 5 + num_classes
+    if min_objectness is not None and not 0.0 <= min_objectness < 1.0:
+        raise ValueError(f"min_objectness must be in [0, 1), got {min_objectness}")
+    # sigmoid(t) > p  <=>  t > log(p / (1 - p)); compare logits, no sigmoid on dropped rows
+    min_logit = None if not min_objectness else float(np.log(min_objectness / (1.0 - min_objectness)))
     decoded = []
     for level, (raw, level_anchors, stride) in enumerate(zip(outputs, anchors, strides)):
         raw = np.asarray(raw, dtype=np.float32)
@@ -61,14 +70,17 @@ def decode_yolo(
                 f"for {num_anchors} anchors and {num_classes} classes"
             )
         batch, _, height, width = raw.shape
-        # [B, na, 5+nc, H, W] -> [B, na, H, W, 5+nc]
-        maps = sigmoid(raw.reshape(batch, num_anchors, per_row, height, width).transpose(0, 1, 3, 4, 2))
-        grid_y, grid_x = np.meshgrid(np.arange(height, dtype=np.float32), np.arange(width, dtype=np.float32), indexing="ij")
-        grid = np.stack([grid_x, grid_y], axis=-1)  # [H, W, 2] as (gx, gy)
-        xy = (maps[..., 0:2] * 2.0 - 0.5 + grid) * float(stride)
-        wh = (maps[..., 2:4] * 2.0) ** 2 * level_anchors[None, :, None, None, :]
-        rows = np.concatenate([xy, wh, maps[..., 4:]], axis=-1)
-        decoded.append(rows.reshape(batch, -1, per_row))
+        maps = raw.reshape(batch, num_anchors, per_row, height * width)
+        if min_logit is None:
+            anchor_index, cell = np.divmod(np.arange(num_anchors * height * width), height * width)
+        else:
+            anchor_index, cell = np.nonzero((maps[:, :, 4, :] > min_logit).any(axis=0))
+        # rows [B, K, 5+nc], anchor-major then cell (row-major): YOLOv5's Detect order
+        rows = sigmoid(maps[:, anchor_index, :, cell].transpose(1, 0, 2))
+        grid = np.stack([cell % width, cell // width], axis=-1).astype(np.float32)  # (gx, gy)
+        xy = (rows[..., 0:2] * 2.0 - 0.5 + grid) * float(stride)
+        wh = (rows[..., 2:4] * 2.0) ** 2 * level_anchors[anchor_index]
+        decoded.append(np.concatenate([xy, wh, rows[..., 4:]], axis=-1))
     return np.concatenate(decoded, axis=1)
 
 

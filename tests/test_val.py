@@ -1,0 +1,122 @@
+"""COCO evaluation: class-id mapping, a synthetic dataset scored perfectly through the letterbox, and
+`litedet val` on coco256 with the imported published models (skipped without ../shared)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from litedet.cli import main
+from litedet.config import COCO_NAMES, ModelConfig
+from litedet.data.transforms import letterbox
+from litedet.engine.evaluator import category_mapping, evaluate_coco
+
+from conftest import require_shared
+from test_ops import OneBoxBackend
+
+COCO_VAL = ("data", "coco256", "annotations", "instances_val2017.json")
+
+
+def test_category_mapping_by_name_and_by_sorted_id():
+    # COCO's own json: dog is category 18 in the 91-id space, toothbrush 90
+    coco_categories = [{"id": 18, "name": "dog"}, {"id": 1, "name": "person"}, {"id": 90, "name": "toothbrush"}]
+    mapping = category_mapping(list(COCO_NAMES), coco_categories)
+    assert mapping == {0: 1, 16: 18, 79: 90}
+    # a custom dataset whose names differ: i-th class -> i-th category by ascending id
+    custom = [{"id": 9, "name": "b"}, {"id": 4, "name": "a"}]
+    assert category_mapping(["x", "y"], custom) == {0: 4, 1: 9}
+    with pytest.raises(ValueError, match="cannot map 3 model classes to the 2"):
+        category_mapping(["x", "y", "z"], custom)
+
+
+def _synthetic_dataset(tmp_path: Path, shapes, box_in_input) -> tuple[Path, Path]:
+    """Images of the given shapes whose one 'dog' sits, after a 320 letterbox, at ``box_in_input``."""
+    images, annotations = [], []
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for image_id, shape in enumerate(shapes, start=1):
+        image = np.zeros((*shape, 3), np.uint8)
+        cv2.imwrite(str(folder / f"{image_id}.png"), image)
+        _, info = letterbox(image, 320)
+        x1 = (box_in_input[0] - info.pad[0]) / info.ratio[0]
+        y1 = (box_in_input[1] - info.pad[1]) / info.ratio[1]
+        x2 = (box_in_input[2] - info.pad[0]) / info.ratio[0]
+        y2 = (box_in_input[3] - info.pad[1]) / info.ratio[1]
+        images.append({"id": image_id, "file_name": f"{image_id}.png", "height": shape[0], "width": shape[1]})
+        annotations.append(
+            {"id": image_id, "image_id": image_id, "category_id": 18, "bbox": [x1, y1, x2 - x1, y2 - y1],
+             "area": (x2 - x1) * (y2 - y1), "iscrowd": 0}
+        )
+    categories = [{"id": 1, "name": "person"}, {"id": 18, "name": "dog"}]
+    path = tmp_path / "instances.json"
+    path.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
+    return folder, path
+
+
+def test_perfect_detections_score_one_on_portrait_and_landscape(tmp_path):
+    folder, annotations = _synthetic_dataset(tmp_path, [(480, 270), (270, 480), (320, 320)], (152, 90, 168, 110))
+    config = ModelConfig("tiny", 80, list(COCO_NAMES), (320, 320))
+    backend = OneBoxBackend(config, centre=(160.0, 100.0), size=(16.0, 20.0), class_id=16)
+    result = evaluate_coco(backend, folder, annotations, progress=False)
+    assert result.images == 3
+    assert result.map50 == pytest.approx(1.0) and result.map50_95 == pytest.approx(1.0)
+    assert set(result.per_class) == {"dog"}
+    # the same box called a cat scores nothing
+    wrong = OneBoxBackend(config, centre=(160.0, 100.0), size=(16.0, 20.0), class_id=15)
+    assert evaluate_coco(wrong, folder, annotations, progress=False).map50 == 0.0
+
+
+def test_missing_inputs_are_named(tmp_path):
+    config = ModelConfig("tiny", 80, list(COCO_NAMES), (320, 320))
+    backend = OneBoxBackend(config, (10.0, 10.0), (5.0, 5.0), 0)
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        evaluate_coco(backend, tmp_path / "nowhere", tmp_path / "a.json")
+    with pytest.raises(FileNotFoundError, match="a.json"):
+        evaluate_coco(backend, tmp_path, tmp_path / "a.json")
+
+
+@pytest.fixture(scope="module")
+def imported(tmp_path_factory):
+    pytest.importorskip("torch")
+    from litedet.export.ncnn_import import import_ncnn_weights
+
+    folder = tmp_path_factory.mktemp("imported")
+
+    def get(arch: str) -> Path:
+        param = require_shared("weights", "yolov5-lite", f"{arch}.ncnn.param")
+        target = folder / f"{arch}.safetensors"
+        if not target.exists():
+            import_ncnn_weights(param, arch, target)
+        return target
+
+    return get
+
+
+def _subset(tmp_path: Path, annotations: Path, count: int) -> Path:
+    data = json.loads(annotations.read_text())
+    data["images"] = sorted(data["images"], key=lambda i: i["id"])[:count]
+    keep = {i["id"] for i in data["images"]}
+    data["annotations"] = [a for a in data["annotations"] if a["image_id"] in keep]
+    path = tmp_path / "subset.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_val_cli_on_coco256_subset(tmp_path, imported, capsys):
+    annotations = require_shared(*COCO_VAL)
+    images = require_shared("data", "coco256", "images", "val2017")
+    subset = _subset(tmp_path, annotations, 12)
+    weights = imported("v5lite-e")
+    code = main(["val", "--model", "v5lite-e", "--weights", str(weights), "--images", str(images),
+                 "--annotations", str(subset), "--json", "--no-progress"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "mAP50-95" in out and "per-class AP50-95" in out and "person" in out
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert set(summary) == {"map50_95", "map50", "images"} and summary["images"] == 12
+    # a real detector on real images: clearly better than chance, below perfect
+    assert 0.15 < summary["map50_95"] < summary["map50"] < 0.95
