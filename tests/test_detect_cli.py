@@ -153,3 +153,13 @@ def test_imported_model_finds_the_people(tmp_path, imported_v5lite_s, capsys, fi
     truth = np.array([b for b, c in zip(boxes, categories) if c == 1 and (b[2] - b[0]) * (b[3] - b[1]) > 32 * 32])
     assert len(truth)
     assert (box_iou(truth, people).max(axis=1) > 0.5).all()
+
+
+def test_demo_without_shared_says_what_to_pass(tmp_path, monkeypatch, capsys):
+    from litedet import demo
+
+    monkeypatch.setenv("LITEDET_SHARED", str(tmp_path / "no_shared_here"))
+    assert demo.main(["--out", str(tmp_path / "demo")]) == 0
+    out = capsys.readouterr().out
+    assert "no_shared_here" in out and "litedet detect --model v5lite-s" in out
+    assert not (tmp_path / "demo").exists()

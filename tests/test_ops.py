@@ -206,8 +206,8 @@ def _brute_force_nms(boxes, scores, classes, iou_threshold):
 @pytest.mark.parametrize("seed, iou_threshold", list(itertools.product(range(4), (0.3, 0.45, 0.7))))
 def test_batched_nms_matches_brute_force(seed, iou_threshold):
     rng = np.random.default_rng(seed)
-    n = 300
-    xy = rng.uniform(0, 200, (n, 2))
+    n = 150
+    xy = rng.uniform(0, 150, (n, 2))
     boxes = np.concatenate([xy, xy + rng.uniform(5, 60, (n, 2))], 1)
     scores = rng.permutation(n).astype(np.float64) / n  # distinct scores: a unique answer
     classes = rng.integers(0, 3, n)

@@ -176,7 +176,7 @@ def test_loader_items_depend_only_on_seed_epoch_and_index(tiny_data):
     assert list(sampler) == order[3:] and sorted(order) == list(range(8))
 
 
-def test_imagenet_backbone_loads_into_a_shufflenet_detector():
+def test_imagenet_backbone_loads_into_a_shufflenet_detector(tmp_path):
     from litedet.engine.trainer import load_imagenet_backbone
     from litedet.models.registry import create_model
     from conftest import require_shared
@@ -188,5 +188,14 @@ def test_imagenet_backbone_loads_into_a_shufflenet_detector():
     source = torch.load(weights, map_location="cpu", weights_only=True)
     torch.testing.assert_close(model.backbone.conv1.conv.weight, source["first_conv.0.weight"])
     assert model(torch.zeros(1, 3, 64, 64))[0].shape[1] == 3 * 6
+    # What the trainer saves must reload (with the default routing) as the same network.
+    from litedet.models.checkpoint import load_detector, save_checkpoint_weights
+
+    path = save_checkpoint_weights(model.eval(), tmp_path / "m.safetensors")
+    reloaded, _ = load_detector(path)
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        for a, b in zip(model(x), reloaded(x)):
+            torch.testing.assert_close(a, b)
     with pytest.raises(ValueError, match="does not fit v5lite-e .*first_conv.0.weight"):
         load_imagenet_backbone(create_model("v5lite-e", num_classes=1), weights)

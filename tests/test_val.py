@@ -120,3 +120,22 @@ def test_val_cli_on_coco256_subset(tmp_path, imported, capsys):
     assert set(summary) == {"map50_95", "map50", "images"} and summary["images"] == 12
     # a real detector on real images: clearly better than chance, below perfect
     assert 0.15 < summary["map50_95"] < summary["map50"] < 0.95
+
+
+# litedet's own figures on coco256 val (128 images) with the imported published weights, measured
+# with `litedet val` (see the README); the ncnn builds run through the same pipeline score the same.
+PIPELINE_FIGURES = {"v5lite-e": (0.2933, 0.4730), "v5lite-s": (0.3348, 0.5116)}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", sorted(PIPELINE_FIGURES))
+def test_full_coco256_val_matches_measured_figures(imported, arch):
+    from litedet.engine.evaluator import evaluate
+
+    annotations = require_shared(*COCO_VAL)
+    images = require_shared("data", "coco256", "images", "val2017")
+    result = evaluate(imported(arch), images, annotations, model=arch, progress=False)
+    assert result.images == 128
+    map50_95, map50 = PIPELINE_FIGURES[arch]
+    assert result.map50_95 == pytest.approx(map50_95, abs=0.005)
+    assert result.map50 == pytest.approx(map50, abs=0.005)

@@ -13,7 +13,12 @@ Definitions (say which when you report them):
   what an unfused engine reads and writes. Functional ops (concat, add, split, shuffle) have no
   module and are not counted in either.
 - ``peak_activation_bytes``: the largest (input + output) of any single leaf layer, in bytes at
-  fp32 - a lower bound of the activation memory an engine that runs layer by layer must hold.
+  fp32 - roughly what an engine that runs layer by layer must hold at once (an in-place layer's
+  input and output count twice; skip connections are not counted: see ``peak_live_bytes``).
+- ``peak_live_bytes``: the most activation memory alive at once during this eager forward pass
+  (inference, no autograd): the input plus every tensor the pass allocated and had not yet freed
+  (skip connections, concat inputs and the outputs included; weights excluded), tracked at the
+  ATen level. An engine that fuses or reuses buffers needs less; one that plans no reuse, more.
 - ``activation_bytes``: sum of every leaf layer's output, at fp32 (what training keeps for the
   backward pass, roughly).
 """
@@ -23,8 +28,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
+import weakref
+
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 
 @dataclass
@@ -53,6 +62,7 @@ class ModelProfile:
     input_size: tuple[int, int]
     batch: int
     layers: list[LayerProfile] = field(default_factory=list)
+    peak_live_bytes: int = 0
 
     @property
     def flops(self) -> int:
@@ -95,6 +105,51 @@ def _layer_madds(module: nn.Module, output: torch.Tensor) -> int:
     if isinstance(module, nn.Linear):
         return output.numel() * module.in_features
     return 0
+
+
+class _LiveActivations(TorchDispatchMode):
+    """Track bytes of tensor storage allocated during a forward pass and still referenced.
+
+    Every tensor an ATen op returns holds a reference on its storage (views share it); the
+    storage counts as freed when the last such tensor is garbage (``weakref.finalize``).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live = 0
+        self.peak = 0
+        self._refs: dict[int, int] = {}
+        self._bytes: dict[int, int] = {}
+
+    def _release(self, key: int) -> None:
+        self._refs[key] -= 1
+        if self._refs[key] == 0:
+            del self._refs[key]
+            self.live -= self._bytes.pop(key)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001 - torch's protocol
+        out = func(*args, **(kwargs or {}))
+        for tensor in tree_flatten(out)[0]:
+            if not isinstance(tensor, torch.Tensor) or tensor.device.type == "meta":
+                continue
+            storage = tensor.untyped_storage()
+            key, nbytes = storage.data_ptr(), storage.nbytes()
+            if key == 0 or nbytes == 0:
+                continue
+            if key not in self._refs:
+                if any(arg is not None and _shares_storage(arg, key) for arg in tree_flatten((args, kwargs))[0]):
+                    continue  # an in-place op or a view of an input that was not allocated here
+                self._refs[key] = 0
+                self._bytes[key] = nbytes
+                self.live += nbytes
+                self.peak = max(self.peak, self.live)
+            self._refs[key] += 1
+            weakref.finalize(tensor, self._release, key)
+        return out
+
+
+def _shares_storage(value: Any, key: int) -> bool:
+    return isinstance(value, torch.Tensor) and value.untyped_storage().data_ptr() == key
 
 
 def normalize_input_size(input_size: int | Sequence[int]) -> tuple[int, int]:
@@ -155,7 +210,11 @@ def profile_model(
         parameter = next(model.parameters(), None)
         device = parameter.device if parameter is not None else torch.device("cpu")
         model.eval()
-        model(torch.zeros(batch, in_channels, height, width, device=device))
+        sample = torch.zeros(batch, in_channels, height, width, device=device)
+        tracker = _LiveActivations()
+        with tracker:
+            output = model(sample)
+        del output  # the outputs counted while alive; freeing them now keeps the tracker consistent
     finally:
         for handle in handles:
             handle.remove()
@@ -171,4 +230,5 @@ def profile_model(
         input_size=(height, width),
         batch=batch,
         layers=layers,
+        peak_live_bytes=sample.numel() * sample.element_size() + tracker.peak,
     )

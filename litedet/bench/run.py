@@ -355,6 +355,7 @@ def benchmark(
     images: Sequence[np.ndarray] | None = None,
     map_results: Sequence[dict[str, Any]] | None = None,
     load_threshold: float = DEFAULT_LOAD_THRESHOLD,
+    max_attempts: int = 2,
     conf: float = 0.25,
     iou: float = 0.45,
     device: str = "cpu",
@@ -375,6 +376,8 @@ def benchmark(
     of random weights. ``precision`` (fp32, bf16, fp16) and ``device`` (cpu, cuda) apply to the torch
     engine; exported engines run fp32 on the CPU. Rows always carry ``model, engine, threads, imgsz, batch, median_ms, p90_ms,
     gflops, params`` plus load and energy fields (``litedet.bench.report.ROW_KEYS``).
+    A configuration whose background load exceeded ``load_threshold`` (percent of the machine) is
+    measured again, up to ``max_attempts`` in all, and flagged ``disturbed`` if it stays above.
     Exports are cached in ``cache_dir`` (default ``runs/bench/cache``) and reused by later runs.
     """
     from litedet.bench.energy import open_energy_meter
@@ -471,7 +474,7 @@ def benchmark(
 
         stats = measure_interleaved(
             candidates, warmup=warmup, min_runs=runs, budget_s=budget_s, synchronize=sync,
-            load_threshold=load_threshold, on_chunk=on_chunk, energy_meter=meter,
+            load_threshold=load_threshold, max_attempts=max_attempts, on_chunk=on_chunk, energy_meter=meter,
         )
         if bar is not None:
             bar.close()

@@ -34,6 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="accuracy per model for the Pareto plot: [{model, engine?, imgsz?, map50_95, map50?}]")
     parser.add_argument("--load-threshold", type=float, default=25.0,
                         help="%% of the machine other processes may use before a figure is re-measured/flagged")
+    parser.add_argument("--max-attempts", type=int, default=2,
+                        help="measurements per configuration while disturbed (1: flag only, never repeat)")
     parser.add_argument("--device", default="cpu", help="cpu, or cuda for GPU figures (torch engine)")
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"),
                         help="torch engine precision (autocast); exported engines run fp32")
@@ -74,7 +76,8 @@ def run(args: argparse.Namespace) -> int:
         models=args.models, engines=args.engines, threads=args.threads, imgsz=args.imgsz, batch=args.batch,
         peers=args.peers, end_to_end=args.end_to_end, out_dir=args.out or "runs/bench", runs=args.runs,
         budget_s=args.budget, warmup=args.warmup, weights=_weights(args.weights), map_results=map_results,
-        load_threshold=args.load_threshold, device=args.device, precision=args.precision,
+        load_threshold=args.load_threshold, max_attempts=args.max_attempts, device=args.device,
+        precision=args.precision,
         command=" ".join(shlex.quote(a) for a in ["litedet", *sys.argv[1:]]), cache_dir=args.cache,
     )
     print(markdown_report(result.rows, result.machine, result.notes))

@@ -312,10 +312,11 @@ def quantize_openvino(
         quantized = nncf.quantize_with_accuracy_control(
             ov_model, calibration_dataset=calibration_set, validation_dataset=validation_set,
             validation_fn=validate, max_drop=max_drop, drop_type=nncf.DropType.ABSOLUTE, preset=quant_preset,
+            subset_size=len(images),
         )
         settings["max_drop"] = max_drop
     else:
-        quantized = nncf.quantize(ov_model, calibration_set, preset=quant_preset)
+        quantized = nncf.quantize(ov_model, calibration_set, preset=quant_preset, subset_size=len(images))
     ov.save_model(quantized, str(output), compress_to_fp16=False)
     _write_sidecar(config, output, "int8", settings)
     return QuantizeResult(output, "openvino", model_files_size(model), model_files_size(output), len(images), settings)

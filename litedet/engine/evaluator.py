@@ -74,10 +74,14 @@ def evaluate_coco(
     max_det: int = 300,
     progress: bool = True,
     limit: int | None = None,
+    multi_label: bool = True,
+    shrink_interpolation: int = cv2.INTER_AREA,
 ) -> EvalResult:
     """Detect on every image of a COCO json that exists under ``images`` and score with COCOeval.
 
-    ``limit`` scores only the first N images (by id), for quick checks.
+    ``limit`` scores only the first N images (by id), for quick checks. ``multi_label=False``
+    keeps only each box's best class (YOLOv5 ``detect.py``); ``shrink_interpolation`` is the
+    OpenCV resize used when an image is larger than the input (YOLOv5 val: ``INTER_AREA``).
     """
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
@@ -96,7 +100,7 @@ def evaluate_coco(
     config = backend.config
     categories = ground_truth.loadCats(ground_truth.getCatIds())
     class_to_category = category_mapping(config.names, categories)
-    predictor = Predictor(backend, conf=conf, iou=iou, max_det=max_det, multi_label=True, auto=False)
+    predictor = Predictor(backend, conf=conf, iou=iou, max_det=max_det, multi_label=multi_label, auto=False)
     image_ids = sorted(ground_truth.getImgIds())[:limit]
     coco_results: list[dict[str, Any]] = []
     scored: list[int] = []
@@ -113,7 +117,7 @@ def evaluate_coco(
         target = config.input_size
         # YOLOv5 loader: INTER_AREA when shrinking, INTER_LINEAR when enlarging
         shrink = min(target[0] / image.shape[0], target[1] / image.shape[1]) < 1
-        predictor.interpolation = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
+        predictor.interpolation = shrink_interpolation if shrink else cv2.INTER_LINEAR
         (detections,) = predictor.predict([image], [str(path)])
         scored.append(image_id)
         for box, score, class_id in zip(detections.boxes, detections.scores, detections.class_ids):

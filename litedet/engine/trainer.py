@@ -162,9 +162,9 @@ def build_optimizer(model: nn.Module, config: TrainConfig, weight_decay: float) 
 
 def load_imagenet_backbone(model: nn.Module, path: str | Path) -> str:
     """Put ImageNet ShuffleNetV2 weights in Megvii layout (the shared 0.5x file) into a
-    detector's ShuffleNetV2 backbone. The backbone is rebuilt with the same widths and the
-    Megvii channel routing those weights were trained with (``litedet.models.pretrained``); a
-    width mismatch is a ValueError naming the tensor and both shapes. Returns the load summary."""
+    detector's ShuffleNetV2 backbone (``litedet.models.pretrained.load_megvii_shufflenetv2``
+    permutes them onto our channel routing, so the saved detector needs nothing special). A width
+    mismatch is a ValueError naming the tensor and both shapes. Returns the load summary."""
     from litedet.models.backbones.shufflenetv2 import ShuffleNetV2
     from litedet.models.pretrained import load_megvii_shufflenetv2
 
@@ -172,16 +172,11 @@ def load_imagenet_backbone(model: nn.Module, path: str | Path) -> str:
     if not isinstance(backbone, ShuffleNetV2):
         raise ValueError(f"--backbone-weights {path}: these are ShuffleNetV2 (Megvii) weights, but the model's "
                          f"backbone is {type(backbone).__name__}; use a ShuffleNetV2 detector such as yolo-shufflenetv2_x0_5")
-    repeats = (len(backbone.stage2), len(backbone.stage3), len(backbone.stage4))
-    channels = [*backbone.stage_channels[:4], 1024]
-    rebuilt = ShuffleNetV2(repeats, channels, num_classes=0, features_only=True, out_indices=backbone.out_indices,
-                           with_conv5=False, channel_order="megvii")
     try:
-        report = load_megvii_shufflenetv2(rebuilt, path)
+        report = load_megvii_shufflenetv2(backbone, path)
     except ValueError as err:
         raise ValueError(f"--backbone-weights does not fit {getattr(model, 'model_name', 'this model')} "
-                         f"(backbone widths {channels[:4]}): {err}") from None
-    model.backbone = rebuilt
+                         f"(backbone widths {backbone.stage_channels[:4]}): {err}") from None
     return report.summary()
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import importlib
 import importlib.util
 import logging
 import os
@@ -27,6 +28,7 @@ from torch import nn
 
 from litedet.config import ModelConfig, sidecar_path
 from litedet.export.formats import ExportFormat, check_options, default_stem, get_format
+from litedet.export.onnx import OPSET
 
 LOGGER = logging.getLogger(__name__)
 
@@ -214,29 +216,20 @@ def _export(
         workdir.mkdir()
         engine_path = staging / f"{stem}{export_format.suffix}"
         extra: dict[str, Any] = dict(base_config.extra)
-        extra.update(input_names=["images"], export={"format": export_format.name, "torch": torch.__version__})
+        extra["export"] = {"format": export_format.name, "torch": torch.__version__}
         wrapper = None
         if nms:
             from litedet.export.onnx import InGraphNMS
 
             wrapper = InGraphNMS(network, base_config.anchors, base_config.strides, base_config.num_classes, conf, iou, max_det)
             extra["export"]["nms"] = {"conf": conf, "iou": iou, "max_det": max_det, "outputs": "detections [B, max_det, 6] (x1, y1, x2, y2, score, class_id) in input pixels, num_detections [B]"}
-        if export_format.name == "onnx":
-            from litedet.export.onnx import OPSET, export_onnx
-
-            output_names = export_onnx(network, engine_path, size, dynamic=dynamic, nms=wrapper)
+        exporter = importlib.import_module(export_format.module)
+        input_names, output_names = exporter.export(
+            network, engine_path, size, workdir, dynamic=dynamic, half=half, nms=wrapper, stride=stride
+        )
+        extra["input_names"] = input_names
+        if export_format.name in ("onnx", "openvino"):
             extra["export"]["opset"] = OPSET
-        elif export_format.name == "openvino":
-            from litedet.export.openvino import export_openvino
-
-            output_names = export_openvino(network, engine_path, size, workdir, dynamic=dynamic, half=half, nms=wrapper)
-        elif export_format.name == "ncnn":
-            from litedet.export.ncnn import export_ncnn
-
-            input_names, output_names = export_ncnn(network, engine_path, size, workdir, dynamic=dynamic, half=half, stride=stride)
-            extra["input_names"] = input_names
-        else:  # pragma: no cover - the format table and this dispatch are edited together
-            raise ValueError(f"no exporter for format {export_format.name!r}")
         config = dataclasses.replace(
             base_config,
             input_size=size,

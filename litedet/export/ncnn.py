@@ -95,6 +95,22 @@ def export_ncnn(
     return input_names, output_names
 
 
+def export(
+    model: nn.Module,
+    path: str | Path,
+    imgsz: tuple[int, int],
+    workdir: str | Path,
+    dynamic: bool = False,
+    half: bool = False,
+    nms: nn.Module | None = None,
+    stride: int = 32,
+) -> tuple[list[str], list[str]]:
+    """The format-table entry point (``litedet.export.formats``): (input names, output names)."""
+    if nms is not None:
+        raise ValueError("ncnn export has no in-graph NMS; use --format onnx for --nms")
+    return export_ncnn(model, path, imgsz, workdir, dynamic=dynamic, half=half, stride=stride)
+
+
 def _output_blobs(param: Path) -> list[str]:
     """Blobs produced by a layer and consumed by none: the graph outputs, in layer order."""
     produced: list[str] = []

@@ -220,6 +220,22 @@ def export_onnx(
     return output_names
 
 
+def export(
+    model: nn.Module,
+    path: str | Path,
+    imgsz: tuple[int, int],
+    workdir: str | Path,
+    dynamic: bool = False,
+    half: bool = False,
+    nms: InGraphNMS | None = None,
+    stride: int = 32,
+) -> tuple[list[str], list[str]]:
+    """The format-table entry point (``litedet.export.formats``): (input names, output names)."""
+    if half:
+        raise ValueError("ONNX export is fp32 only; use --format openvino or ncnn for --half")
+    return [INPUT_NAME], export_onnx(model, path, imgsz, dynamic=dynamic, nms=nms)
+
+
 def _explain_failure(model: nn.Module, example: torch.Tensor, err: Exception, opset: int) -> str:
     message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     match = re.search(r"(aten|prim|onnx)::[A-Za-z_0-9.]+", str(err))

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from torch import nn
 
-from litedet.export.onnx import InGraphNMS, export_onnx
+from litedet.export.onnx import INPUT_NAME, InGraphNMS, export_onnx
 
 
 def export_openvino(
@@ -39,3 +39,17 @@ def export_openvino(
         raise ValueError(f"OpenVINO cannot convert the model: {detail}") from err
     ov.save_model(converted, str(path), compress_to_fp16=half)
     return output_names
+
+
+def export(
+    model: nn.Module,
+    path: str | Path,
+    imgsz: tuple[int, int],
+    workdir: str | Path,
+    dynamic: bool = False,
+    half: bool = False,
+    nms: InGraphNMS | None = None,
+    stride: int = 32,
+) -> tuple[list[str], list[str]]:
+    """The format-table entry point (``litedet.export.formats``): (input names, output names)."""
+    return [INPUT_NAME], export_openvino(model, path, imgsz, workdir, dynamic=dynamic, half=half, nms=nms)

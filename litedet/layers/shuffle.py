@@ -34,7 +34,10 @@ class ShuffleV2Block(nn.Module):
     send different channels down each path: ``"torchvision"`` (split in halves, shuffle at the
     output; also YOLOv5-Lite's) and ``"megvii"`` (the paper authors' reference code: a stride-1
     unit takes the even channels as identity and the odd ones into the branch, and no unit
-    shuffles its output). Weights trained with one routing only work with the same routing.
+    shuffles its output). The same weights compute different functions under the two routings,
+    but the routings are equivalent up to a permutation of channels: every channel has the same
+    fate (born in unit u, consumed by unit v) in both, so ``litedet.models.pretrained`` loads
+    Megvii weights onto the torchvision routing by permuting conv rows/columns, exactly.
     """
 
     def __init__(

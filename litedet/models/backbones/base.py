@@ -43,6 +43,11 @@ class Backbone(nn.Module):
             if not -count <= index < count:
                 raise ValueError(f"out_indices entry {index} is out of range for {count} stages (0..{count - 1})")
         self.out_indices = tuple(i % count for i in indices)
+        stages = self._modules.get("stages")
+        if self.features_only and isinstance(stages, nn.ModuleList):
+            # A feature extractor owns only what it runs (timm's features_only does the same):
+            # stages after the deepest returned map would hold parameters that never see a gradient.
+            self.stages = nn.ModuleList(list(stages)[: max(self.out_indices) + 1])
 
     @property
     def out_channels(self) -> list[int]:

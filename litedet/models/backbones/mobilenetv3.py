@@ -100,8 +100,13 @@ class MobileNetV3(Backbone):
                 stages.append([])
                 self.stage_strides.append(stride)
                 self.stage_channels.append(cout)
+            # The expansion is the row's ratio (expanded / input) of the *actual* input width, as
+            # the reference implementation's ``expand_input_by_factor``: equal to the table at
+            # 1.0, and what gives Tables 3/4's 0.75 counts (4.0M / 155M, 2.0M / 44M). torchvision
+            # scales the expansion size itself instead (140.6M / 39.5M at 0.75).
+            expanded = make_divisible(cin * row.expanded / row.in_channels, 8)
             stages[-1].append(
-                InvertedResidual(cin, scaled(row.expanded), cout, row.kernel, row.stride, act=_ACT[row.act], se=row.se)
+                InvertedResidual(cin, expanded, cout, row.kernel, row.stride, act=_ACT[row.act], se=row.se)
             )
             self.stage_channels[-1] = cout
             cin = cout

@@ -47,8 +47,9 @@ class ShuffleNetV2(Backbone):
         with_conv5: keep the final 1x1 conv (YOLOv5-Lite drops it, and the pooling).
         se: put SE in every unit (appendix, "SE-ShuffleNet v2").
         act: activation of every unit ("relu" in the paper).
-        channel_order: "torchvision" or "megvii" routing (see ``ShuffleV2Block``); the Megvii
-            ImageNet weights need "megvii".
+        channel_order: "torchvision" (default, also YOLOv5-Lite's) or "megvii" routing (see
+            ``ShuffleV2Block``). Megvii's ImageNet weights load onto either
+            (``litedet.models.pretrained.load_megvii_shufflenetv2`` permutes them for the default).
     """
 
     def __init__(
@@ -96,6 +97,7 @@ class ShuffleNetV2(Backbone):
         self._stage_refs = stages
         head_channels = self.stage_channels[-1]
         self.fc = nn.Linear(head_channels, num_classes) if num_classes and not features_only else None
+        self.stage_repeats = tuple(stage_repeats)
         self._set_out_indices((1, 2, 3))
         if features_only and with_conv5 and 4 not in self.out_indices:
             # A feature extractor owns only what it runs (timm's features_only does the same).
@@ -104,6 +106,11 @@ class ShuffleNetV2(Backbone):
             self.stage_channels.pop()
             self.stage_strides.pop()
             self.with_conv5 = False
+        if features_only:  # likewise the stages after the deepest returned one
+            deepest = max(self.out_indices)
+            for level in range(deepest + 1, 4):
+                delattr(self, f"stage{level + 1}")
+            del self._stage_refs[deepest + 1 :]
 
     @property
     def stages(self) -> list[nn.Module]:  # type: ignore[override]
