@@ -174,6 +174,7 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; weights and configs are meant to be copied and shared
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -107,12 +107,7 @@ def test_onnx_dynamic_two_sizes(tiny: Detector, tmp_path: Path) -> None:
         _assert_close(backend.run(batch), _raw(tiny, batch), atol=1e-4)
 
 
-def test_onnx_nms_matches_numpy_postprocessing(tiny: Detector, tmp_path: Path) -> None:
-    conf, iou, max_det = 0.05, 0.45, 20
-    result = export_model(tiny, "onnx", tmp_path, imgsz=SIZE, dynamic=True, nms=True, conf=conf, iou=iou, max_det=max_det)
-    config = result.config
-    assert config.nms_in_graph and config.output_names == ["detections", "num_detections"]
-    backend = open_backend(result.path)
+def _check_nms(tiny: Detector, backend, config: ModelConfig, conf: float, iou: float, max_det: int) -> None:
     rng = np.random.default_rng(3)
     for shape in ((1, 3, SIZE, SIZE), (2, 3, SIZE + 32, SIZE)):
         batch = rng.random(shape, dtype=np.float32)
@@ -125,6 +120,23 @@ def test_onnx_nms_matches_numpy_postprocessing(tiny: Detector, tmp_path: Path) -
             assert count == len(expected[image]) and count > 0
             np.testing.assert_allclose(detections[image, :count], expected[image], rtol=0, atol=1e-3)
             assert not detections[image, count:].any(), "rows past num_detections are zero"
+
+
+def test_onnx_nms_matches_numpy_postprocessing(tiny: Detector, tmp_path: Path) -> None:
+    conf, iou, max_det = 0.05, 0.45, 20
+    result = export_model(tiny, "onnx", tmp_path, imgsz=SIZE, dynamic=True, nms=True, conf=conf, iou=iou, max_det=max_det)
+    config = result.config
+    assert result.path.name == "model_dynamic_nms.onnx"
+    assert config.nms_in_graph and config.output_names == ["detections", "num_detections"]
+    _check_nms(tiny, open_backend(result.path), config, conf, iou, max_det)
+
+
+@pytest.mark.slow
+def test_openvino_nms_matches_numpy_postprocessing(tiny: Detector, tmp_path: Path) -> None:
+    conf, iou, max_det = 0.05, 0.45, 20
+    result = export_model(tiny, "openvino", tmp_path, imgsz=SIZE, dynamic=True, nms=True, conf=conf, iou=iou, max_det=max_det)
+    assert result.config.nms_in_graph
+    _check_nms(tiny, open_backend(result.path), result.config, conf, iou, max_det)
 
 
 def test_openvino_round_trip(tiny: Detector, tmp_path: Path) -> None:
@@ -185,8 +197,10 @@ class _TinyBackbone(nn.Module):
 def test_unknown_format_and_unsupported_option(tiny: Detector, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown export format 'tflite'.*onnx, openvino, ncnn"):
         export_model(tiny, "tflite", tmp_path)
-    with pytest.raises(ValueError, match="does not support --nms"):
+    with pytest.raises(ValueError, match="does not support --nms; formats that do: onnx, openvino"):
         export_model(tiny, "ncnn", tmp_path, nms=True)
+    with pytest.raises(ValueError, match="does not support --half"):
+        export_model(tiny, "onnx", tmp_path, half=True)
     with pytest.raises(ValueError, match="multiple of the model's largest stride 32"):
         export_model(tiny, "onnx", tmp_path, imgsz=50)
     assert not any(tmp_path.iterdir())

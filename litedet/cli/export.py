@@ -15,7 +15,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--imgsz", help="input size: N (square) or H,W, e.g. 416 or 384,640 (default: the model's)")
     parser.add_argument("--dynamic", action="store_true", help="symbolic batch, height and width")
     parser.add_argument("--half", action="store_true", help="fp16 weights (openvino, ncnn)")
-    parser.add_argument("--nms", action="store_true", help="decode + NMS inside the graph (onnx); outputs detections, num_detections")
+    parser.add_argument("--nms", action="store_true", help="decode + NMS inside the graph (onnx, openvino); outputs detections, num_detections")
     parser.add_argument("--conf", type=float, default=0.25, help="with --nms: score threshold baked into the graph (default 0.25)")
     parser.add_argument("--iou", type=float, default=0.45, help="with --nms: NMS IoU threshold (default 0.45)")
     parser.add_argument("--max-det", type=int, default=300, help="with --nms: detections per image (default 300)")

@@ -79,25 +79,10 @@ def parse_imgsz(imgsz: int | str | Sequence[int] | None, default: Sequence[int])
 
 
 def fuse_for_export(model: nn.Module) -> nn.Module:
-    """Fold every BatchNorm that directly follows a conv into it (eval statistics), in place.
+    """Fold every conv-following BatchNorm before export (``litedet.layers.fuse_model``)."""
+    from litedet.layers import fuse_model
 
-    ``litedet.layers.fuse_model`` handles ``ConvBnAct``; this also folds the (Conv2d,
-    BatchNorm2d) pairs inside Sequentials (ShuffleNetV2 branches), so the exported graph has no
-    BatchNorm left for any engine.
-    """
-    from litedet.layers import fuse_conv_bn, fuse_model
-
-    fuse_model(model)
-    for module in model.modules():
-        if not isinstance(module, nn.Sequential):
-            continue
-        children = list(module._modules.items())
-        for (name, conv), (bn_name, bn) in zip(children, children[1:]):
-            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d) and bn.track_running_stats:
-                with torch.no_grad():
-                    module._modules[name] = fuse_conv_bn(conv, bn)
-                module._modules[bn_name] = nn.Identity()
-    return model
+    return fuse_model(model)
 
 
 def _check_packages(fmt: ExportFormat) -> None:
@@ -156,7 +141,7 @@ def export_model(
             largest stride. For ``dynamic`` it is the example size; any stride multiple runs.
         dynamic: symbolic batch, height and width.
         half: fp16 weights (OpenVINO ``compress_to_fp16``, ncnn fp16 storage).
-        nms: decode + NMS inside the graph (ONNX); ``conf``, ``iou``, ``max_det`` are baked in.
+        nms: decode + NMS inside the graph (ONNX, OpenVINO); ``conf``, ``iou``, ``max_det`` are baked in.
         model_name: the registry name the weights must belong to (checked).
         stem: file name stem (default ``litedet.export.formats.default_stem``).
 

@@ -36,7 +36,7 @@ EXPORT_FORMATS: dict[str, ExportFormat] = {
     for fmt in (
         #            name        title       suffix         files                             engine         exporter module               needs                              dyn   half   nms
         ExportFormat("onnx", "ONNX", ".onnx", (".onnx",), "onnxruntime", "litedet.export.onnx", ("onnx", "onnxslim", "onnxruntime"), True, False, True),
-        ExportFormat("openvino", "OpenVINO IR", ".xml", (".xml", ".bin"), "openvino", "litedet.export.openvino", ("onnx", "onnxslim", "openvino"), True, True, False),
+        ExportFormat("openvino", "OpenVINO IR", ".xml", (".xml", ".bin"), "openvino", "litedet.export.openvino", ("onnx", "onnxslim", "openvino"), True, True, True),
         ExportFormat("ncnn", "ncnn", ".param", (".param", ".bin"), "ncnn", "litedet.export.ncnn", ("pnnx", "ncnn"), True, True, False),
     )
 }

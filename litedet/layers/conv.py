@@ -90,12 +90,20 @@ def fuse_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
 
 
 def fuse_model(model: nn.Module) -> nn.Module:
-    """Fold every ``ConvBnAct``'s BatchNorm into its conv, in place; returns ``model``.
+    """Fold every BatchNorm that directly follows a conv into that conv, in place; returns ``model``.
 
-    Call on a model in eval mode (fusion uses running statistics).
+    Covers ``ConvBnAct`` and (Conv2d, BatchNorm2d) neighbours inside any ``nn.Sequential`` (the
+    ShuffleNetV2 branches), so no BatchNorm is left for an engine or an eager benchmark. Call on
+    a model in eval mode (fusion uses running statistics).
     """
     for module in model.modules():
         if isinstance(module, ConvBnAct) and isinstance(module.bn, nn.BatchNorm2d):
             module.conv = fuse_conv_bn(module.conv, module.bn)
             module.bn = nn.Identity()
+        elif isinstance(module, nn.Sequential) and not isinstance(module, ConvBnAct):
+            children = list(module._modules.items())
+            for (name, conv), (bn_name, bn) in zip(children, children[1:]):
+                if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d) and bn.track_running_stats:
+                    module._modules[name] = fuse_conv_bn(conv, bn)
+                    module._modules[bn_name] = nn.Identity()
     return model
