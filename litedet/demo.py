@@ -1,8 +1,9 @@
 """`make demo` / `python -m litedet.demo`: the detector end to end on a built-in default.
 
 With the shared folder present (``LITEDET_SHARED``, default ``../shared`` beside the repo): import
-the published YOLOv5-Lite-s ncnn weights into ``runs/demo/v5lite-s.safetensors`` (once), detect
-on ``data/video/pets2009_vtest_480x360.mp4`` and write the annotated video, ``detections.json``,
+the published YOLOv5-Lite-s ncnn weights into ``runs/demo/v5lite-s.safetensors`` (once), export
+them to ONNX (the deployment path; ``--engine torch`` skips this), detect on
+``data/video/pets2009_vtest_480x360.mp4`` with ONNX Runtime and write the annotated video, ``detections.json``,
 ``summary.json`` and ``summary.txt`` (per-stage median ms and FPS) into ``runs/demo/``. Without it,
 say what to pass instead and exit 0.
 """
@@ -30,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m litedet.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for inference")
+    parser.add_argument("--engine", default="onnxruntime", choices=("onnxruntime", "torch"), help="engine to run (default onnxruntime)")
     args = parser.parse_args(argv)
 
     shared = shared_dir()
@@ -51,7 +53,15 @@ def main(argv: list[str] | None = None) -> int:
     else:
         weights, _ = import_ncnn_weights(param, "v5lite-s", weights)
         print(f"imported {param} -> {weights}")
-    print(f"detecting on {video} ...")
+    if args.engine == "onnxruntime":
+        from litedet.export.api import export_model
+
+        onnx_path = out / "v5lite-s.onnx"
+        if not (onnx_path.is_file() and onnx_path.stat().st_mtime >= weights.stat().st_mtime):
+            result = export_model(weights, "onnx", out, model_name="v5lite-s", stem="v5lite-s")
+            print(f"exported {result.summary()}")
+        weights = onnx_path
+    print(f"detecting on {video} with {args.engine} ...")
     report = detect(video, weights, model="v5lite-s", save_dir=out, threads=args.threads, progress=sys.stderr.isatty())
     lines = report.summary_lines()
     (out / "summary.txt").write_text("\n".join(lines) + "\n")

@@ -99,6 +99,13 @@ class Predictor:
         if max_det < 1:
             raise ValueError(f"max_det must be >= 1, got {max_det}")
         config = backend.config
+        if config.nms_in_graph:
+            # Such a graph already ends in NMS with its thresholds baked in; decoding it again is wrong.
+            raise ValueError(
+                f"this model ({config.model}) was exported with --nms: its outputs are final detections "
+                "(`detections` [B, max_det, 6], `num_detections` [B]); read them directly, or export "
+                "without --nms for litedet detect/val/bench"
+            )
         if classes is not None:
             bad = [c for c in classes if not 0 <= int(c) < config.num_classes]
             if bad:
