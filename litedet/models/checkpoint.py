@@ -144,6 +144,11 @@ def load_detector(
     if head.startswith(str(7767517).encode()):
         raise ValueError(f"{path} is an ncnn .param file; name it *.param (its .bin beside it) to import it")
     config = find_config(path)
+    if config is not None and config.extra.get("compression") and num_classes in (None, config.num_classes):
+        # Pruned/decomposed weights: the registry model must first take the recorded structure.
+        from litedet.compress.checkpoint import load_compressed
+
+        return load_compressed(path)  # type: ignore[return-value]
     tensors, metadata = _read_safetensors(path)
     arch = model_name or (config.model if config else None) or metadata.get("model")
     if not arch:
