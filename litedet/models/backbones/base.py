@@ -83,8 +83,12 @@ class Backbone(nn.Module):
             outputs.append(x)
         return outputs
 
-    def forward_head(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - subclasses override
-        raise NotImplementedError
+    def forward_head(self, x: torch.Tensor) -> torch.Tensor:
+        """Global average pool, then ``self.classifier`` when the backbone has one."""
+        # No class-level default: it would shadow the submodule nn.Module registers.
+        classifier = getattr(self, "classifier", None)
+        x = x.mean((2, 3))
+        return x if classifier is None else classifier(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         if not torch.jit.is_tracing() and not torch.compiler.is_compiling():

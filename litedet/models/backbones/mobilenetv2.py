@@ -82,10 +82,6 @@ class MobileNetV2(Backbone):
         )
         self._set_out_indices((2, 3, 4))
 
-    def forward_head(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.mean((2, 3))
-        return x if self.classifier is None else self.classifier(x)
-
 
 @register_model()
 def mobilenetv2_x1_0(**kwargs) -> MobileNetV2:

@@ -129,10 +129,6 @@ class MobileNetV3(Backbone):
         )
         self._set_out_indices((2, 3, 4))
 
-    def forward_head(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.mean((2, 3))
-        return x if self.classifier is None else self.classifier(x)
-
 
 @register_model()
 def mobilenetv3_large_x1_0(**kwargs) -> MobileNetV3:

@@ -116,11 +116,10 @@ class ShuffleNetV2(Backbone):
     def stages(self) -> list[nn.Module]:  # type: ignore[override]
         return self._stage_refs
 
-    def forward_head(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.mean((2, 3))
-        if self.fc is None:
-            return x
-        return self.fc(x)
+    @property
+    def classifier(self) -> nn.Module | None:  # type: ignore[override]
+        """torchvision names the classifier ``fc``; the base class's pooled head uses it."""
+        return self.fc
 
 
 def _shufflenetv2(width: float, se: bool = False, **kwargs) -> ShuffleNetV2:

@@ -69,10 +69,6 @@ class VoVNet(Backbone):
         self.classifier = nn.Linear(cin, num_classes) if num_classes and not features_only else None
         self._set_out_indices((2, 3, 4))
 
-    def forward_head(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.mean((2, 3))
-        return x if self.classifier is None else self.classifier(x)
-
 
 @register_model()
 def vovnet27_slim(**kwargs) -> VoVNet:
