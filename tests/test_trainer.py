@@ -5,6 +5,7 @@ A tiny run: v5lite-e at 64 px on 8 generated images, CPU, no workers.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import cv2
@@ -114,6 +115,16 @@ def test_new_class_count_reinitialises_the_head(tiny_data, tmp_path, caplog):
     kept = source.backbone.state_dict()
     for key, value in trainer.model.backbone.state_dict().items():
         assert torch.equal(value, kept[key]), key
+    # Per anchor, box (tx, ty, tw, th) and objectness rows come from the checkpoint; class rows are new.
+    assert "class-agnostic box and objectness outputs kept" in caplog.text
+    anchors = source.head.num_anchors
+    for old, new in zip(source.head.convs, trainer.model.head.convs):
+        old_w, new_w = old.weight.reshape(anchors, 10, -1), new.weight.reshape(anchors, 7, -1)
+        assert torch.equal(new_w[:, :5], old_w[:, :5])
+        assert torch.equal(new.bias.reshape(anchors, 7)[:, :5], old.bias.reshape(anchors, 10)[:, :5])
+        assert not torch.equal(new_w[:, 5:7], old_w[:, 5:7])
+        torch.testing.assert_close(new.bias.reshape(anchors, 7)[:, 5:], torch.full((anchors, 2), math.log(0.6 / 1.01)),
+                                   atol=0.5, rtol=0)  # the class prior (small random conv bias on top)
     result = trainer.fit()
     assert result.best_weights is not None
     from litedet.config import ModelConfig
@@ -199,3 +210,70 @@ def test_imagenet_backbone_loads_into_a_shufflenet_detector(tmp_path):
             torch.testing.assert_close(a, b)
     with pytest.raises(ValueError, match="does not fit v5lite-e .*first_conv.0.weight"):
         load_imagenet_backbone(create_model("v5lite-e", num_classes=1), weights)
+
+
+def test_shipped_experiment_and_data_yamls_parse():
+    """The experiment YAMLs behind the README's measurements must stay loadable as the config
+    evolves (an unknown or retyped key would otherwise only surface in a long run)."""
+    root = Path(__file__).resolve().parents[1] / "configs"
+    experiments = sorted((root / "experiments").glob("*.yaml"))
+    assert experiments, f"no experiment YAMLs in {root / 'experiments'}"
+    for path in experiments:
+        config = TrainConfig.load(path)
+        assert config.data and (root.parent / config.data).is_file(), f"{path}: data {config.data!r} not found"
+        assert config.threads == 1 and config.epochs >= 1
+    from conftest import shared_dir
+
+    if not shared_dir().exists():
+        pytest.skip("../shared not found: dataset YAMLs not resolved")
+    for path in sorted((root / "data").glob("*.yaml")):
+        data = load_data_config(path)
+        assert data.splits.get("train") and data.splits.get("val"), path
+
+
+def _fold_batchnorms(model: torch.nn.Module) -> None:
+    """What an import from ncnn/ONNX leaves: BN statistics folded into the conv, BN = identity + bias."""
+    for module in model.modules():
+        children = list(module.children())
+        for conv, bn in zip(children, children[1:]):
+            if isinstance(conv, torch.nn.Conv2d) and isinstance(bn, torch.nn.BatchNorm2d):
+                with torch.no_grad():
+                    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+                    conv.weight.mul_(scale.view(-1, 1, 1, 1))
+                    bn.bias.copy_(bn.bias - bn.running_mean * scale + (conv.bias * scale if conv.bias is not None else 0))
+                    if conv.bias is not None:
+                        conv.bias.zero_()
+                    bn.running_mean.zero_(), bn.running_var.fill_(1 - bn.eps), bn.weight.fill_(1)
+
+
+def test_folded_batchnorm_gets_statistics_and_keeps_the_eval_function():
+    from litedet.engine.trainer import is_identity_batchnorm, restore_folded_batchnorm
+    from litedet.models.registry import create_model
+
+    torch.manual_seed(0)
+    model = create_model("v5lite-e", num_classes=2, input_size=64)
+    for bn in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)):  # "trained" statistics
+        with torch.no_grad():
+            bn.running_mean.uniform_(-0.5, 0.5), bn.running_var.uniform_(0.5, 2), bn.weight.uniform_(0.5, 1.5)
+    _fold_batchnorms(model.eval())
+    layers = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert layers and all(is_identity_batchnorm(m) for m in layers)
+    x = torch.rand(4, 3, 64, 64)
+    with torch.no_grad():
+        before = model(x)
+        model.train()
+        broken = model(x)  # batch statistics on folded weights: a different function
+    assert max((a - b).abs().max().item() for a, b in zip(before, broken)) > 0.5
+    _fold_batchnorms(model.eval())  # running stats moved in the train pass above; fold again
+    with torch.no_grad():
+        before = model(x)
+    restored, images = restore_folded_batchnorm(model, [x[:2], x[2:]])
+    assert restored == len(layers) and images == 4 and not model.training
+    assert not any(is_identity_batchnorm(m) for m in layers)
+    with torch.no_grad():
+        for a, b in zip(before, model(x)):  # eval mode: exactly the same function
+            torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+        model.train()
+        for a, b in zip(before, model(x)):  # train mode on the calibration images: the same function too
+            torch.testing.assert_close(a, b, atol=1e-3, rtol=1e-3)
+    assert restore_folded_batchnorm(model, [x]) == (0, 0)  # nothing left to restore

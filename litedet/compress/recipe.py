@@ -124,6 +124,9 @@ class DecomposeStep:
             raise ValueError("decompose needs exactly one of rank and energy")
         if self.energy is not None and not 0 < self.energy <= 1:
             raise ValueError(f"decompose.energy must be in (0, 1], got {self.energy}")
+        if self.rank is not None and not (0 < self.rank <= 1 or (self.rank > 1 and float(self.rank).is_integer())):
+            raise ValueError(f"decompose.rank must be a share of the full rank in (0, 1] or an integer >= 1, "
+                             f"got {self.rank}")
 
 
 @dataclass

@@ -1,0 +1,86 @@
+"""Distillation, low-rank and quantization verbs: bad input rejected before any work, and the
+folded-BatchNorm restore that fine-tuning imported students needs (tiny inputs, CPU)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from litedet.cli import main
+from litedet.compress.checkpoint import save_compressed
+from litedet.models.registry import create_model
+from conftest import require_shared
+
+SIZE = 64
+
+
+def _folded_detector(num_classes: int = 80, seed: int = 0) -> nn.Module:
+    """A detector whose BatchNorms are identities, as an import from a deployed model leaves them."""
+    torch.manual_seed(seed)
+    model = create_model("v5lite-e", input_size=SIZE, num_classes=num_classes).eval()
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.running_mean.zero_()
+            module.running_var.fill_(1 - module.eps)
+            module.weight.data.fill_(1.0)
+            module.bias.data.normal_(0, 0.1)
+    return model
+
+
+@pytest.mark.parametrize("flag, value", [("--energy", "1.5"), ("--energy", "0"), ("--rank", "-2"), ("--rank", "1.5")])
+def test_decompose_rejects_bad_rank_or_energy_before_work(flag, value, capsys):
+    # The weights file does not exist: the error must be about the value, raised before loading.
+    assert main(["decompose", "--weights", "missing.safetensors", flag, value, "--no-report"]) == 2
+    err = capsys.readouterr().err
+    assert value in err and ("decompose.rank" in err or "decompose.energy" in err)
+
+
+def test_distill_rejects_teacher_with_other_classes_before_training(tmp_path, capsys):
+    student = save_compressed(_folded_detector(80), tmp_path / "student.safetensors")
+    teacher = save_compressed(_folded_detector(1), tmp_path / "teacher.safetensors")
+    data = tmp_path / "data.yaml"
+    data.write_text("format: voc\n")  # never read: the class check comes first
+    code = main(["distill", "--teacher", str(teacher), "--student", str(student), "--data", str(data),
+                 "--no-report", "-o", str(tmp_path / "out")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "teacher" in err and "1 classes" in err and "80" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_quantize_rejects_calibration_folder_without_images(tmp_path, capsys):
+    from litedet.export.api import export_model
+
+    onnx_path = export_model(_folded_detector(), "onnx", tmp_path, stem="model").path
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    (calib / "broken.jpg").write_text("not an image")
+    code = main(["quantize", "--weights", str(onnx_path), "--calib", str(calib), "--no-report",
+                 "-o", str(tmp_path / "q")])
+    assert code == 2
+    assert "no readable image" in capsys.readouterr().err
+
+
+def test_restore_student_batchnorm_keeps_eval_outputs_and_enables_training():
+    from litedet.compress.distill import restore_student_batchnorm
+    from litedet.engine.trainer import is_identity_batchnorm
+
+    require_shared("data", "raccoon")
+    data = Path(__file__).resolve().parents[1] / "configs" / "data" / "raccoon.yaml"
+    model = _folded_detector(1)
+    x = torch.rand(1, 3, SIZE, SIZE)
+    with torch.no_grad():
+        before = [t.clone() for t in model(x)]
+    restored = restore_student_batchnorm(model, str(data), SIZE, images=8)
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert restored == len(bns) > 0
+    assert not any(is_identity_batchnorm(bn) for bn in bns)
+    model.eval()
+    with torch.no_grad():
+        after = list(model(x))
+    for a, b in zip(after, before):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-3)
+    assert restore_student_batchnorm(model, str(data), SIZE, images=8) == 0  # nothing folded any more
