@@ -1,0 +1,79 @@
+"""Time several exported models side by side (interleaved rounds) on ONNX Runtime / OpenVINO.
+
+    python scripts/latency_side_by_side.py --threads 2 --runs 200 NAME=model.onnx NAME2=model.xml ...
+
+Each model runs on a grey letterboxed batch of its own static input shape (inference only: no
+pre/post-processing); figures are median / p90 ms with the background load measured per model
+(litedet.bench.harness.measure_interleaved). Prints one markdown table and writes JSON to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from litedet.bench.harness import measure_interleaved
+
+
+def open_model(path: Path, threads: int):
+    """A callable running one inference of ``path`` on a fixed input, and the input shape."""
+    if path.suffix == ".xml":
+        import openvino as ov
+
+        core = ov.Core()
+        model = core.read_model(str(path))
+        compiled = core.compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY",
+                                                     "INFERENCE_PRECISION_HINT": "f32"})
+        shape = [int(d) for d in compiled.input(0).shape]
+        x = np.full(shape, 114 / 255, np.float32)
+        request = compiled.create_infer_request()
+        return (lambda: request.infer({0: x})), shape
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    inp = session.get_inputs()[0]
+    shape = [d if isinstance(d, int) else 1 for d in inp.shape]
+    x = np.full(shape, 114 / 255, np.float32)
+    return (lambda: session.run(None, {inp.name: x})), shape
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("models", nargs="+", help="NAME=PATH (.onnx or OpenVINO .xml)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--runs", type=int, default=200)
+    parser.add_argument("--budget", type=float, default=None, help="seconds for all models together")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    calls, shapes, paths = {}, {}, {}
+    for item in args.models:
+        name, _, path = item.partition("=")
+        if not path:
+            parser.error(f"{item!r}: expected NAME=PATH")
+        if not Path(path).exists():
+            parser.error(f"{path}: no such model file")
+        calls[name], shapes[name] = open_model(Path(path), args.threads)
+        paths[name] = path
+    stats = measure_interleaved(calls, warmup=20, min_runs=args.runs, budget_s=args.budget)
+    rows = []
+    print(f"| model | input | median ms | p90 ms | runs | other load % |\n|---|---|---|---|---|---|")
+    for name, s in stats.items():
+        load = "-" if s.other_load is None else f"{s.other_load:.0f}"
+        print(f"| {name} | {'x'.join(map(str, shapes[name][2:]))} | {s.median_ms:.2f} | {s.p90_ms:.2f} | {s.n} | {load} |")
+        rows.append({"name": name, "path": paths[name], "shape": shapes[name], "threads": args.threads,
+                     "median_ms": s.median_ms, "p90_ms": s.p90_ms, "runs": s.n, "other_load": s.other_load})
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(rows, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
