@@ -139,3 +139,26 @@ def test_full_coco256_val_matches_measured_figures(imported, arch):
     map50_95, map50 = PIPELINE_FIGURES[arch]
     assert result.map50_95 == pytest.approx(map50_95, abs=0.005)
     assert result.map50 == pytest.approx(map50, abs=0.005)
+
+
+def test_val_rejects_unknown_interpolation_and_resize(tmp_path):
+    from litedet.engine.evaluator import evaluate
+
+    with pytest.raises(ValueError, match="interpolation must be one of"):
+        evaluate(tmp_path / "model.onnx", tmp_path, tmp_path / "instances.json", interpolation="cubic")
+    with pytest.raises(SystemExit):
+        main(["val", "--weights", "w.onnx", "--images", ".", "--annotations", "a.json", "--resize", "crop"])
+
+
+# The shared README's reference for the published v5lite-e (.275 / .445) is reproduced when images are
+# stretched to 320x320 with bilinear filtering, as the Android demo the e files come from feeds them.
+@pytest.mark.slow
+def test_v5lite_e_reference_with_plain_bilinear_resize(imported):
+    from litedet.engine.evaluator import evaluate
+
+    annotations = require_shared(*COCO_VAL)
+    images = require_shared("data", "coco256", "images", "val2017")
+    result = evaluate(imported("v5lite-e"), images, annotations, model="v5lite-e", progress=False,
+                      resize="resize", interpolation="linear")
+    assert result.map50_95 == pytest.approx(0.275, abs=0.005)
+    assert result.map50 == pytest.approx(0.445, abs=0.005)

@@ -21,6 +21,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, help="engine CPU threads")
     parser.add_argument("--engine", choices=sorted(ENGINES), help="engine (default: from the weights' suffix)")
     parser.add_argument("--precision", default="fp32", help="fp32 (default), bf16 or fp16 where the engine supports it")
+    parser.add_argument("--resize", choices=["letterbox", "resize"],
+                        help="override the config's pre-processing: letterbox (keep aspect) or resize (stretch)")
+    parser.add_argument("--interpolation", choices=["area", "linear"], default="area",
+                        help="resize filter when an image shrinks: area (YOLOv5 val, default) or linear (ncnn, mobile demos)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -30,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
     result = evaluate(
         args.weights, args.images, args.annotations, model=args.model, imgsz=args.imgsz, engine=args.engine,
         threads=args.threads, precision=args.precision, conf=args.conf, iou=args.iou, max_det=args.max_det,
-        progress=not args.no_progress,
+        progress=not args.no_progress, resize=args.resize, interpolation=args.interpolation,
     )
     print(f"images {result.images}" + (f" ({len(result.skipped)} unreadable, skipped)" if result.skipped else ""))
     print(f"mAP50-95 {result.map50_95:.4f}  mAP50 {result.map50:.4f}")

@@ -19,7 +19,7 @@ import contextlib
 import io
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -63,6 +63,9 @@ def category_mapping(names: Sequence[str], categories: Sequence[dict[str, Any]])
             f"differ (e.g. {sorted(set(by_name) - set(names))[:3]}) and the counts differ"
         )
     return {index: int(cat["id"]) for index, cat in enumerate(sorted(categories, key=lambda c: int(c["id"])))}
+
+
+INTERPOLATIONS = {"area": cv2.INTER_AREA, "linear": cv2.INTER_LINEAR}
 
 
 def evaluate_coco(
@@ -170,13 +173,26 @@ def evaluate(
     iou: float = 0.6,
     max_det: int = 300,
     progress: bool = True,
+    resize: str | None = None,
+    interpolation: str = "area",
 ) -> EvalResult:
     """Open ``weights`` (``litedet.runtime.open_backend``) and score it with ``evaluate_coco``;
-    what ``litedet val`` runs."""
+    what ``litedet val`` runs.
+
+    ``resize`` overrides the sidecar's ``preprocess.resize`` (``letterbox`` or ``resize``, a plain
+    stretch to the input size, as mobile demos that scale a bitmap do); ``interpolation`` is the
+    OpenCV resize used when an image shrinks: ``area`` (YOLOv5 val) or ``linear`` (bilinear, as
+    ``ncnn::Mat::from_pixels_resize`` and Android's scaled bitmaps)."""
     from litedet.runtime import open_backend
 
+    if interpolation not in INTERPOLATIONS:
+        raise ValueError(f"interpolation must be one of {sorted(INTERPOLATIONS)}, got {interpolation!r}")
     backend = open_backend(weights, engine=engine, threads=threads, precision=precision, model=model, imgsz=imgsz)
     try:
-        return evaluate_coco(backend, images, annotations, conf=conf, iou=iou, max_det=max_det, progress=progress)
+        if resize is not None:
+            spec = backend.config.preprocess
+            backend.config.preprocess = replace(spec, resize=resize)  # validates the value
+        return evaluate_coco(backend, images, annotations, conf=conf, iou=iou, max_det=max_det, progress=progress,
+                             shrink_interpolation=INTERPOLATIONS[interpolation])
     finally:
         backend.close()
