@@ -78,18 +78,41 @@ def _run(args: argparse.Namespace, steps: list[dict[str, Any]]) -> int:
 
 def add_prune_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", required=True, help=".safetensors checkpoint with its sidecar")
-    parser.add_argument("--method", default="l1", choices=["l1", "bn_scale", "magnitude"],
-                        help="importance: l1 (filter norm), bn_scale (network slimming) or magnitude (unstructured)")
+    parser.add_argument("--method", default="reconstruction", choices=["reconstruction", "l1", "bn_scale", "magnitude"],
+                        help="importance: reconstruction (default: least-squares cost of removing a channel, measured "
+                             "on calibration images), l1 (filter norm), bn_scale (network slimming) or magnitude "
+                             "(unstructured)")
     target = parser.add_mutually_exclusive_group(required=True)
     target.add_argument("--ratio", type=float, help="share of channels (weights for magnitude) to remove, in (0, 1)")
     target.add_argument("--target-latency", type=float, metavar="MS",
                         help="prune in steps until the median latency on --engine/--threads is at most MS")
     parser.add_argument("--step", type=float, default=0.1, help="with --target-latency: ratio per step (default 0.1)")
-    parser.add_argument("--round-to", type=int, help="keep channel counts multiples of this (e.g. 8)")
+    parser.add_argument("--round-to", type=int, default=8,
+                        help="keep channel counts multiples of this (default 8: CPU engines block channels; 1: off)")
+    parser.add_argument("--calib", help="calibration images for BN statistics, importance and compensation: a folder "
+                                        "or a dataset YAML (default: --data)")
+    parser.add_argument("--calib-images", type=int, default=128, help="calibration images to use (default 128)")
+    parser.add_argument("--compensate", default="lsq", choices=["lsq", "mean", "none"],
+                        help="refit consumers of removed channels: lsq (least squares, default), mean, none")
+    parser.add_argument("--iterations", type=int, default=3,
+                        help="remove the channels in this many steps, re-measuring in between (default 3)")
+    parser.add_argument("--refit", type=int, default=0, metavar="IMAGES",
+                        help="after pruning, refit every 1x1 conv to the unpruned outputs on this many calibration "
+                             "images (corrective least squares; default 0: off, on v5lite-s 30 %% it lowered "
+                             "the output error but also mAP)")
+    parser.add_argument("--global", dest="global_pruning", action="store_true",
+                        help="rank channels over the whole network (at most --max-layer-ratio of one layer) "
+                             "instead of --ratio of every layer")
+    parser.add_argument("--max-layer-ratio", type=float, default=0.75, help="with --global: cap per layer (default 0.75)")
+    parser.add_argument("--ignore", nargs="*", default=[], metavar="MODULE",
+                        help="module names whose output channels are kept (e.g. neck.td3)")
     parser.add_argument("--sparsity", type=float, default=0.0,
                         help="bn_scale: L1 strength on BN gamma for a sparse-training phase first (e.g. 1e-4; needs --data)")
     parser.add_argument("--sparsity-epochs", type=int, default=1, help="epochs of sparse training (default 1)")
     _add_finetune_arguments(parser, "fine-tuning after pruning")
+    parser.add_argument("--no-ema", action="store_true", help="fine-tuning: end with the last weights, not their EMA")
+    parser.add_argument("--freeze-bn", action="store_true", help="fine-tuning: keep BatchNorm statistics fixed")
+    parser.add_argument("--no-augment", action="store_true", help="fine-tuning: letterboxed images, no augmentation")
     parser.add_argument("-o", "--output", default="runs/compress/prune", help="output folder")
     _add_report_arguments(parser)
 
@@ -101,8 +124,14 @@ def run_prune(args: argparse.Namespace) -> int:
             raise ValueError("--sparsity (network slimming) goes with --method bn_scale")
         steps.append({"sparsity": {"strength": args.sparsity, "epochs": args.sparsity_epochs, "batch": args.batch, "lr": args.lr}})
     steps.append({"prune": {"method": args.method, "ratio": args.ratio, "target_latency": args.target_latency,
-                            "step": args.step, "round_to": args.round_to}})
-    return _run(args, steps + _finetune_step(args))
+                            "step": args.step, "round_to": args.round_to, "calib": args.calib,
+                            "calib_images": args.calib_images, "compensate": args.compensate,
+                            "iterations": args.iterations, "refit": args.refit, "global_pruning": args.global_pruning,
+                            "max_layer_ratio": args.max_layer_ratio, "ignore": args.ignore}})
+    finetune = _finetune_step(args)
+    for step in finetune:
+        step["finetune"].update(ema=not args.no_ema, freeze_bn=args.freeze_bn, augment=not args.no_augment)
+    return _run(args, steps + finetune)
 
 
 # -------------------------------------------------------------------------------------- quantize
@@ -118,6 +147,9 @@ def add_quantize_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--calibrate-method", default="minmax", choices=["minmax", "entropy", "percentile"])
     parser.add_argument("--per-tensor", action="store_true", help="per-tensor weight scales (default per channel)")
     parser.add_argument("--exclude", nargs="*", default=[], help="ONNX node names kept in float")
+    parser.add_argument("--no-rewrite", action="store_true",
+                        help="ort-static: quantize the exported graph as it is, without the exact INT8 graph rewrites "
+                             "(channel shuffle -> Gather, channel padding) that let ONNX Runtime use its fast INT8 kernels")
     parser.add_argument("--accuracy-control", action="store_true",
                         help="openvino: nncf.quantize_with_accuracy_control on --val-images/--val-annotations")
     parser.add_argument("--max-drop", type=float, default=0.01, help="accuracy control: max mAP50-95 drop (default 0.01)")
@@ -134,7 +166,7 @@ def run_quantize(args: argparse.Namespace) -> int:
         return _run(args, [{"qat": qat}])
     step = {"method": args.method, "calib": args.calib, "images": args.num_images, "per_channel": not args.per_tensor,
             "calibrate_method": args.calibrate_method, "exclude": args.exclude,
-            "accuracy_control": args.accuracy_control, "max_drop": args.max_drop}
+            "accuracy_control": args.accuracy_control, "max_drop": args.max_drop, "rewrite": not args.no_rewrite}
     return _run(args, [{"quantize": step}])
 
 

@@ -46,6 +46,7 @@ class FinetuneConfig:
     augment: bool = True
     seed: int = 0
     ema: bool = False  # keep an exponential moving average of the weights and end with it
+    freeze_bn: bool = False  # BatchNorm statistics fixed (eval mode) while training; gamma/beta still learn
     restore_images: int = 64  # training images for re-estimating folded BatchNorm statistics
     workers: int = 0
     device: str = "cpu"
@@ -107,7 +108,7 @@ def finetune(
     model.to(device)
     result = FinetuneResult(steps=0)
     result.restored_batchnorms = _restore_folded(model, dataset, loader, sampler, config, device)
-    model.train()
+    _train_mode(model, config.freeze_bn)
     params = [p for p in model.parameters() if p.requires_grad] + list(extra_parameters)
     optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, nesterov=True,
                                 weight_decay=config.weight_decay)
@@ -159,6 +160,19 @@ def finetune(
         result.ema = True
     model.eval()
     return result
+
+
+def _train_mode(model: nn.Module, freeze_bn: bool) -> None:
+    """Train mode; with ``freeze_bn`` every BatchNorm stays in eval mode (normalising by its
+    running statistics, which then stay fixed): with a few hundred images and batches of 8, batch
+    statistics of mosaic-augmented crops are a noisy stand-in for the statistics the network is
+    evaluated with, and a pruned network whose statistics were just re-estimated starts from
+    exactly the function it is evaluated as."""
+    model.train()
+    if freeze_bn:
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.eval()
 
 
 def _restore_folded(model: nn.Module, dataset: Any, loader: Any, sampler: Any, config: FinetuneConfig,

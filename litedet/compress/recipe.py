@@ -50,6 +50,8 @@ class FinetuneStep:
     batch: int = 8
     lr: float = 0.002
     augment: bool = True
+    ema: bool = False  # end with the exponential moving average of the weights
+    freeze_bn: bool = False  # keep BatchNorm statistics fixed while training
 
 
 @dataclass
@@ -67,17 +69,36 @@ class SparsityStep:
 class PruneStep:
     """Structured (l1, bn_scale) or unstructured (magnitude) pruning."""
 
-    method: str = "l1"
+    method: str = "reconstruction"
     ratio: float | None = None
     target_latency: float | None = None  # ms on the report engine/threads
     step: float = 0.1
-    round_to: int | None = None
+    round_to: int | None = 8
+    # calibration images (folder or dataset YAML; default: the recipe's data) for BN statistics,
+    # reconstruction importance and compensation (litedet.compress.prune.structured_prune)
+    calib: str | None = None
+    calib_images: int = 128
+    compensate: str = "lsq"
+    iterations: int = 3
+    refit: int = 0  # calibration images for the corrective least-squares refit of 1x1 convs (0: off)
+    global_pruning: bool = False
+    max_layer_ratio: float = 0.75
+    ignore: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        from litedet.compress.prune import METHODS, check_ratio
+        from litedet.compress.prune import COMPENSATION, METHODS, check_ratio
 
         if self.method not in METHODS:
             raise ValueError(f"prune.method must be one of {list(METHODS)}, got {self.method!r}")
+        if self.compensate not in COMPENSATION:
+            raise ValueError(f"prune.compensate must be one of {list(COMPENSATION)}, got {self.compensate!r}")
+        if self.refit < 0:
+            raise ValueError(f"prune.refit must be >= 0 (images; 0: off), got {self.refit}")
+        if self.iterations < 1 or self.calib_images < 1:
+            raise ValueError(f"prune.iterations and prune.calib_images must be >= 1, got {self.iterations}, {self.calib_images}")
+        if self.round_to is not None and self.round_to < 1:
+            raise ValueError(f"prune.round_to must be >= 1 (1: no rounding), got {self.round_to}")
+        check_ratio(self.max_layer_ratio, "prune.max_layer_ratio")
         if (self.ratio is None) == (self.target_latency is None):
             raise ValueError("prune needs exactly one of ratio and target_latency")
         if self.ratio is not None:
@@ -148,6 +169,7 @@ class QuantizeStep:
     exclude: list[str] = field(default_factory=list)
     accuracy_control: bool = False
     max_drop: float = 0.01
+    rewrite: bool = True  # ort-static: exact INT8 graph rewrites first (litedet.compress.quantize.rewrite_for_int8)
 
     def __post_init__(self) -> None:
         from litedet.compress.quantize import METHODS
@@ -285,6 +307,11 @@ def parse_recipe(data: Any, source: str = "<recipe>") -> Recipe:
         raise ValueError(f"{source}: qat ends the torch part of a recipe (it exports INT8); move {after_qat} before it")
     if needs_data and not recipe.data:
         raise ValueError(f"{source}: steps {needs_data} train, so the recipe needs 'data' (a dataset YAML)")
+    for index, (name, step) in enumerate(steps, start=1):
+        if name == "prune" and step.method == "reconstruction" and not (step.calib or recipe.data):
+            raise ValueError(f"{source}: step {index} (prune): method reconstruction measures channels on calibration "
+                             f"images; set prune.calib (an image folder or dataset YAML) or the recipe's 'data', "
+                             f"or use method l1")
     starts_exported = Path(recipe.model).suffix in (".onnx", ".xml")
     torch_steps = [name for name, _ in steps if name in TORCH_STEPS]
     if starts_exported and torch_steps:
@@ -310,7 +337,7 @@ def check_inputs(recipe: Recipe) -> None:
     for index, (name, step) in enumerate(recipe.steps, start=1):
         if name == "distill":
             files.append((f"step {index} teacher", step.teacher))
-        if name == "quantize" and step.calib:
+        if name in ("quantize", "prune") and step.calib:
             files.append((f"step {index} calib", step.calib))
     files += [("report.val_images", recipe.report.val_images), ("report.val_annotations", recipe.report.val_annotations)]
     for what, value in files:
@@ -387,7 +414,9 @@ def run_recipe(recipe: Recipe, measure: bool = True, progress: bool = True, comm
         from litedet.compress.finetune import FinetuneConfig
 
         return FinetuneConfig(epochs=step.epochs, steps=step.steps, batch=step.batch, lr=step.lr,
-                              augment=getattr(step, "augment", True), device=recipe.device, progress=progress)
+                              augment=getattr(step, "augment", True), ema=getattr(step, "ema", False),
+                              freeze_bn=getattr(step, "freeze_bn", False),
+                              device=recipe.device, progress=progress)
 
     for index, (name, step) in enumerate(recipe.steps, start=1):
         stage_dir = out / f"stage{index}-{name}"
@@ -442,7 +471,8 @@ def run_recipe(recipe: Recipe, measure: bool = True, progress: bool = True, comm
                 raise ValueError(f"step {index} (quantize): no exported model to quantize")
             options: dict[str, Any] = {}
             if step.method == "ort-static":
-                options = {"per_channel": step.per_channel, "calibrate_method": step.calibrate_method, "exclude": step.exclude}
+                options = {"per_channel": step.per_channel, "calibrate_method": step.calibrate_method, "exclude": step.exclude,
+                           "rewrite": step.rewrite}
             elif step.method == "ort-dynamic":
                 options = {"per_channel": step.per_channel}
             else:
@@ -496,7 +526,7 @@ def _run_qat(model: Any, step: QatStep, recipe: Recipe, stage_dir: Path, config:
     model.to(device)
     calibrate(model, (images.to(device).float() / 255 for images, _, _ in itertools.islice(loader, step.calib_batches)))
     finetune(model, recipe.data, config)  # type: ignore[arg-type]
-    return export_qat_onnx(model.cpu(), stage_dir)
+    return export_qat_onnx(model.cpu(), stage_dir, calibration=recipe.data)  # clean (letterboxed) calibration images
 
 
 def _params(model: Any) -> int:
@@ -514,15 +544,25 @@ def _export(model: Any, engine: str, out_dir: Path) -> Path:
 
 
 def _run_prune(model: Any, step: PruneStep, recipe: Recipe, stage_dir: Path) -> str:
-    from litedet.compress.prune import prune, prune_to_latency
+    from litedet.compress.prune import STRUCTURED_METHODS, calibration_tensors, prune, prune_to_latency
 
+    options: dict[str, Any] = {}
+    if step.method in STRUCTURED_METHODS:
+        source = step.calib or recipe.data
+        calibration = calibration_tensors(source, model, images=step.calib_images) if source else None
+        options = {"calibration": calibration, "compensate": step.compensate, "iterations": step.iterations,
+                   "refit": step.refit,
+                   "global_pruning": step.global_pruning, "max_layer_ratio": step.max_layer_ratio, "ignore": step.ignore}
+    round_to = step.round_to if step.round_to and step.round_to > 1 else None
     if step.ratio is not None:
-        result = prune(model, step.ratio, step.method, round_to=step.round_to)
+        result = prune(model, step.ratio, step.method, round_to=round_to, **options)
         return (f"{step.method} {step.ratio:.0%}: params {result.params_before} -> {result.params_after}, "
                 f"MACs {result.macs_before / 1e6:.0f}M -> {result.macs_after / 1e6:.0f}M"
-                + (f", sparsity {result.sparsity:.1%}" if result.sparsity is not None else ""))
+                + (f", sparsity {result.sparsity:.1%}" if result.sparsity is not None else "")
+                + "".join(f"; {note}" for note in result.notes))
     measure = latency_probe(recipe.report.engine, recipe.report.threads, stage_dir / "probe")
-    trajectory, _ = prune_to_latency(model, step.target_latency, measure, step.method, step.step)  # type: ignore[arg-type]
+    trajectory, _ = prune_to_latency(model, step.target_latency, measure, step.method, step.step,  # type: ignore[arg-type]
+                                     round_to=round_to, **options)
     return "latency steps: " + ", ".join(f"{t['removed']:.0%}: {t['latency_ms']:.2f} ms" for t in trajectory)
 
 
