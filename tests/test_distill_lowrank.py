@@ -38,6 +38,28 @@ def test_decompose_rejects_bad_rank_or_energy_before_work(flag, value, capsys):
     assert value in err and ("decompose.rank" in err or "decompose.energy" in err)
 
 
+def test_decompose_cli_data_aware_svd_from_a_calibration_folder(tmp_path, capsys):
+    import cv2
+    import numpy as np
+
+    weights = save_compressed(_folded_detector(), tmp_path / "model.safetensors")
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    rng = np.random.default_rng(0)
+    for index in range(4):
+        cv2.imwrite(str(calib / f"img{index}.jpg"), cv2.GaussianBlur(rng.integers(0, 255, (48, 80, 3), dtype=np.uint8), (0, 0), 2))
+    (calib / "broken.jpg").write_text("not an image")  # skipped, not fatal
+    code = main(["decompose", "--weights", str(weights), "--rank", "0.5", "--calib", str(calib), "--no-report",
+                 "--no-progress", "-o", str(tmp_path / "out")])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "SVD data-aware on 4 images" in out
+    assert (tmp_path / "out" / "stage1-decompose" / "model.onnx").exists()
+    code = main(["decompose", "--weights", str(weights), "--rank", "0.5", "--calib", str(tmp_path / "missing"),
+                 "--no-report", "-o", str(tmp_path / "out2")])
+    assert code == 2 and "missing" in capsys.readouterr().err
+
+
 def test_distill_rejects_teacher_with_other_classes_before_training(tmp_path, capsys):
     student = save_compressed(_folded_detector(80), tmp_path / "student.safetensors")
     teacher = save_compressed(_folded_detector(1), tmp_path / "teacher.safetensors")

@@ -214,13 +214,18 @@ def add_decompose_arguments(parser: argparse.ArgumentParser) -> None:
     how.add_argument("--rank", type=float, help="rank: an integer, or a share of the full rank in (0, 1)")
     how.add_argument("--energy", type=float, help="keep this share of the squared singular values, in (0, 1]")
     parser.add_argument("--exclude", nargs="*", default=["head.*"], help="module-name globs left alone (default head.*)")
+    parser.add_argument("--calib", help="calibration images for data-aware SVD (reconstruct each layer's responses): "
+                                        "a folder or a dataset YAML (default: --data; neither: weight SVD)")
+    parser.add_argument("--calib-images", type=int, default=128, help="calibration images to use (default 128)")
+    parser.add_argument("--data-free", action="store_true", help="weight SVD even when --data/--calib are given")
     _add_finetune_arguments(parser, "fine-tuning after decomposition")
     parser.add_argument("-o", "--output", default="runs/compress/decompose", help="output folder")
     _add_report_arguments(parser)
 
 
 def run_decompose(args: argparse.Namespace) -> int:
-    step = {"method": args.method, "rank": args.rank, "energy": args.energy, "exclude": args.exclude}
+    step = {"method": args.method, "rank": args.rank, "energy": args.energy, "exclude": args.exclude,
+            "calib": args.calib, "calib_images": args.calib_images, "data_free": args.data_free}
     return _run(args, [{"decompose": step}] + _finetune_step(args))
 
 

@@ -9,6 +9,15 @@
   ``tensorly.decomposition.parafac``, run as four convs: 1x1 ``in -> R``, depthwise ``kh x 1``,
   depthwise ``1 x kw`` (stride and padding split between them), 1x1 ``R -> out`` (+ bias).
 
+- **Data-aware SVD** of 1x1 convs and linear layers (Zhang et al., "Accelerating Very Deep
+  Convolutional Networks for Classification and Detection", TPAMI 2016, §3.1: reconstruct the
+  layer's *responses*, not its weights) when calibration images are given: with ``y = W x + b``
+  measured on them, ``y ~= ybar + P_r P_r^T (y - ybar)`` where ``P_r`` are the top-r eigenvectors
+  of the response covariance ``W C_x W^T``; the layers become ``in -> r`` (``P_r^T W``) and
+  ``r -> out`` (``P_r``, bias ``ybar - P_r P_r^T W xbar``). It keeps the directions the data
+  excites; weight SVD keeps those the weights are large in, whatever the inputs. ``energy`` then
+  means the share of the response variance kept. Statistics come from the unmodified network.
+
 The rank is given directly (``rank``: an int, or a float in (0, 1] meaning that share of the full
 rank) or chosen by ``energy``: the smallest rank whose singular values keep that share of
 ``sum(S^2)`` (for CP, of the weight unfolded to [out, in*kh*kw], a heuristic). A layer is only
@@ -56,13 +65,15 @@ class DecomposeResult:
 # ------------------------------------------------------------------------------- factor layers
 
 
-def svd_factor_modules(layer: nn.Module, rank: int) -> nn.Sequential:
-    """Two factor layers (random init) with the shapes of a rank-``rank`` SVD of ``layer``."""
+def svd_factor_modules(layer: nn.Module, rank: int, bias: bool | None = None) -> nn.Sequential:
+    """Two factor layers (random init) with the shapes of a rank-``rank`` SVD of ``layer``; the
+    second has a bias when ``bias`` (default: when ``layer`` has one)."""
+    bias = layer.bias is not None if bias is None else bias
     if isinstance(layer, nn.Linear):
-        return nn.Sequential(nn.Linear(layer.in_features, rank, bias=False), nn.Linear(rank, layer.out_features, bias=layer.bias is not None))
+        return nn.Sequential(nn.Linear(layer.in_features, rank, bias=False), nn.Linear(rank, layer.out_features, bias=bias))
     if isinstance(layer, nn.Conv2d):
         first = nn.Conv2d(layer.in_channels, rank, 1, layer.stride, layer.padding, bias=False)
-        second = nn.Conv2d(rank, layer.out_channels, 1, bias=layer.bias is not None)
+        second = nn.Conv2d(rank, layer.out_channels, 1, bias=bias)
         return nn.Sequential(first, second)
     raise ValueError(f"SVD applies to Linear and 1x1 Conv2d layers, got {type(layer).__name__}")
 
@@ -98,12 +109,15 @@ def rank_for_energy(singular_values: torch.Tensor, energy: float) -> int:
     return int(torch.searchsorted(cumulative, torch.tensor(energy - 1e-12, dtype=cumulative.dtype)).item()) + 1
 
 
-def _choose_rank(layer: nn.Module, rank: int | float | None, energy: float | None) -> int:
+def _choose_rank(layer: nn.Module, rank: int | float | None, energy: float | None,
+                 stats: "InputStatistics | None" = None) -> int:
     matrix = _matrix(layer)
     full = min(matrix.shape)
     if (rank is None) == (energy is None):
         raise ValueError("give exactly one of rank (int or share of full rank) and energy (share kept)")
     if energy is not None:
+        if stats is not None:  # share of the response variance: eigenvalues are squared singular values
+            return min(full, rank_for_energy(_response_basis(layer, stats)[0].sqrt(), energy))
         return min(full, rank_for_energy(torch.linalg.svdvals(matrix), energy))
     if isinstance(rank, float):
         if not 0 < rank <= 1:
@@ -130,6 +144,88 @@ def svd_decompose(layer: nn.Module, rank: int) -> nn.Sequential:
     factors[1].weight.copy_(second_w.reshape(factors[1].weight.shape))
     if layer.bias is not None:
         factors[1].bias.copy_(layer.bias)
+    return factors
+
+
+@dataclass
+class InputStatistics:
+    """Mean and covariance of a layer's inputs (per channel / feature) over calibration data."""
+
+    mean: torch.Tensor  # [in], float64
+    covariance: torch.Tensor  # [in, in], float64
+    count: int
+
+
+@torch.no_grad()
+def input_statistics(model: nn.Module, names: Sequence[str], batches: Sequence[torch.Tensor]) -> dict[str, InputStatistics]:
+    """Input mean and covariance of the Linear / 1x1-conv layers ``names`` of ``model`` (eval
+    mode) over ``batches`` of pre-processed images, in one pass per batch (forward pre-hooks).
+    A strided 1x1 conv sees its input subsampled, as it computes it."""
+    sums: dict[str, list[Any]] = {}
+    hooks = []
+
+    def hook(name: str, layer: nn.Module):
+        def record(_module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+            x = inputs[0].detach()
+            if isinstance(layer, nn.Conv2d):
+                x = x[:, :, :: layer.stride[0], :: layer.stride[1]].transpose(0, 1).reshape(layer.in_channels, -1).t()
+            else:
+                x = x.reshape(-1, layer.in_features)
+            x = x.double()
+            entry = sums.setdefault(name, [torch.zeros(x.shape[1], dtype=torch.float64, device=x.device),
+                                           torch.zeros(x.shape[1], x.shape[1], dtype=torch.float64, device=x.device), 0])
+            entry[0] += x.sum(0)
+            entry[1] += x.t() @ x
+            entry[2] += x.shape[0]
+        return record
+
+    for name in names:
+        layer = model.get_submodule(name)
+        hooks.append(layer.register_forward_pre_hook(hook(name, layer)))
+    was_training = model.training
+    model.eval()
+    try:
+        for batch in batches:
+            model(batch)
+    finally:
+        for handle in hooks:
+            handle.remove()
+        model.train(was_training)
+    stats = {}
+    for name, (total, outer, count) in sums.items():
+        mean = total / count
+        stats[name] = InputStatistics(mean.cpu(), (outer / count - torch.outer(mean, mean)).cpu(), count)
+    return stats
+
+
+def _response_basis(layer: nn.Module, stats: InputStatistics) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eigenvalues (descending) and eigenvectors of the response covariance ``W C_x W^T``."""
+    weight = _matrix(layer).cpu()
+    covariance = weight @ stats.covariance @ weight.t()
+    values, vectors = torch.linalg.eigh((covariance + covariance.t()) / 2)
+    order = torch.argsort(values, descending=True)
+    return values[order].clamp_min(0), vectors[:, order]
+
+
+@torch.no_grad()
+def svd_decompose_data_aware(layer: nn.Module, rank: int, stats: InputStatistics) -> nn.Sequential:
+    """Replace a Linear or 1x1 conv by two layers of rank ``rank`` that reconstruct its responses
+    on the calibration data (see the module docstring); the second layer always has a bias."""
+    if isinstance(layer, nn.Conv2d) and (layer.kernel_size != (1, 1) or layer.groups != 1):
+        raise ValueError(f"SVD needs a 1x1 conv with groups=1, got kernel {layer.kernel_size} groups {layer.groups}")
+    weight = _matrix(layer).cpu()
+    bias = layer.bias.detach().double().cpu() if layer.bias is not None else torch.zeros(weight.shape[0], dtype=torch.float64)
+    rank = min(rank, min(weight.shape))
+    _, vectors = _response_basis(layer, stats)
+    basis = vectors[:, :rank]  # [out, r]
+    first_w = basis.t() @ weight  # [r, in]
+    mean_response = weight @ stats.mean + bias
+    second_b = mean_response - basis @ (first_w @ stats.mean)
+    factors = svd_factor_modules(layer, rank, bias=True).to(layer.weight.device)
+    dtype = layer.weight.dtype
+    factors[0].weight.copy_(first_w.to(dtype).reshape(factors[0].weight.shape))
+    factors[1].weight.copy_(basis.to(dtype).reshape(factors[1].weight.shape))
+    factors[1].bias.copy_(second_b.to(dtype))
     return factors
 
 
@@ -192,6 +288,7 @@ def decompose(
     exclude: Sequence[str] = ("head.*",),
     min_reduction: float = 0.0,
     progress: bool = False,
+    calibration: Sequence[torch.Tensor] | None = None,
 ) -> DecomposeResult:
     """Decompose the eligible layers of ``model`` in place.
 
@@ -199,6 +296,9 @@ def decompose(
     ``exclude`` are glob patterns on module names (by default the detection head's prediction
     convs are kept). A layer is replaced only when its factors have fewer parameters than it by
     more than ``min_reduction`` (a share). Call with the model in eval mode (BatchNorm folding).
+    ``calibration`` (batches of pre-processed images): SVD layers are factorised data-aware,
+    reconstructing their responses on these images (``energy`` = response variance kept); CP
+    stays data-free.
     """
     if method not in (*KINDS, "both"):
         raise ValueError(f"unknown decomposition {method!r}; choose svd, cp or both")
@@ -215,25 +315,38 @@ def decompose(
     ]
     if not candidates:
         raise ValueError(f"no layer to decompose with method {method!r}, include {list(include)}, exclude {list(exclude)}")
+    statistics: dict[str, InputStatistics] = {}
+    if calibration is not None:
+        if not len(calibration):
+            raise ValueError("calibration is empty: give batches of images, or None for data-free SVD")
+        statistics = input_statistics(model, [n for n, m in candidates if _kind_of(m) == "svd"], calibration)
     for name, layer in tqdm(candidates, desc=f"decompose ({method})", disable=not progress):
         kind = _kind_of(layer)
-        chosen = _choose_rank(layer, rank, energy)
         parent = _parent(model, name)
         fold_bn = isinstance(parent, ConvBnAct) and name.endswith(".conv") and isinstance(parent.bn, nn.BatchNorm2d)
         source = fuse_conv_bn(layer, parent.bn) if fold_bn else layer
-        factors = svd_factor_modules(source, chosen) if kind == "svd" else cp_factor_modules(source, chosen)
+        stats = statistics.get(name) if kind == "svd" else None
+        chosen = _choose_rank(source, rank, energy, stats)
+        factors = (svd_factor_modules(source, chosen, bias=True if stats else None) if kind == "svd"
+                   else cp_factor_modules(source, chosen))
         before, after = _params(layer) + (_params(parent.bn) if fold_bn else 0), _params(factors)
         if after >= before * (1 - min_reduction):
             result.skipped[name] = f"rank {chosen}: {after} factor params >= {before}"
             continue
-        factors = svd_decompose(source, chosen) if kind == "svd" else cp_decompose(source, chosen)
+        if kind == "cp":
+            factors = cp_decompose(source, chosen)
+        elif stats is not None:
+            factors = svd_decompose_data_aware(source, chosen, stats)
+        else:
+            factors = svd_decompose(source, chosen)
         _set_module(model, name, factors)
         if fold_bn:
             parent.bn = nn.Identity()
-        spec = {"kind": kind, "rank": chosen, "fold_bn": fold_bn}
+        spec = {"kind": kind, "rank": chosen, "fold_bn": fold_bn, "bias": factors[-1].bias is not None}
         record["lowrank"][name] = spec
         result.layers[name] = {**spec, "params_before": before, "params_after": after}
-    record["steps"].append({"step": "decompose", "method": method, "rank": rank, "energy": energy})
+    record["steps"].append({"step": "decompose", "method": method, "rank": rank, "energy": energy,
+                            "data_aware": bool(statistics)})
     result.params_after = _params(model)
     return result
 
@@ -252,6 +365,6 @@ def apply_lowrank_structure(model: nn.Module, layers: dict[str, dict[str, Any]])
             layer = nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding,
                               layer.dilation, layer.groups, bias=True)
             parent.bn = nn.Identity()
-        factors = svd_factor_modules(layer, rank) if kind == "svd" else cp_factor_modules(layer, rank)
+        factors = svd_factor_modules(layer, rank, spec.get("bias")) if kind == "svd" else cp_factor_modules(layer, rank)
         _set_module(model, name, factors)
     return model

@@ -137,8 +137,15 @@ class DecomposeStep:
     rank: float | None = None
     energy: float | None = None
     exclude: list[str] = field(default_factory=lambda: ["head.*"])
+    # calibration images (folder or dataset YAML; default: the recipe's data) for data-aware SVD
+    # (litedet.compress.lowrank: reconstruct responses); data_free: weight SVD even when data is given
+    calib: str | None = None
+    calib_images: int = 128
+    data_free: bool = False
 
     def __post_init__(self) -> None:
+        if self.calib_images < 1:
+            raise ValueError(f"decompose.calib_images must be >= 1, got {self.calib_images}")
         if self.method not in ("svd", "cp", "both"):
             raise ValueError(f"decompose.method must be svd, cp or both, got {self.method!r}")
         if (self.rank is None) == (self.energy is None):
@@ -337,7 +344,7 @@ def check_inputs(recipe: Recipe) -> None:
     for index, (name, step) in enumerate(recipe.steps, start=1):
         if name == "distill":
             files.append((f"step {index} teacher", step.teacher))
-        if name in ("quantize", "prune") and step.calib:
+        if name in ("quantize", "prune", "decompose") and step.calib:
             files.append((f"step {index} calib", step.calib))
     files += [("report.val_images", recipe.report.val_images), ("report.val_annotations", recipe.report.val_annotations)]
     for what, value in files:
@@ -448,8 +455,16 @@ def run_recipe(recipe: Recipe, measure: bool = True, progress: bool = True, comm
             rank = step.rank
             if rank is not None and float(rank).is_integer() and rank >= 1:
                 rank = int(rank)
-            result = decompose(model, step.method, rank=rank, energy=step.energy, exclude=step.exclude, progress=progress)
-            note = f"{len(result.layers)} layers, params {result.params_before} -> {result.params_after}"
+            calibration = None
+            source = step.calib or recipe.data
+            if step.method != "cp" and not step.data_free and source:
+                from litedet.compress.prune import calibration_tensors
+
+                calibration = calibration_tensors(source, model, images=step.calib_images)
+            result = decompose(model, step.method, rank=rank, energy=step.energy, exclude=step.exclude, progress=progress,
+                               calibration=calibration)
+            note = (f"{len(result.layers)} layers, params {result.params_before} -> {result.params_after}"
+                    + (f", SVD data-aware on {sum(len(b) for b in calibration)} images" if calibration else ""))
         elif name == "qat":
             exported = _run_qat(model, step, recipe, stage_dir, ft_config(step))
             stages.append(Stage(f"{index}. qat", exported, _params(model), f"{step.epochs} epoch(s) QAT"))
