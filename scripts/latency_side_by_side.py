@@ -2,6 +2,9 @@
 
     python scripts/latency_side_by_side.py --threads 2 --runs 200 NAME=model.onnx NAME2=model.xml ...
 
+An OpenVINO model runs in fp32 (``INFERENCE_PRECISION_HINT=f32``) unless named ``NAME=model.xml@bf16``
+(or ``@f16``): the CPU plugin's inference precision.
+
 Each model runs on a grey letterboxed batch of its own static input shape (inference only: no
 pre/post-processing); figures are median / p90 ms with the background load measured per model
 (litedet.bench.harness.measure_interleaved). Prints one markdown table and writes JSON to --out.
@@ -18,7 +21,7 @@ import numpy as np
 from litedet.bench.harness import measure_interleaved
 
 
-def open_model(path: Path, threads: int):
+def open_model(path: Path, threads: int, precision: str = "f32"):
     """A callable running one inference of ``path`` on a fixed input, and the input shape."""
     if path.suffix == ".xml":
         import openvino as ov
@@ -26,7 +29,7 @@ def open_model(path: Path, threads: int):
         core = ov.Core()
         model = core.read_model(str(path))
         compiled = core.compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY",
-                                                     "INFERENCE_PRECISION_HINT": "f32"})
+                                                     "INFERENCE_PRECISION_HINT": precision})
         shape = [int(d) for d in compiled.input(0).shape]
         x = np.full(shape, 114 / 255, np.float32)
         request = compiled.create_infer_request()
@@ -55,11 +58,14 @@ def main() -> int:
     calls, shapes, paths = {}, {}, {}
     for item in args.models:
         name, _, path = item.partition("=")
+        path, _, precision = path.partition("@")
         if not path:
             parser.error(f"{item!r}: expected NAME=PATH")
         if not Path(path).exists():
             parser.error(f"{path}: no such model file")
-        calls[name], shapes[name] = open_model(Path(path), args.threads)
+        if precision and (Path(path).suffix != ".xml" or precision not in ("f32", "bf16", "f16")):
+            parser.error(f"{item!r}: @f32/@bf16/@f16 applies to OpenVINO .xml models only")
+        calls[name], shapes[name] = open_model(Path(path), args.threads, precision or "f32")
         paths[name] = path
     stats = measure_interleaved(calls, warmup=20, min_runs=args.runs, budget_s=args.budget)
     rows = []
