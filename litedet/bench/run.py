@@ -92,6 +92,8 @@ def _litedet_subjects(
     weights: str | None, conf: float, iou: float, notes: list[str], dynamic_batch: bool, precision: str = "fp32",
 ) -> list[Subject]:
     """Build, save, export and open one litedet model at one size on every engine and thread count."""
+    if weights and Path(weights).suffix.lower() in ENGINE_FILE_SUFFIXES:
+        return _engine_file_subjects(name, engines, threads, imgsz, Path(weights), conf, iou, notes)
     import torch
 
     from litedet.export.api import export_model
@@ -139,6 +141,43 @@ def _litedet_subjects(
                 before=_torch_threads(count) if engine == "torch" else None,
                 max_batch=None if (engine == "torch" or dynamic_batch) else 1, precision=engine_precision,
             ))
+    return subjects
+
+
+ENGINE_FILE_SUFFIXES = (".onnx", ".xml", ".param")
+
+
+def _engine_file_subjects(
+    name: str, engines: Sequence[str], threads: Sequence[int], imgsz: int, path: Path, conf: float, iou: float,
+    notes: list[str],
+) -> list[Subject]:
+    """A deployed engine file (an exported, quantized or pruned ``.onnx``, OpenVINO ``.xml`` or ncnn
+    ``.param`` with its sidecar) timed as it is, on its own engine, at its own input size."""
+    from litedet.compress.report import count_file_params
+    from litedet.config import find_config
+    from litedet.runtime import engine_for, open_backend
+
+    if not path.is_file():
+        raise FileNotFoundError(f"--weights file not found: {path}")
+    engine = engine_for(path)
+    config = find_config(path)
+    if config is None:
+        raise FileNotFoundError(f"{path}: no model config beside it; bench engine files written by litedet "
+                                f"(export, quantize, prune, import)")
+    size = int(max(config.input_size))
+    if engine not in engines:
+        notes.append(f"{name}: {path.name} runs on its own engine ({engine}), not on {', '.join(engines)}")
+    if size != imgsz:
+        notes.append(f"{name}: {path.name} is fixed at {size}x{size}; timed at that size, not {imgsz}")
+    profile = _empty_profile(count_file_params(path))
+    subjects = []
+    for count in threads:
+        backend = open_backend(path, engine=engine, threads=count)
+        subjects.append(Subject(
+            model=name, variant=path.name, kind="litedet", engine=engine, threads=count, imgsz=size, source=str(path),
+            network=backend.run, detect=_predictor(backend, conf, iou), profile=profile,
+            max_batch=None if engine == "ncnn" else 1,
+        ))
     return subjects
 
 

@@ -22,7 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--end-to-end", action="store_true",
                         help="also time letterbox + inference + decode + NMS on coco256 val images")
     parser.add_argument("--weights", action="append", default=[], metavar="MODEL=PATH",
-                        help="use a checkpoint instead of random weights for MODEL (repeatable)")
+                        help="use a checkpoint instead of random weights for MODEL, or time an engine file as it is (.onnx, OpenVINO .xml, ncnn .param with its sidecar, e.g. a quantized or pruned model) on its own engine (repeatable)")
     parser.add_argument("--out", default=None, help="output folder (default runs/bench, runs/bench/guidelines)")
     parser.add_argument("--cache", default=None, help="export cache folder, reused across runs (default runs/bench/cache)")
     parser.add_argument("--json", action="store_true", help="print the rows as one JSON list, last")
