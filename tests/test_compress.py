@@ -332,6 +332,8 @@ def test_recipe_parses_typed_steps():
         ({"steps": []}, "non-empty list"),
         ({"model": "m.onnx"}, "need a torch checkpoint"),
         ({"steps": [{"quantize": {"method": "ort-static"}}]}, "calib"),
+        ({"steps": [{"finetune": {"imgsz": 100}}]}, r"finetune.imgsz must be a multiple of 32"),
+        ({"steps": [{"distill": {"teacher": "t.safetensors", "imgsz": 16}}]}, r"distill.imgsz must be a multiple of 32"),
     ],
 )
 def test_recipe_errors_are_clear(changes, message):

@@ -191,6 +191,8 @@ def add_distill_arguments(parser: argparse.ArgumentParser) -> None:
                         help="name=weight list: response, fitnet, attention (e.g. response=1,attention=50)")
     parser.add_argument("--temperature", type=float, default=2.0, help="softening temperature T (default 2)")
     _add_finetune_arguments(parser, "distillation")
+    parser.add_argument("--imgsz", type=int, help="training input size for student and teacher (default: the "
+                                                  "student's; the teacher sees the same images)")
     parser.add_argument("-o", "--output", default="runs/compress/distill", help="output folder")
     _add_report_arguments(parser)
 
@@ -199,7 +201,7 @@ def run_distill(args: argparse.Namespace) -> int:
     if not args.data:
         raise ValueError("distillation trains: pass --data data.yaml")
     step = {"teacher": args.teacher, "strategies": _parse_strategies(args.strategies), "temperature": args.temperature,
-            "epochs": max(args.epochs, 1), "steps": args.steps, "batch": args.batch, "lr": args.lr}
+            "epochs": max(args.epochs, 1), "steps": args.steps, "batch": args.batch, "lr": args.lr, "imgsz": args.imgsz}
     return _run(args, [{"distill": step}])
 
 

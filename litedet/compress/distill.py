@@ -249,34 +249,6 @@ def teacher_taps(teacher: nn.Module, images: torch.Tensor) -> Taps:
 
 
 
-def restore_student_batchnorm(model: nn.Module, data: str, imgsz: int, images: int = 64,
-                              device: str | torch.device = "cpu") -> int:
-    """Give folded (identity) BatchNorms of ``model`` real statistics from up to ``images``
-    letterboxed training images of ``data`` before fine-tuning; returns how many were restored.
-
-    Imported weights (ncnn/ONNX) have BN folded into the convs; training them as they are
-    normalises by batch statistics the weights never expected and collapses the model (see
-    ``litedet.engine.trainer.restore_folded_batchnorm``, which does the work). Eval outputs are
-    unchanged; a model without folded BNs is left alone."""
-    from litedet.data.datasets import load_data_config
-    from litedet.data.loader import DetectionTrainDataset
-    from litedet.engine.trainer import is_identity_batchnorm, restore_folded_batchnorm
-
-    if not any(isinstance(m, nn.BatchNorm2d) and is_identity_batchnorm(m) for m in model.modules()):
-        return 0
-    dataset = DetectionTrainDataset(load_data_config(data).load_split("train"), imgsz, None)
-    count = min(images, len(dataset))
-    if count == 0:
-        raise ValueError(f"{data}: no training image to estimate BatchNorm statistics from")
-
-    def batches() -> Iterator[torch.Tensor]:
-        for start in range(0, count, 8):
-            yield torch.stack([dataset[i][0] for i in range(start, min(start + 8, count))]).to(device).float() / 255
-
-    restored, _ = restore_folded_batchnorm(model, batches())
-    LOGGER.info("%d folded BatchNorm layers of the student given statistics from %d images of %s", restored, count, data)
-    return restored
-
 def distill_detector(
     student: nn.Module,
     teacher: nn.Module,
@@ -285,13 +257,13 @@ def distill_detector(
     temperature: float = 2.0,
     config: FinetuneConfig | None = None,
     detection_loss_weight: float = 1.0,
-    restore_batchnorm: bool = True,
 ) -> FinetuneResult:
     """Train ``student`` on ``data`` with the YOLOv5 loss plus the distillation ``strategies``
     (name -> weight; default ``{"response": 1.0}``) from a frozen ``teacher``.
 
-    ``restore_batchnorm``: first give folded BatchNorms of an imported student real statistics
-    (``restore_student_batchnorm``), otherwise fine-tuning imported weights collapses."""
+    The training loop is ``litedet.compress.finetune.finetune`` with the distillation loss added,
+    so a student trained alone with the same ``config`` differs only by that loss (folded
+    BatchNorms of an imported student get statistics there, ``config.restore_images``)."""
     strategies = strategies or {"response": 1.0}
     check_compatible(student, teacher)
     config = config or FinetuneConfig()
@@ -301,8 +273,6 @@ def distill_detector(
     for param in teacher.parameters():
         param.requires_grad_(False)
     student.to(device)
-    if restore_batchnorm:
-        restore_student_batchnorm(student, data, imgsz, device=device)
     distiller = Distiller(strategies, student, teacher, temperature, imgsz=min(imgsz, 128)).to(device)
     store: list[list[torch.Tensor]] = []
     neck = getattr(student, "neck", None)

@@ -30,6 +30,12 @@ LOGGER = logging.getLogger(__name__)
 ExtraLoss = Callable[[nn.Module, torch.Tensor, Sequence[torch.Tensor]], torch.Tensor]
 
 
+def check_imgsz(value: int | None, where: str) -> None:
+    """A training input size must be a positive multiple of 32 (the largest YOLO stride)."""
+    if value is not None and (value < 32 or value % 32):
+        raise ValueError(f"{where} must be a multiple of 32 (>= 32), got {value}")
+
+
 @dataclass
 class FinetuneConfig:
     """Settings of a short fine-tuning run (``steps`` overrides ``epochs`` when given)."""
@@ -53,6 +59,7 @@ class FinetuneConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        check_imgsz(self.imgsz, "imgsz")
         if self.epochs < 1 or (self.steps is not None and self.steps < 1):
             raise ValueError(f"epochs and steps must be >= 1, got epochs={self.epochs} steps={self.steps}")
         if self.batch < 1 or self.lr <= 0:

@@ -52,6 +52,12 @@ class FinetuneStep:
     augment: bool = True
     ema: bool = False  # end with the exponential moving average of the weights
     freeze_bn: bool = False  # keep BatchNorm statistics fixed while training
+    imgsz: int | None = None  # training input size (default: the model's)
+
+    def __post_init__(self) -> None:
+        from litedet.compress.finetune import check_imgsz
+
+        check_imgsz(self.imgsz, "finetune.imgsz")
 
 
 @dataclass
@@ -118,9 +124,14 @@ class DistillStep:
     steps: int | None = None
     batch: int = 8
     lr: float = 0.002
+    imgsz: int | None = None  # training input size for student and teacher (default: the student's)
 
     def __post_init__(self) -> None:
         from litedet.compress.distill import STRATEGIES
+
+        from litedet.compress.finetune import check_imgsz
+
+        check_imgsz(self.imgsz, "distill.imgsz")
 
         if not self.teacher:
             raise ValueError("distill.teacher is required (a .safetensors checkpoint)")
@@ -423,6 +434,7 @@ def run_recipe(recipe: Recipe, measure: bool = True, progress: bool = True, comm
         return FinetuneConfig(epochs=step.epochs, steps=step.steps, batch=step.batch, lr=step.lr,
                               augment=getattr(step, "augment", True), ema=getattr(step, "ema", False),
                               freeze_bn=getattr(step, "freeze_bn", False),
+                              imgsz=getattr(step, "imgsz", None),
                               device=recipe.device, progress=progress)
 
     for index, (name, step) in enumerate(recipe.steps, start=1):
