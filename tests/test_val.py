@@ -162,3 +162,39 @@ def test_v5lite_e_reference_with_plain_bilinear_resize(imported):
                       resize="resize", interpolation="linear")
     assert result.map50_95 == pytest.approx(0.275, abs=0.005)
     assert result.map50 == pytest.approx(0.445, abs=0.005)
+
+
+def test_val_cli_scores_a_voc_dataset_yaml(tmp_path, capsys):
+    """`litedet val --data` on Pascal VOC (raccoon, 40 test images): labels checked as for
+    training, written as COCO ground truth, scored with pycocotools."""
+    torch = pytest.importorskip("torch")
+    from litedet.models.checkpoint import save_checkpoint_weights
+    from litedet.models.registry import create_model
+
+    require_shared("data", "raccoon")
+    data = Path(__file__).resolve().parents[1] / "configs" / "data" / "raccoon.yaml"
+    torch.manual_seed(0)
+    model = create_model("v5lite-e", input_size=64, num_classes=1, names=["raccoon"]).eval()
+    weights = save_checkpoint_weights(model, tmp_path / "raccoon.safetensors")
+    assert main(["val", "--weights", str(weights), "--data", str(data), "--json", "--no-progress"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["images"] == 40 and 0 <= summary["map50_95"] <= summary["map50"] <= 1
+
+
+def test_val_cli_needs_one_kind_of_ground_truth(capsys):
+    assert main(["val", "--weights", "w.onnx", "--images", "."]) == 2
+    assert "--annotations" in capsys.readouterr().err
+    assert main(["val", "--weights", "w.onnx", "--data", "d.yaml", "--images", ".", "--annotations", "a.json"]) == 2
+    assert "either --data" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_yolo_txt_dataset_yaml_scores_like_the_coco_json(imported, capsys):
+    """coco256 val through its YOLO txt labels (`--data configs/data/coco256.yaml`) scores within
+    0.01 of the original json (which also has crowd regions and unrounded boxes)."""
+    require_shared("data", "coco256")
+    data = Path(__file__).resolve().parents[1] / "configs" / "data" / "coco256.yaml"
+    assert main(["val", "--weights", str(imported("v5lite-e")), "--data", str(data), "--json", "--no-progress"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["images"] == 128
+    assert abs(summary["map50_95"] - PIPELINE_FIGURES["v5lite-e"][0]) < 0.01

@@ -136,6 +136,17 @@ class DetectionDataset:
         categories = [{"id": i + 1, "name": name} for i, name in enumerate(self.names)]
         return {"images": images, "annotations": annotations, "categories": categories}
 
+    def coco_ground_truth(self, out_dir: str | os.PathLike) -> tuple[Path, Path]:
+        """(images folder, COCO json) for ``litedet.engine.evaluator.evaluate_coco``: the original
+        json of a single COCO split (it keeps crowd regions), else ``out_dir/<split>_annotations.json``
+        written from the checked samples (absolute file names, images folder ``/``)."""
+        if self.image_root is not None and len(self.sources) == 1:
+            return self.image_root, Path(self.sources[0])
+        path = Path(out_dir) / f"{self.split}_annotations.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_coco()))
+        return Path("/"), path
+
 
 # ----------------------------------------------------------------------------------------------
 # YAML

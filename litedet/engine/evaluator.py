@@ -196,3 +196,20 @@ def evaluate(
                              shrink_interpolation=INTERPOLATIONS[interpolation])
     finally:
         backend.close()
+
+
+def evaluate_data(weights: str | os.PathLike, data: str | os.PathLike, split: str = "val", **kwargs: Any) -> EvalResult:
+    """``evaluate`` on a split of a dataset YAML in any format litedet reads (YOLO txt, COCO json,
+    Pascal VOC; ``litedet.data.datasets``): the labels are checked as for training and written as
+    COCO ground truth (a single COCO json is used as it is). ``kwargs`` go to ``evaluate``."""
+    import tempfile
+
+    from litedet.data.datasets import load_data_config
+
+    dataset = load_data_config(data).load_split(split)
+    if not len(dataset):
+        raise ValueError(f"{data}: the {split} split has no image")
+    with tempfile.TemporaryDirectory(prefix="litedet-val-") as tmp:
+        images, annotations = dataset.coco_ground_truth(tmp)
+        return evaluate(weights, images, annotations, **kwargs)
+

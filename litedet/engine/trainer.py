@@ -510,16 +510,8 @@ class Trainer:
     # -- evaluation ---------------------------------------------------------------------------
 
     def _val_annotations(self) -> tuple[Path, Path]:
-        """(images folder, COCO json) for the evaluator: the original json for a single COCO
-        split (keeps crowd regions), else ground truth written from the checked samples."""
-        if self.val_set.image_root is not None and len(self.val_set.sources) == 1:
-            return self.val_set.image_root, Path(self.val_set.sources[0])
-        import json
-
-        path = self.out / "val_annotations.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.val_set.to_coco()))
-        return Path("/"), path  # file names in the json are absolute
+        """(images folder, COCO json) of the val split for the evaluator."""
+        return self.val_set.coco_ground_truth(self.out)
 
     def evaluate(self) -> Any:
         """COCO mAP of the EMA model (or the model without EMA) on the val split."""
