@@ -78,3 +78,13 @@ def test_finetune_ends_with_the_ema_weights():
 def test_finetune_config_rejects_bad_values(kwargs):
     with pytest.raises(ValueError):
         FinetuneConfig(**kwargs)
+
+
+def test_finetune_at_another_size_makes_it_the_models_input_size():
+    require_shared("data", "raccoon")
+    model = _folded_detector()
+    size = model.input_size
+    finetune(model, str(DATA), _config(steps=1, lr=1e-6))
+    assert model.input_size == size  # no imgsz given: unchanged
+    finetune(model, str(DATA), _config(steps=1, lr=1e-6, imgsz=96))
+    assert model.input_size == (96, 96) and model.config.input_size == (96, 96)

@@ -43,7 +43,7 @@ class FinetuneConfig:
     epochs: int = 3
     steps: int | None = None
     batch: int = 8
-    imgsz: int | None = None  # default: the model's input size
+    imgsz: int | None = None  # default: the model's input size; when given, it becomes the model's
     lr: float = 0.002
     momentum: float = 0.937
     weight_decay: float = 5e-4
@@ -165,6 +165,9 @@ def finetune(
     if ema is not None:
         model.load_state_dict(ema.module.state_dict())
         result.ema = True
+    if config.imgsz and tuple(model.input_size) != (imgsz, imgsz):
+        LOGGER.info("trained at %d: the model's input size (sidecar, exports) becomes %dx%d", imgsz, imgsz, imgsz)
+        model.input_size = (imgsz, imgsz)
     model.eval()
     return result
 
