@@ -77,3 +77,24 @@ def test_int8_output_opens_in_val_detect_and_bench(recipe_run, tmp_path, capsys)
     rows = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert rows and all(r["variant"] == "model_int8.onnx" and r["engine"] == "onnxruntime" for r in rows)
     assert rows[0]["params"] > 0 and rows[0]["median_ms"] > 0
+
+
+def test_openvino_int8_with_accuracy_control_runs_the_coco_metric(tmp_path):
+    """`quantize --method openvino --accuracy-control`: NNCF's accuracy-aware loop with COCO
+    mAP50-95 (pycocotools) as its metric, on a tiny model and 50 real images."""
+    pytest.importorskip("nncf")
+    from litedet.compress.quantize import quantize
+    from litedet.config import find_config
+    from litedet.export.api import export_model
+
+    images = require_shared("data", "tiny_coco50", "train2017")
+    annotations = require_shared("data", "tiny_coco50", "annotations", "instances_train2017.json")
+    torch.manual_seed(0)
+    xml = export_model(create_model("v5lite-e", input_size=SIZE).eval(), "openvino", tmp_path / "ov", stem="model").path
+    result = quantize(xml, tmp_path / "int8" / "model.xml", "openvino", images, num_images=4, accuracy_control=True,
+                      max_drop=0.01, val_images=images, val_annotations=annotations)
+    assert result.output.is_file() and result.settings["accuracy_control"] is True
+    config = find_config(result.output)
+    assert config is not None
+    assert main(["val", "--weights", str(result.output), "--images", str(images), "--annotations", str(annotations),
+                 "--json", "--threads", "1", "--no-progress"]) == 0
