@@ -97,6 +97,21 @@ def test_every_parameter_gets_a_gradient_and_reset_head():
         model.reset_head(3, names=["a", "b"])
 
 
+def test_reset_head_keeps_class_agnostic_rows():
+    model = create_model("v5lite-e", num_classes=80).eval()
+    before = [(c.weight.detach().view(3, 85, -1).clone(), c.bias.detach().view(3, 85).clone()) for c in model.head.convs]
+    assert model.reset_head(1, names=["raccoon"]) is True
+    for conv, (weight, bias) in zip(model.head.convs, before):
+        assert torch.equal(conv.weight.view(3, 6, -1)[:, :5], weight[:, :5])
+        assert torch.equal(conv.bias.view(3, 6)[:, :5], bias[:, :5])
+    fresh = create_model("v5lite-e", num_classes=80).eval()
+    assert fresh.reset_head(2, keep_box_obj=False) is False
+    assert not torch.equal(fresh.head.convs[0].bias.view(3, 7)[:, :4], before[0][1][:, :4])
+    ssd = create_model("ssdlite-mobilenetv2", num_classes=80).eval()
+    box = ssd.head.box_convs[0][1].weight.detach().clone()
+    assert ssd.reset_head(3) is True and torch.equal(ssd.head.box_convs[0][1].weight, box)
+
+
 def test_registered_detectors_build_and_declare_channels():
     names = list_models(kind="detector")
     assert {"v5lite-e", "v5lite-s"} <= set(names)

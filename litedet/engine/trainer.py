@@ -246,36 +246,6 @@ def restore_folded_batchnorm(model: nn.Module, batches: Iterable[torch.Tensor]) 
     return restored, images
 
 
-def reset_head_keeping_box_obj(model: nn.Module, num_classes: int, names: list[str]) -> bool:
-    """New prediction layers for ``num_classes`` classes, carrying over the rows of a YOLO head
-    that do not depend on the classes: per anchor, the box offsets (tx, ty, tw, th) and the
-    objectness (channels ``a*(5+nc) + 0..4``, YOLOv5 Detect layout). The class rows get the fresh
-    prior initialisation. Fine-tuning a COCO detector on new classes then starts from a head that
-    already localises and scores objects instead of from noise (YOLOv5 drops the whole layer).
-    Returns False (plain re-initialisation) for heads without that layout."""
-    head = getattr(model, "head", None)
-    convs, anchors = getattr(head, "convs", None), getattr(head, "num_anchors", None)
-    old_rows = 5 + int(getattr(model, "num_classes", 0))
-    layout_ok = (isinstance(convs, nn.ModuleList) and isinstance(anchors, int) and len(convs) > 0
-                 and all(isinstance(c, nn.Conv2d) and c.bias is not None and c.out_channels == anchors * old_rows
-                         for c in convs))
-    kept = []
-    if layout_ok:
-        for conv in convs:
-            weight = conv.weight.detach().reshape(anchors, old_rows, -1)[:, :5].clone()
-            bias = conv.bias.detach().reshape(anchors, old_rows)[:, :5].clone()
-            kept.append((weight, bias))
-    model.reset_head(num_classes, names)
-    if not layout_ok:
-        return False
-    new_rows = 5 + num_classes
-    with torch.no_grad():
-        for conv, (weight, bias) in zip(model.head.convs, kept):
-            conv.weight.view(anchors, new_rows, -1)[:, :5] = weight
-            conv.bias.view(anchors, new_rows)[:, :5] = bias
-    return True
-
-
 def cosine_factor(epoch: int, epochs: int, lrf: float) -> float:
     """lr multiplier at ``epoch``: 1 -> ``lrf`` along half a cosine (YOLOv5 ``one_cycle``)."""
     return ((1 - math.cos(epoch * math.pi / epochs)) / 2) * (lrf - 1) + 1
@@ -403,7 +373,7 @@ class Trainer:
             model, _ = load_detector(config.weights, model_name=config.model)
             if model.num_classes != num_classes:
                 old = model.num_classes
-                kept = reset_head_keeping_box_obj(model, num_classes, self.names)
+                kept = model.reset_head(num_classes, self.names)
                 self._log(f"{config.weights}: {old} classes in the checkpoint, {num_classes} in the data: "
                           f"head re-initialised for {num_classes} classes ({', '.join(self.names[:5])}"
                           f"{', ...' if num_classes > 5 else ''}); backbone and neck kept"

@@ -89,12 +89,15 @@ class Detector(nn.Module):
             extra=extra,
         )
 
-    def reset_head(self, num_classes: int, names: Sequence[str] | None = None) -> None:
-        """New prediction layers for ``num_classes`` classes (fine-tuning); the rest is kept."""
+    def reset_head(self, num_classes: int, names: Sequence[str] | None = None, keep_box_obj: bool = True) -> bool:
+        """New prediction layers for ``num_classes`` classes (fine-tuning); the rest is kept. A YOLO
+        head also keeps its class-agnostic box and objectness rows (``keep_box_obj``, see
+        ``YoloHead.reset``); returns whether it did."""
         names = self._check_names(names, num_classes)
-        self.head.reset(num_classes)
+        kept = self.head.reset(num_classes, keep_box_obj=keep_box_obj)
         self.head.train(self.training)  # new layers follow the model's train/eval mode
         self.names = names
+        return bool(kept)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         return self.head(self.neck(self.backbone(x)))

@@ -88,7 +88,7 @@ class SSDLiteHead(nn.Module):
         self.box_convs = nn.ModuleList(self._predictor(c, self.num_anchors * 4) for c in self.in_channels)
         self.num_classes = 0
         self.cls_convs = nn.ModuleList()
-        self.reset(num_classes)
+        self.reset(num_classes, keep_box_obj=False)
 
     @staticmethod
     def _predictor(channels: int, outputs: int) -> nn.Sequential:
@@ -98,8 +98,9 @@ class SSDLiteHead(nn.Module):
             nn.Conv2d(channels, outputs, 1),
         )
 
-    def reset(self, num_classes: int) -> None:
-        """Fresh class predictors for ``num_classes`` classes (+ background)."""
+    def reset(self, num_classes: int, keep_box_obj: bool = True) -> bool:
+        """Fresh class predictors for ``num_classes`` classes (+ background); the class-agnostic
+        box predictors are kept (``keep_box_obj``) or re-initialised too. Returns whether kept."""
         if not isinstance(num_classes, int) or num_classes <= 0:
             raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
         self.num_classes = num_classes
@@ -107,9 +108,10 @@ class SSDLiteHead(nn.Module):
         self.cls_convs = nn.ModuleList(
             self._predictor(c, self.num_anchors * (num_classes + 1)).to(device) for c in self.in_channels
         )
-        for conv in [*self.box_convs, *self.cls_convs]:
+        for conv in [*([] if keep_box_obj else self.box_convs), *self.cls_convs]:
             nn.init.normal_(conv[1].weight, std=0.03)
             nn.init.zeros_(conv[1].bias)
+        return keep_box_obj
 
     def config_extra(self) -> dict[str, Any]:
         """What ``ModelConfig.extra`` records for decoding (see the module docstring)."""
