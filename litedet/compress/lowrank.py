@@ -16,7 +16,8 @@
   of the response covariance ``W C_x W^T``; the layers become ``in -> r`` (``P_r^T W``) and
   ``r -> out`` (``P_r``, bias ``ybar - P_r P_r^T W xbar``). It keeps the directions the data
   excites; weight SVD keeps those the weights are large in, whatever the inputs. ``energy`` then
-  means the share of the response variance kept. Statistics come from the unmodified network.
+  means the share of the response variance kept. Statistics come from the unmodified network
+  (``litedet.compress.prune.input_statistics``, every input pixel a sample).
 
 The rank is given directly (``rank``: an int, or a float in (0, 1] meaning that share of the full
 rank) or chosen by ``energy``: the smallest rank whose singular values keep that share of
@@ -42,6 +43,7 @@ from torch import nn
 from tqdm import tqdm
 
 from litedet.compress.checkpoint import model_record
+from litedet.compress.prune import InputStats, input_statistics
 from litedet.layers.conv import ConvBnAct, fuse_conv_bn
 
 LOGGER = logging.getLogger(__name__)
@@ -110,7 +112,7 @@ def rank_for_energy(singular_values: torch.Tensor, energy: float) -> int:
 
 
 def _choose_rank(layer: nn.Module, rank: int | float | None, energy: float | None,
-                 stats: "InputStatistics | None" = None) -> int:
+                 stats: InputStats | None = None) -> int:
     matrix = _matrix(layer)
     full = min(matrix.shape)
     if (rank is None) == (energy is None):
@@ -147,68 +149,17 @@ def svd_decompose(layer: nn.Module, rank: int) -> nn.Sequential:
     return factors
 
 
-@dataclass
-class InputStatistics:
-    """Mean and covariance of a layer's inputs (per channel / feature) over calibration data."""
-
-    mean: torch.Tensor  # [in], float64
-    covariance: torch.Tensor  # [in, in], float64
-    count: int
-
-
-@torch.no_grad()
-def input_statistics(model: nn.Module, names: Sequence[str], batches: Sequence[torch.Tensor]) -> dict[str, InputStatistics]:
-    """Input mean and covariance of the Linear / 1x1-conv layers ``names`` of ``model`` (eval
-    mode) over ``batches`` of pre-processed images, in one pass per batch (forward pre-hooks).
-    A strided 1x1 conv sees its input subsampled, as it computes it."""
-    sums: dict[str, list[Any]] = {}
-    hooks = []
-
-    def hook(name: str, layer: nn.Module):
-        def record(_module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
-            x = inputs[0].detach()
-            if isinstance(layer, nn.Conv2d):
-                x = x[:, :, :: layer.stride[0], :: layer.stride[1]].transpose(0, 1).reshape(layer.in_channels, -1).t()
-            else:
-                x = x.reshape(-1, layer.in_features)
-            x = x.double()
-            entry = sums.setdefault(name, [torch.zeros(x.shape[1], dtype=torch.float64, device=x.device),
-                                           torch.zeros(x.shape[1], x.shape[1], dtype=torch.float64, device=x.device), 0])
-            entry[0] += x.sum(0)
-            entry[1] += x.t() @ x
-            entry[2] += x.shape[0]
-        return record
-
-    for name in names:
-        layer = model.get_submodule(name)
-        hooks.append(layer.register_forward_pre_hook(hook(name, layer)))
-    was_training = model.training
-    model.eval()
-    try:
-        for batch in batches:
-            model(batch)
-    finally:
-        for handle in hooks:
-            handle.remove()
-        model.train(was_training)
-    stats = {}
-    for name, (total, outer, count) in sums.items():
-        mean = total / count
-        stats[name] = InputStatistics(mean.cpu(), (outer / count - torch.outer(mean, mean)).cpu(), count)
-    return stats
-
-
-def _response_basis(layer: nn.Module, stats: InputStatistics) -> tuple[torch.Tensor, torch.Tensor]:
+def _response_basis(layer: nn.Module, stats: InputStats) -> tuple[torch.Tensor, torch.Tensor]:
     """Eigenvalues (descending) and eigenvectors of the response covariance ``W C_x W^T``."""
     weight = _matrix(layer).cpu()
-    covariance = weight @ stats.covariance @ weight.t()
+    covariance = weight @ stats.cov @ weight.t()
     values, vectors = torch.linalg.eigh((covariance + covariance.t()) / 2)
     order = torch.argsort(values, descending=True)
     return values[order].clamp_min(0), vectors[:, order]
 
 
 @torch.no_grad()
-def svd_decompose_data_aware(layer: nn.Module, rank: int, stats: InputStatistics) -> nn.Sequential:
+def svd_decompose_data_aware(layer: nn.Module, rank: int, stats: InputStats) -> nn.Sequential:
     """Replace a Linear or 1x1 conv by two layers of rank ``rank`` that reconstruct its responses
     on the calibration data (see the module docstring); the second layer always has a bias."""
     if isinstance(layer, nn.Conv2d) and (layer.kernel_size != (1, 1) or layer.groups != 1):
@@ -315,11 +266,13 @@ def decompose(
     ]
     if not candidates:
         raise ValueError(f"no layer to decompose with method {method!r}, include {list(include)}, exclude {list(exclude)}")
-    statistics: dict[str, InputStatistics] = {}
+    statistics: dict[str, InputStats] = {}
     if calibration is not None:
         if not len(calibration):
             raise ValueError("calibration is empty: give batches of images, or None for data-free SVD")
-        statistics = input_statistics(model, [n for n, m in candidates if _kind_of(m) == "svd"], calibration)
+        svd_layers = {name: module for name, module in candidates if _kind_of(module) == "svd"}
+        by_module = input_statistics(model, calibration, list(svd_layers.values()))
+        statistics = {name: by_module[module] for name, module in svd_layers.items() if module in by_module}
     for name, layer in tqdm(candidates, desc=f"decompose ({method})", disable=not progress):
         kind = _kind_of(layer)
         parent = _parent(model, name)

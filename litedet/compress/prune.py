@@ -262,14 +262,18 @@ class InputStats:
 
 
 @torch.no_grad()
-def input_statistics(model: nn.Module, batches: Sequence[torch.Tensor]) -> dict[nn.Module, InputStats]:
-    """Mean and covariance over channels of the input of every dense Conv2d (eval mode, every
-    pixel of ``batches`` a sample): what reconstruction-based importance and compensation use."""
-    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d) and m.groups == 1]
+def input_statistics(model: nn.Module, batches: Sequence[torch.Tensor],
+                     modules: Sequence[nn.Module] | None = None) -> dict[nn.Module, InputStats]:
+    """Mean and covariance over channels of the input of every dense Conv2d, or of ``modules``
+    (Conv2d or Linear), in eval mode, every pixel (or row) of ``batches`` a sample: what
+    reconstruction-based pruning and compensation and data-aware SVD (``litedet.compress.lowrank``)
+    use."""
+    convs = list(modules) if modules is not None else [m for m in model.modules() if isinstance(m, nn.Conv2d) and m.groups == 1]
     sums: dict[nn.Module, list[Any]] = {}
 
     def hook(module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
-        x = args[0].detach().transpose(0, 1).reshape(args[0].shape[1], -1).double()
+        x = args[0].detach()
+        x = (x.reshape(-1, x.shape[-1]).T if isinstance(module, nn.Linear) else x.transpose(0, 1).reshape(x.shape[1], -1)).double()
         acc = sums.setdefault(module, [0.0, 0.0, 0])
         acc[0] = acc[0] + x.sum(1).cpu()
         acc[1] = acc[1] + (x @ x.T).cpu()
