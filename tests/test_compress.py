@@ -25,25 +25,13 @@ from litedet.compress.distill import (
 from litedet.compress.lowrank import cp_decompose, decompose, svd_decompose, svd_decompose_data_aware
 from litedet.compress.prune import BNSparsity, input_statistics, magnitude_prune, structured_prune, weight_sparsity
 from litedet.compress.recipe import parse_recipe
-from litedet.models.registry import create_model
+from conftest import random_bn_detector
 
 SIZE = 64
 
 
 def _detector(name: str = "v5lite-e", seed: int = 0, **kwargs) -> nn.Module:
-    torch.manual_seed(seed)
-    model = create_model(name, input_size=SIZE, **kwargs).eval()
-    # Non-trivial BN statistics so folding and pruning by gamma see different channels.
-    generator = torch.Generator().manual_seed(seed)
-    for module in model.modules():
-        if isinstance(module, nn.BatchNorm2d):
-            n = module.num_features
-            module.weight.data = torch.rand(n, generator=generator) + 0.1
-            module.bias.data = torch.randn(n, generator=generator) * 0.1
-            module.running_mean = torch.randn(n, generator=generator) * 0.1
-            module.running_var = torch.rand(n, generator=generator) + 0.5
-    return model
-
+    return random_bn_detector(name, SIZE, seed, **kwargs)
 
 def _outputs(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
     with torch.no_grad():

@@ -11,24 +11,14 @@ from torch import nn
 
 from litedet.cli import main
 from litedet.compress.checkpoint import save_compressed
-from litedet.models.registry import create_model
-from conftest import require_shared
+from conftest import folded_detector, require_shared
 
 SIZE = 64
 
 
 def _folded_detector(num_classes: int = 80, seed: int = 0) -> nn.Module:
     """A detector whose BatchNorms are identities, as an import from a deployed model leaves them."""
-    torch.manual_seed(seed)
-    model = create_model("v5lite-e", input_size=SIZE, num_classes=num_classes).eval()
-    for module in model.modules():
-        if isinstance(module, nn.BatchNorm2d):
-            module.running_mean.zero_()
-            module.running_var.fill_(1 - module.eps)
-            module.weight.data.fill_(1.0)
-            module.bias.data.normal_(0, 0.1)
-    return model
-
+    return folded_detector("v5lite-e", SIZE, seed, num_classes=num_classes)
 
 @pytest.mark.parametrize("flag, value", [("--energy", "1.5"), ("--energy", "0"), ("--rank", "-2"), ("--rank", "1.5")])
 def test_decompose_rejects_bad_rank_or_energy_before_work(flag, value, capsys):

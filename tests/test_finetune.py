@@ -12,8 +12,7 @@ from torch import nn
 
 from litedet.compress.finetune import FinetuneConfig, finetune
 from litedet.engine.trainer import is_identity_batchnorm
-from litedet.models.registry import create_model
-from conftest import require_shared
+from conftest import folded_detector, require_shared
 
 SIZE = 64
 DATA = Path(__file__).resolve().parents[1] / "configs" / "data" / "raccoon.yaml"
@@ -21,16 +20,7 @@ DATA = Path(__file__).resolve().parents[1] / "configs" / "data" / "raccoon.yaml"
 
 def _folded_detector() -> nn.Module:
     """An imported-like v5lite-e for the raccoon class: every BatchNorm an identity."""
-    torch.manual_seed(0)
-    model = create_model("v5lite-e", input_size=SIZE, num_classes=1, names=["raccoon"]).eval()
-    for module in model.modules():
-        if isinstance(module, nn.BatchNorm2d):
-            module.running_mean.zero_()
-            module.running_var.fill_(1 - module.eps)
-            module.weight.data.fill_(1.0)
-            module.bias.data.normal_(0, 0.1)
-    return model
-
+    return folded_detector("v5lite-e", SIZE, num_classes=1, names=["raccoon"])
 
 def _config(**kwargs) -> FinetuneConfig:
     return FinetuneConfig(**{"steps": 3, "batch": 2, "imgsz": SIZE, "lr": 0.01, "warmup_steps": 1, "progress": False,

@@ -16,23 +16,13 @@ from torch import nn
 
 from litedet.compress import prune as P
 from litedet.models.registry import create_model
+from conftest import random_bn_detector
 
 SIZE = 64
 
 
 def _detector() -> nn.Module:
-    torch.manual_seed(0)
-    model = create_model("v5lite-s", input_size=SIZE).eval()
-    generator = torch.Generator().manual_seed(0)
-    for module in model.modules():
-        if isinstance(module, nn.BatchNorm2d):
-            n = module.num_features
-            module.weight.data = torch.rand(n, generator=generator) + 0.1
-            module.bias.data = torch.randn(n, generator=generator) * 0.1
-            module.running_mean = torch.randn(n, generator=generator) * 0.1
-            module.running_var = torch.rand(n, generator=generator) + 0.5
-    return model
-
+    return random_bn_detector("v5lite-s", SIZE)
 
 def _flat(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():

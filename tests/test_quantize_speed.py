@@ -12,24 +12,13 @@ import pytest
 import torch
 from torch import nn
 
-from litedet.models.registry import create_model
+from conftest import random_bn_detector
 
 SIZE = 64
 
 
 def _detector(name: str = "v5lite-s", seed: int = 0) -> nn.Module:
-    torch.manual_seed(seed)
-    model = create_model(name, input_size=SIZE).eval()
-    generator = torch.Generator().manual_seed(seed)
-    for module in model.modules():  # non-trivial BN so folded biases are not all zero
-        if isinstance(module, nn.BatchNorm2d):
-            n = module.num_features
-            module.weight.data = torch.rand(n, generator=generator) + 0.1
-            module.bias.data = torch.randn(n, generator=generator) * 0.1
-            module.running_mean = torch.randn(n, generator=generator) * 0.1
-            module.running_var = torch.rand(n, generator=generator) + 0.5
-    return model
-
+    return random_bn_detector(name, SIZE, seed)
 
 @pytest.fixture(scope="module")
 def shufflenet_onnx(tmp_path_factory):

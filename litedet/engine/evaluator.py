@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import cv2
-import numpy as np
 
 from litedet.data.sources import read_image
 from litedet.engine.predictor import Predictor
