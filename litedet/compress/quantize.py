@@ -31,7 +31,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -91,12 +91,13 @@ def calibration_batches(images: Sequence[Path], config: ModelConfig) -> Iterator
         yield batch
 
 
-class ImageCalibrationReader:
-    """``onnxruntime.quantization.CalibrationDataReader`` over real images."""
+class BatchReader:
+    """``onnxruntime.quantization.CalibrationDataReader`` protocol over input batches that
+    ``make_batches()`` yields afresh at every rewind (pre-processed real images, or ready arrays)."""
 
-    def __init__(self, images: Sequence[Path], config: ModelConfig, input_name: str) -> None:
-        self.images = list(images)
-        self.config = config
+    def __init__(self, make_batches: Callable[[], Iterator[np.ndarray]], count: int, input_name: str) -> None:
+        self.make_batches = make_batches
+        self.count = count
         self.input_name = input_name
         self._iterator: Iterator[np.ndarray] | None = None
         self.rewind()
@@ -106,20 +107,20 @@ class ImageCalibrationReader:
         return None if batch is None else {self.input_name: batch}
 
     def rewind(self) -> None:
-        self._iterator = calibration_batches(self.images, self.config)
+        self._iterator = iter(self.make_batches())
 
     def __len__(self) -> int:
-        return len(self.images)
+        return self.count
 
 
-def _as_reader(images: Sequence[Path], config: ModelConfig, input_name: str):
-    """An ``ImageCalibrationReader`` that also is a ``CalibrationDataReader`` subclass instance."""
+def _as_reader(make_batches: Callable[[], Iterator[np.ndarray]], count: int, input_name: str):
+    """A ``BatchReader`` that also is a ``CalibrationDataReader`` subclass instance."""
     from onnxruntime.quantization import CalibrationDataReader
 
-    class Reader(ImageCalibrationReader, CalibrationDataReader):
+    class Reader(BatchReader, CalibrationDataReader):
         pass
 
-    return Reader(images, config, input_name)
+    return Reader(make_batches, count, input_name)
 
 
 # ------------------------------------------------------------------------------------- results
@@ -502,13 +503,13 @@ def quantize_onnx_static(
     input_name = _onnx_input_name(model)
     if isinstance(calibration, (str, os.PathLike)):
         images = calibration_images(calibration, num_images)
-        reader = _as_reader(images, config, input_name)
+        reader = _as_reader(lambda: calibration_batches(images, config), len(images), input_name)
         count = len(images)
     else:
         arrays = [np.asarray(a, dtype=np.float32) for a in list(calibration)[:num_images]]
         if not arrays:
             raise ValueError("no calibration arrays given")
-        reader = _arrays_reader(arrays, input_name)
+        reader = _as_reader(lambda: iter(arrays), len(arrays), input_name)
         count = len(arrays)
     method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
               "percentile": CalibrationMethod.Percentile}[calibrate_method]
@@ -542,36 +543,6 @@ def quantize_onnx_static(
                 "fixed_ranges": len(ranges) if ranges else 0}
     _write_sidecar(config, output, "int8", settings)
     return QuantizeResult(output, "ort-static", model_files_size(model), model_files_size(output), count, settings)
-
-
-class _ArraysReader:
-    """``CalibrationDataReader`` protocol over ready input arrays (one [1, 3, H, W] each)."""
-
-    def __init__(self, arrays: Sequence[np.ndarray], input_name: str) -> None:
-        self.arrays = list(arrays)
-        self.input_name = input_name
-        self._index = 0
-
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        if self._index >= len(self.arrays):
-            return None
-        self._index += 1
-        return {self.input_name: self.arrays[self._index - 1]}
-
-    def rewind(self) -> None:
-        self._index = 0
-
-    def __len__(self) -> int:
-        return len(self.arrays)
-
-
-def _arrays_reader(arrays: Sequence[np.ndarray], input_name: str):
-    from onnxruntime.quantization import CalibrationDataReader
-
-    class Reader(_ArraysReader, CalibrationDataReader):
-        pass
-
-    return Reader(arrays, input_name)
 
 
 def quantize_onnx_dynamic(model: str | os.PathLike, output: str | os.PathLike, per_channel: bool = True) -> QuantizeResult:
