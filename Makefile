@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 LITEDET := $(VENV)/bin/litedet
 export LITEDET_SHARED ?= $(abspath ../shared)
 
-.PHONY: setup demo test test-all clean
+.PHONY: setup demo test test-all docs clean
 
 setup: $(VENV)/.installed
 
@@ -24,5 +24,8 @@ test: setup
 test-all: setup
 	$(PY) -m pytest -m ''
 
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+
 clean:
-	rm -rf $(VENV) runs build *.egg-info .pytest_cache
+	rm -rf $(VENV) runs build site *.egg-info .pytest_cache
