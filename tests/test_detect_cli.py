@@ -37,8 +37,9 @@ def _run(capsys, *argv: str) -> tuple[int, str, str]:
     return code, out, err
 
 
-def _check_json_list(text: str, sources: list[str]) -> list[dict]:
-    results = json.loads(text.strip().splitlines()[-1])
+def _check_json_lines(text: str, sources: list[str]) -> list[dict]:
+    """stdout with --json: JSON Lines only, one object per frame, in order."""
+    results = [json.loads(line) for line in text.splitlines()]
     assert [r["source"] for r in results] == sources
     for result in results:
         for det in result["detections"]:
@@ -54,13 +55,26 @@ def test_detect_video_saves_annotated_video_and_json(tmp_path, tiny_weights, cap
         "--json", "--conf", "0.01",
     )
     assert code == 0
-    results = _check_json_list(out, [f"{video}:{i}" for i in range(6)])
+    results = _check_json_lines(out, [f"{video}:{i}" for i in range(6)])
     assert "6 frame(s)" in err and "FPS" in err and "inference" in err
-    saved = cv2.VideoCapture(str(out_dir / "clip.mp4"))
+    saved = cv2.VideoCapture(str(out_dir / "clip.avi"))
     assert int(saved.get(cv2.CAP_PROP_FRAME_COUNT)) == 6
+    ok, first = saved.read()
     saved.release()
-    assert json.loads((out_dir / "detections.json").read_text()) == results
-    assert json.loads((out_dir / "summary.json").read_text())["frames"] == 6
+    assert ok and first.shape == (48, 64, 3)
+    assert _check_json_lines((out_dir / "detections.jsonl").read_text(), [r["source"] for r in results]) == results
+    summary = json.loads((out_dir / "summary.json").read_text())
+    assert summary["frames"] == 6 and summary["pipelined"] and not summary["interrupted"]
+
+
+def test_detect_max_frames_and_sequential_give_the_same_results(tmp_path, tiny_weights, capsys):
+    video = _write_video(tmp_path / "clip.mp4", 8)
+    args = ("--weights", str(tiny_weights), "--source", str(video), "--json", "--conf", "0.01", "--max-frames", "5")
+    code, piped, err = _run(capsys, *args)
+    assert code == 0 and "5 frame(s)" in err and "overlapped" in err
+    code, sequential, err = _run(capsys, *args, "--no-pipeline")
+    assert code == 0 and "5 frame(s)" in err and "overlapped" not in err
+    assert _check_json_lines(piped, [f"{video}:{i}" for i in range(5)]) == _check_json_lines(sequential, [f"{video}:{i}" for i in range(5)])
 
 
 def test_detect_folder_glob_and_image_with_a_corrupt_file(tmp_path, tiny_weights, capsys):
@@ -73,14 +87,14 @@ def test_detect_folder_glob_and_image_with_a_corrupt_file(tmp_path, tiny_weights
     out_dir = tmp_path / "out"
     code, out, err = _run(capsys, "--weights", str(tiny_weights), "--source", str(folder), "--save", str(out_dir), "--json")
     assert code == 0
-    _check_json_list(out, [str(folder / "a_portrait.jpg"), str(folder / "b_landscape.png")])
+    _check_json_lines(out, [str(folder / "a_portrait.jpg"), str(folder / "b_landscape.png")])
     assert "skipped 1 unreadable input(s)" in err and "c_corrupt.jpg" in err
     assert cv2.imread(str(out_dir / "a_portrait.jpg")).shape == (90, 40, 3)
     assert cv2.imread(str(out_dir / "b_landscape.png")).shape == (40, 90, 3)
 
     code, out, _ = _run(capsys, "--weights", str(tiny_weights), "--source", str(folder / "*.png"), "--json")
     assert code == 0
-    _check_json_list(out, [str(folder / "b_landscape.png")])
+    _check_json_lines(out, [str(folder / "b_landscape.png")])
 
     code, out, _ = _run(capsys, "--weights", str(tiny_weights), "--source", str(folder / "a_portrait.jpg"))
     assert code == 0 and "a_portrait.jpg" in out and "FPS" in out
@@ -89,7 +103,7 @@ def test_detect_folder_glob_and_image_with_a_corrupt_file(tmp_path, tiny_weights
 def test_detect_http_stream(tiny_weights, mjpeg_server, capsys):  # noqa: F811 - fixture
     code, out, err = _run(capsys, "--weights", str(tiny_weights), "--source", f"{mjpeg_server}/live.mjpg", "--json")
     assert code == 0
-    results = json.loads(out.strip().splitlines()[-1])
+    results = [json.loads(line) for line in out.splitlines()]
     indices = [int(r["source"].rsplit(":", 1)[1]) for r in results]
     assert results and indices == sorted(indices) and indices[-1] >= 45
 
@@ -123,7 +137,7 @@ def test_detect_bad_inputs_name_the_path(tmp_path, tiny_weights, capsys):
 def imported_v5lite_s(tmp_path_factory) -> Path:
     param = require_shared("weights", "yolov5-lite", "v5lite-s.ncnn.param")
     pytest.importorskip("torch")
-    from litedet.export.ncnn_import import import_ncnn_weights
+    from litedet.models.ncnn_import import import_ncnn_weights
 
     path, _ = import_ncnn_weights(param, "v5lite-s", tmp_path_factory.mktemp("v5lite") / "v5lite-s.safetensors")
     return path
@@ -147,7 +161,7 @@ def test_imported_model_finds_the_people(tmp_path, imported_v5lite_s, capsys, fi
     image = require_shared("data", "coco256", "images", "val2017", file_name)
     code, out, _ = _run(capsys, "--weights", str(imported_v5lite_s), "--model", "v5lite-s", "--source", str(image), "--json")
     assert code == 0
-    detections = json.loads(out.strip().splitlines()[-1])[0]["detections"]
+    detections = json.loads(out.strip())["detections"]
     people = np.array([d["box"] for d in detections if d["class_name"] == "person"]).reshape(-1, 4)
     boxes, categories = _ground_truth(image.parents[4], file_name)
     truth = np.array([b for b, c in zip(boxes, categories) if c == 1 and (b[2] - b[0]) * (b[3] - b[1]) > 32 * 32])

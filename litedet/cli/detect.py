@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import argparse
-import json
+import signal
 import sys
+from typing import Any
 
 from litedet.runtime import ENGINES
+
+# Per-image lines are printed for runs up to this many frames.
+LISTED_FRAMES = 20
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="registered model name (e.g. v5lite-s); checked against the weights' config")
     parser.add_argument("--weights", required=True, help=".safetensors, .onnx, OpenVINO .xml or ncnn .param, with its config sidecar")
     parser.add_argument("--source", required=True, help="image, folder, glob, video, camera index (0) or rtsp:// / http:// URL")
-    parser.add_argument("--save", metavar="DIR", help="write annotated images/videos, detections.json and summary.json here")
-    parser.add_argument("--json", action="store_true", help="print one JSON list (an object per image/frame) last")
+    parser.add_argument("--save", metavar="DIR", help="write annotated images, videos (<name>.avi), detections.jsonl and summary.json here")
+    parser.add_argument("--json", action="store_true", help="print every result to stdout as it comes: JSON Lines, one object per image/frame")
+    parser.add_argument("--max-frames", type=int, help="stop after this many images/frames")
     parser.add_argument("--conf", type=float, default=0.25, help="minimum score (default 0.25)")
     parser.add_argument("--iou", type=float, default=0.45, help="NMS IoU threshold (default 0.45)")
     parser.add_argument("--max-det", type=int, default=300, help="most detections per image (default 300)")
@@ -24,20 +29,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, help="engine CPU threads")
     parser.add_argument("--engine", choices=sorted(ENGINES), help="engine (default: from the weights' suffix)")
     parser.add_argument("--precision", default="fp32", help="fp32 (default), bf16 or fp16 where the engine supports it")
+    parser.add_argument("--no-pipeline", action="store_true", help="run the stages one after another (to compare with the pipelined default)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _interrupt(signum: int, _frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def run(args: argparse.Namespace) -> int:
     from litedet.engine.predictor import detect
 
-    report = detect(
-        args.source, args.weights, model=args.model, engine=args.engine, save_dir=args.save, conf=args.conf,
-        iou=args.iou, max_det=args.max_det, classes=args.classes, agnostic=args.agnostic, imgsz=args.imgsz,
-        threads=args.threads, precision=args.precision, progress=not args.no_progress,
-    )
-    # With --json the human summary goes to stderr so stdout stays one parseable JSON list.
+    # SIGTERM ends the run like Ctrl-C: every finished frame is written, files are closed.
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        report = detect(
+            args.source, args.weights, model=args.model, engine=args.engine, save_dir=args.save, conf=args.conf,
+            iou=args.iou, max_det=args.max_det, classes=args.classes, agnostic=args.agnostic, imgsz=args.imgsz,
+            threads=args.threads, precision=args.precision, progress=not args.no_progress, max_frames=args.max_frames,
+            keep_results=LISTED_FRAMES, results_stream=sys.stdout if args.json else None, pipeline=not args.no_pipeline,
+        )
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    # stdout carries only the JSON Lines with --json; human text goes to stderr then.
     out = sys.stderr if args.json else sys.stdout
-    if report.frames <= 20:
+    if report.frames <= LISTED_FRAMES:
         for result in report.results:
             counts: dict[str, int] = {}
             for det in result["detections"]:
@@ -46,6 +62,4 @@ def run(args: argparse.Namespace) -> int:
             print(f"{result['source']}: {text}", file=out)
     for line in report.summary_lines():
         print(line, file=out)
-    if args.json:
-        print(json.dumps(report.results))
     return 0 if report.frames or not report.skipped else 1

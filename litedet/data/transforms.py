@@ -6,6 +6,7 @@ everywhere. Images are OpenCV arrays: uint8 [H, W, 3] in BGR order.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Sequence
 
@@ -53,6 +54,58 @@ def ensure_bgr(image: np.ndarray) -> np.ndarray:
     return image
 
 
+@dataclass(frozen=True)
+class LetterboxGeometry:
+    """Where a letterbox puts an image: resized to (``resized_h``, ``resized_w``) at (``left``,
+    ``top``) inside an output of (``height``, ``width``)."""
+
+    resized_h: int
+    resized_w: int
+    top: int
+    left: int
+    height: int
+    width: int
+
+    def info(self, original_shape: tuple[int, int]) -> LetterboxInfo:
+        height, width = original_shape
+        return LetterboxInfo(
+            original_shape=(height, width),
+            shape=(self.height, self.width),
+            ratio=(self.resized_w / width, self.resized_h / height),
+            pad=(self.left, self.top),
+        )
+
+
+def letterbox_geometry(
+    shape: tuple[int, int],
+    new_shape: int | Sequence[int] = 640,
+    stride: int = 32,
+    auto: bool = False,
+    scaleup: bool = True,
+    center: bool = True,
+) -> LetterboxGeometry:
+    """The placement ``letterbox`` uses for an image of ``shape`` (height, width); see there."""
+    height, width = shape[:2]
+    if height == 0 or width == 0:
+        raise ValueError(f"cannot letterbox an empty image of shape {tuple(shape)}")
+    new_h, new_w = as_shape(new_shape)
+    if stride <= 0:
+        raise ValueError(f"stride must be > 0, got {stride}")
+    gain = min(new_h / height, new_w / width)
+    if not scaleup:
+        gain = min(gain, 1.0)
+    resized_w, resized_h = max(1, int(round(width * gain))), max(1, int(round(height * gain)))
+    pad_w, pad_h = new_w - resized_w, new_h - resized_h
+    if auto:
+        pad_w, pad_h = pad_w % stride, pad_h % stride
+    if center:
+        # YOLOv5: top, bottom = round(dh/2 - 0.1), round(dh/2 + 0.1)
+        left, top = int(round(pad_w / 2 - 0.1)), int(round(pad_h / 2 - 0.1))
+    else:
+        left, top = 0, 0
+    return LetterboxGeometry(resized_h, resized_w, top, left, resized_h + pad_h, resized_w + pad_w)
+
+
 def letterbox(
     image: np.ndarray,
     new_shape: int | Sequence[int] = 640,
@@ -76,37 +129,16 @@ def letterbox(
     integer offsets and per-axis gains used, so ``litedet.ops.scale_boxes`` inverts it.
     """
     image = np.asarray(image)
-    height, width = image.shape[:2]
-    if height == 0 or width == 0:
-        raise ValueError(f"cannot letterbox an empty image of shape {image.shape}")
-    new_h, new_w = as_shape(new_shape)
-    if stride <= 0:
-        raise ValueError(f"stride must be > 0, got {stride}")
-    gain = min(new_h / height, new_w / width)
-    if not scaleup:
-        gain = min(gain, 1.0)
-    resized_w, resized_h = max(1, int(round(width * gain))), max(1, int(round(height * gain)))
-    pad_w, pad_h = new_w - resized_w, new_h - resized_h
-    if auto:
-        pad_w, pad_h = pad_w % stride, pad_h % stride
-    if (resized_w, resized_h) != (width, height):
-        image = cv2.resize(image, (resized_w, resized_h), interpolation=interpolation)
-    if center:
-        # YOLOv5: top, bottom = round(dh/2 - 0.1), round(dh/2 + 0.1)
-        left, top = int(round(pad_w / 2 - 0.1)), int(round(pad_h / 2 - 0.1))
-    else:
-        left, top = 0, 0
-    right, bottom = pad_w - left, pad_h - top
-    if pad_w or pad_h:
+    geometry = letterbox_geometry(image.shape[:2], new_shape, stride, auto, scaleup, center)
+    original_shape = (int(image.shape[0]), int(image.shape[1]))
+    if (geometry.resized_w, geometry.resized_h) != (original_shape[1], original_shape[0]):
+        image = cv2.resize(image, (geometry.resized_w, geometry.resized_h), interpolation=interpolation)
+    right = geometry.width - geometry.resized_w - geometry.left
+    bottom = geometry.height - geometry.resized_h - geometry.top
+    if geometry.left or geometry.top or right or bottom:
         value = (pad_value,) * (image.shape[2] if image.ndim == 3 else 1)
-        image = cv2.copyMakeBorder(image, top, bottom, left, right, cv2.BORDER_CONSTANT, value=value)
-    info = LetterboxInfo(
-        original_shape=(height, width),
-        shape=(int(image.shape[0]), int(image.shape[1])),
-        ratio=(resized_w / width, resized_h / height),
-        pad=(left, top),
-    )
-    return image, info
+        image = cv2.copyMakeBorder(image, geometry.top, bottom, geometry.left, right, cv2.BORDER_CONSTANT, value=value)
+    return image, geometry.info(original_shape)
 
 
 def stretch(image: np.ndarray, new_shape: int | Sequence[int], interpolation: int = cv2.INTER_LINEAR) -> tuple[np.ndarray, LetterboxInfo]:
@@ -117,18 +149,100 @@ def stretch(image: np.ndarray, new_shape: int | Sequence[int], interpolation: in
     return resized, LetterboxInfo((height, width), (new_h, new_w), (new_w / width, new_h / height), (0, 0))
 
 
+def _normalise_into(image: np.ndarray, out: np.ndarray, rgb: bool, mean: np.ndarray, std: np.ndarray) -> None:
+    """BGR uint8 [h, w, 3] -> ``out`` float32 [3, h, w] (a view is fine): channel order, then
+    ``(x - mean) / std`` in float32, the same arithmetic as ``to_tensor``, on contiguous planes."""
+    planes = cv2.split(image)  # three contiguous uint8 planes: far faster than a strided transpose
+    for channel in range(3):
+        plane = planes[2 - channel] if rgb else planes[channel]
+        target = out[channel]
+        if mean[channel]:
+            np.subtract(plane, mean[channel], out=target, dtype=np.float32)
+            np.divide(target, std[channel], out=target)
+        else:
+            np.divide(plane, std[channel], out=target, dtype=np.float32)
+
+
+def _channel_constants(mean: Sequence[float], std: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    mean_arr = np.asarray(mean, dtype=np.float32).reshape(3)
+    std_arr = np.asarray(std, dtype=np.float32).reshape(3)
+    if not np.all(std_arr != 0):
+        raise ValueError(f"preprocess std must be non-zero per channel, got {list(std)}")
+    return mean_arr, std_arr
+
+
 def to_tensor(image: np.ndarray, rgb: bool, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
     """BGR uint8 [H, W, 3] -> float32 [3, H, W]: channel order, then ``(x - mean) / std``."""
-    chw = image.transpose(2, 0, 1)
-    if rgb:
-        chw = chw[::-1]
-    out = chw.astype(np.float32)
-    mean_arr = np.asarray(mean, dtype=np.float32).reshape(3, 1, 1)
-    std_arr = np.asarray(std, dtype=np.float32).reshape(3, 1, 1)
-    if mean_arr.any():
-        out -= mean_arr
-    out /= std_arr
+    mean_arr, std_arr = _channel_constants(mean, std)
+    out = np.empty((3, *image.shape[:2]), dtype=np.float32)
+    _normalise_into(np.ascontiguousarray(image), out, rgb, mean_arr, std_arr)
     return out
+
+
+class Preprocessor:
+    """BGR uint8 image -> (float32 [1, 3, H, W], ``LetterboxInfo``) by ``config.preprocess``, fast.
+
+    Gives exactly the values of ``preprocess`` (same geometry, same float32 arithmetic), but
+    resizes once, converts only the image region (the padding of a reused buffer is written when
+    the placement changes, i.e. once per video) and never allocates per frame. The returned
+    array is one of ``buffers`` reused buffers per thread: it stays valid until ``buffers`` more
+    calls on the same thread, so a pipeline with k frames in flight needs ``buffers > k``.
+    """
+
+    def __init__(
+        self,
+        config: "ModelConfig",
+        new_shape: int | Sequence[int] | None = None,
+        auto: bool = False,
+        interpolation: int = cv2.INTER_LINEAR,
+        buffers: int = 2,
+    ) -> None:
+        if buffers < 1:
+            raise ValueError(f"buffers must be >= 1, got {buffers}")
+        spec = config.preprocess
+        self.letterbox = spec.resize == "letterbox"
+        self.target = config.input_size if new_shape is None else as_shape(new_shape)
+        self.stride = max(config.strides) if config.strides else 32
+        self.auto, self.center, self.interpolation = auto, spec.center, interpolation
+        self.rgb = spec.rgb
+        self.mean, self.std = _channel_constants(spec.mean, spec.std)
+        # the normalised pad value, by the same float32 arithmetic as the image pixels
+        pad = np.full(3, spec.pad_value, dtype=np.float32)
+        self.pad = (pad - self.mean) / self.std
+        self.buffers = buffers
+        self._local = threading.local()
+
+    def geometry(self, shape: tuple[int, int]) -> LetterboxGeometry:
+        if self.letterbox:
+            return letterbox_geometry(shape, self.target, self.stride, self.auto, True, self.center)
+        height, width = self.target
+        return LetterboxGeometry(height, width, 0, 0, height, width)
+
+    def _buffer(self, geometry: LetterboxGeometry) -> np.ndarray:
+        local = self._local
+        ring = getattr(local, "ring", None)
+        if ring is None or len(ring) != self.buffers:
+            ring = local.ring = [None] * self.buffers
+            local.next = 0
+        index = local.next
+        local.next = (index + 1) % self.buffers
+        entry = ring[index]
+        if entry is None or entry[0] != geometry:
+            buffer = np.empty((1, 3, geometry.height, geometry.width), dtype=np.float32)
+            buffer[0] = self.pad.reshape(3, 1, 1)
+            ring[index] = entry = (geometry, buffer)
+        return entry[1]
+
+    def __call__(self, image: np.ndarray) -> tuple[np.ndarray, LetterboxInfo]:
+        image = ensure_bgr(image)
+        original_shape = (int(image.shape[0]), int(image.shape[1]))
+        geometry = self.geometry(original_shape)
+        if (geometry.resized_w, geometry.resized_h) != (original_shape[1], original_shape[0]):
+            image = cv2.resize(image, (geometry.resized_w, geometry.resized_h), interpolation=self.interpolation)
+        buffer = self._buffer(geometry)
+        region = buffer[0, :, geometry.top:geometry.top + geometry.resized_h, geometry.left:geometry.left + geometry.resized_w]
+        _normalise_into(image, region, self.rgb, self.mean, self.std)
+        return buffer, geometry.info(original_shape)
 
 
 def preprocess(
@@ -143,24 +257,15 @@ def preprocess(
     Follows ``config.preprocess``: letterbox (or stretch) to ``new_shape`` (default
     ``config.input_size``), padding only to a multiple of the largest stride when ``auto``;
     BGR -> RGB when ``rgb``; ``(x - mean) / std``. With ``auto`` all images must come out the
-    same shape to share a batch.
+    same shape to share a batch. A new array each call (``Preprocessor`` reuses its buffers).
     """
     if len(images) == 0:
         raise ValueError("preprocess needs at least one image")
-    spec = config.preprocess
-    target = config.input_size if new_shape is None else as_shape(new_shape)
-    stride = max(config.strides) if config.strides else 32
+    transform = Preprocessor(config, new_shape, auto=auto, interpolation=interpolation, buffers=1)
     tensors, infos = [], []
     for image in images:
-        image = ensure_bgr(image)
-        if spec.resize == "letterbox":
-            boxed, info = letterbox(
-                image, target, stride=stride, auto=auto, pad_value=spec.pad_value, center=spec.center,
-                interpolation=interpolation,
-            )
-        else:
-            boxed, info = stretch(image, target, interpolation=interpolation)
-        tensors.append(to_tensor(boxed, spec.rgb, spec.mean, spec.std))
+        batch, info = transform(image)
+        tensors.append(batch[0].copy())
         infos.append(info)
     shapes = {t.shape for t in tensors}
     if len(shapes) > 1:

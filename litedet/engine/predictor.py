@@ -1,26 +1,33 @@
 """Detection over any backend: letterbox -> backend.run -> decode -> NMS -> ``Detections``.
 
 Torch-free: works with every ``litedet.runtime.base.Backend``. ``detect_source`` runs a
-``Predictor`` over a ``litedet.data.sources`` source and saves annotated images/videos and JSON;
-``litedet detect`` is a thin wrapper around it.
+``Predictor`` over a ``litedet.data.sources`` source as a bounded pipeline (read + pre-process,
+inference, post-process + drawing + writing overlap on three threads, frames stay in order) and
+streams every result to JSON Lines as it comes; ``litedet detect`` is a thin wrapper around it.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import queue
+import random
+import sys
+import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Sequence, TextIO
 
 import cv2
 import numpy as np
 
 from litedet.config import ModelConfig, write_text_atomic
 from litedet.data.sources import Frame, Source, open_source
-from litedet.data.transforms import LetterboxInfo, preprocess
+from litedet.data.transforms import LetterboxInfo, Preprocessor
 from litedet.engine.results import Detections
+from litedet.engine.sinks import OutputWriter, ResultsLog
 from litedet.ops.boxes import scale_boxes
 from litedet.ops.decode import SSD_VARIANCES, decode_ssdlite, decode_yolo
 from litedet.ops.nms import non_max_suppression
@@ -30,26 +37,40 @@ LOGGER = logging.getLogger(__name__)
 
 STAGES = ("pre", "infer", "post")
 
+# The annotated-output writer, under the name ``litedet.distributed.stream`` imports.
+_Writers = OutputWriter
 
-@dataclass
+
 class StageTimes:
-    """Per-image milliseconds of each stage (pre-process, inference, post-process)."""
+    """Per-image milliseconds of each stage (pre-process, inference, post-process), in bounded
+    memory: the medians come from a uniform reservoir sample of at most ``capacity`` frames
+    (Vitter's algorithm R), so a run of any length keeps a fixed few kilobytes."""
 
-    pre: list[float] = field(default_factory=list)
-    infer: list[float] = field(default_factory=list)
-    post: list[float] = field(default_factory=list)
+    def __init__(self, capacity: int = 4096, seed: int = 0) -> None:
+        self.capacity = capacity
+        self.count = 0
+        self.pre: list[float] = []
+        self.infer: list[float] = []
+        self.post: list[float] = []
+        self._random = random.Random(seed)
 
     def add(self, pre: float, infer: float, post: float) -> None:
-        self.pre.append(pre)
-        self.infer.append(infer)
-        self.post.append(post)
+        self.count += 1
+        if len(self.infer) < self.capacity:
+            self.pre.append(pre)
+            self.infer.append(infer)
+            self.post.append(post)
+            return
+        slot = self._random.randrange(self.count)
+        if slot < self.capacity:
+            self.pre[slot], self.infer[slot], self.post[slot] = pre, infer, post
 
     def __len__(self) -> int:
-        return len(self.infer)
+        return self.count
 
     def medians(self) -> dict[str, float]:
         """Median ms per stage (NaN before the first image)."""
-        return {name: float(np.median(getattr(self, name))) if len(self) else float("nan") for name in STAGES}
+        return {name: float(np.median(getattr(self, name))) if self.count else float("nan") for name in STAGES}
 
 
 def decode_outputs(
@@ -118,6 +139,7 @@ class Predictor:
         self.auto = backend.dynamic if auto is None else auto
         self.interpolation = interpolation
         self.timings = StageTimes()
+        self.preprocessor = Preprocessor(config, backend.input_size, auto=self.auto, interpolation=interpolation)
 
     @property
     def names(self) -> list[str]:
@@ -134,13 +156,22 @@ class Predictor:
     def __call__(self, images: Sequence[np.ndarray] | np.ndarray, sources: Sequence[str] | None = None) -> list[Detections]:
         return self.predict(images, sources)
 
+    def preprocess(self, image: np.ndarray) -> tuple[np.ndarray, LetterboxInfo]:
+        """BGR image -> (float32 [1, 3, H, W], ``LetterboxInfo``). The array is a buffer reused
+        after ``self.preprocessor.buffers`` calls on the same thread (see ``Preprocessor``)."""
+        return self.preprocessor(image)
+
+    def infer(self, batch: np.ndarray) -> list[np.ndarray]:
+        """The backend's raw outputs for a pre-processed batch."""
+        return self.backend.run(batch)
+
     def _predict_one(self, image: np.ndarray, source: str) -> Detections:
         start = time.perf_counter()
-        batch, infos = preprocess([image], self.config, auto=self.auto, new_shape=self.backend.input_size, interpolation=self.interpolation)
+        batch, info = self.preprocess(image)
         after_pre = time.perf_counter()
-        outputs = self.backend.run(batch)
+        outputs = self.infer(batch)
         after_infer = time.perf_counter()
-        detections = self.postprocess(outputs, infos, [source], input_size=batch.shape[2:])[0]
+        detections = self.postprocess(outputs, [info], [source], input_size=batch.shape[2:])[0]
         end = time.perf_counter()
         stage_ms = ((after_pre - start) * 1e3, (after_infer - after_pre) * 1e3, (end - after_infer) * 1e3)
         self.timings.add(*stage_ms)
@@ -171,7 +202,9 @@ class Predictor:
 @dataclass
 class DetectReport:
     """What ``detect_source`` did: frames, skipped inputs, dropped live frames, stage medians (ms),
-    end-to-end FPS, files written and the JSON of every frame."""
+    end-to-end FPS, the network-only reference (``network_ms``, median ms of the backend alone on
+    this input, measured in the run; None when not measured), files written and the last
+    ``keep_results`` results (``results``; every result is in ``detections.jsonl``)."""
 
     frames: int
     skipped: list[tuple[str, str]]
@@ -182,20 +215,36 @@ class DetectReport:
     saved: list[Path]
     results: list[dict[str, Any]]
     interrupted: bool = False
+    network_ms: float | None = None
+    pipelined: bool = False
+
+    @property
+    def network_ratio(self) -> float | None:
+        """End-to-end FPS over the network-only rate ``1000 / network_ms`` (1.0: nothing but the
+        network costs time)."""
+        if not self.network_ms or not self.fps:
+            return None
+        return self.fps * self.network_ms / 1e3
 
     def summary_lines(self) -> list[str]:
         """The human summary printed at the end of a run."""
         ms = self.stage_ms
         lines = [
             f"{self.frames} frame(s) in {self.wall_s:.2f} s: pre-process {ms['pre']:.1f} ms, inference "
-            f"{ms['infer']:.1f} ms, post-process {ms['post']:.1f} ms (median per frame), {self.fps:.1f} FPS end to end",
+            f"{ms['infer']:.1f} ms, post-process {ms['post']:.1f} ms (median per frame"
+            f"{', overlapped' if self.pipelined else ''}), {self.fps:.1f} FPS end to end",
         ]
+        if self.network_ratio is not None:
+            lines.append(
+                f"{self.fps:.1f} FPS = {self.network_ratio:.2f} x the network-only rate "
+                f"(1000 / {self.network_ms:.2f} ms, the backend alone on this input, measured in this run)"
+            )
         if self.skipped:
             lines.append(f"skipped {len(self.skipped)} unreadable input(s): " + ", ".join(p for p, _ in self.skipped[:5]) + (" ..." if len(self.skipped) > 5 else ""))
         if self.dropped:
             lines.append(f"dropped {self.dropped} stale live frame(s) to stay real-time")
         if self.interrupted:
-            lines.append("interrupted: results so far are kept")
+            lines.append("interrupted: every finished frame is kept")
         if self.saved:
             lines.append(f"saved {len(self.saved)} file(s) to {self.saved[0].parent}")
         return lines
@@ -204,52 +253,197 @@ class DetectReport:
         return {
             "frames": self.frames, "skipped": [p for p, _ in self.skipped], "dropped": self.dropped,
             "stage_ms_median": self.stage_ms, "fps": self.fps, "wall_s": self.wall_s,
-            "saved": [str(p) for p in self.saved],
+            "network_ms": self.network_ms, "network_ratio": self.network_ratio, "pipelined": self.pipelined,
+            "interrupted": self.interrupted, "saved": [str(p) for p in self.saved],
         }
 
 
-class _Writers:
-    """Annotated outputs under ``save_dir``: one image per image file, one .mp4 per video/stream."""
+def measure_network_ms(predictor: Predictor, batch: np.ndarray, runs: int = 20, warmup: int = 3, budget_s: float = 1.0) -> float:
+    """Median ms of ``predictor.infer(batch)`` alone: the network-only reference of a run."""
+    for _ in range(warmup):
+        predictor.infer(batch)
+    times: list[float] = []
+    started = time.perf_counter()
+    while len(times) < runs and (len(times) < 3 or time.perf_counter() - started < budget_s):
+        start = time.perf_counter()
+        predictor.infer(batch)
+        times.append((time.perf_counter() - start) * 1e3)
+    return float(np.median(times))
 
-    def __init__(self, save_dir: Path, fps: float) -> None:
-        self.save_dir = save_dir
-        self.fps = fps
-        self.videos: dict[str, cv2.VideoWriter] = {}
-        self.saved: list[Path] = []
-        self._used: set[str] = set()
 
-    def _unique(self, name: str) -> Path:
-        path = self.save_dir / name
-        stem, suffix, n = path.stem, path.suffix, 1
-        while path.name in self._used:
-            path = self.save_dir / f"{stem}_{n}{suffix}"
-            n += 1
-        self._used.add(path.name)
-        return path
+_END = object()
 
-    def write(self, frame: Frame, annotated: np.ndarray) -> None:
-        if not frame.is_video:
-            path = self._unique(Path(frame.stream).name or "image.jpg")
-            if not cv2.imwrite(str(path), annotated):
-                raise ValueError(f"could not write {path}")
-            self.saved.append(path)
-            return
-        writer = self.videos.get(frame.stream)
-        if writer is None:
-            stem = Path(frame.stream.split("?")[0].rstrip("/")).stem or "stream"
-            path = self._unique(f"{stem}.mp4")
-            height, width = annotated.shape[:2]
-            writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), self.fps, (width, height))
-            if not writer.isOpened():
-                raise ValueError(f"could not open a video writer for {path}")
-            self.videos[frame.stream] = writer
-            self.saved.append(path)
-        writer.write(annotated)
 
-    def close(self) -> None:
-        for writer in self.videos.values():
-            writer.release()
-        self.videos.clear()
+@dataclass
+class _Inferred:
+    frame: Frame
+    outputs: list[np.ndarray]
+    info: LetterboxInfo
+    input_size: tuple[int, int]
+    pre_ms: float
+    infer_ms: float
+
+
+class _Sink:
+    """Post-process, draw, write the video frame, then the JSON Lines record (in that order: a
+    frame in the results file is always in the video too), then ``on_result``."""
+
+    def __init__(
+        self,
+        predictor: Predictor,
+        writers: OutputWriter | None,
+        log: ResultsLog | None,
+        stream: TextIO | None,
+        keep_results: int,
+        on_result: Callable[[Frame, Detections], None] | None,
+        bar: Any,
+    ) -> None:
+        self.predictor, self.writers, self.log, self.stream = predictor, writers, log, stream
+        self.results: deque[dict[str, Any]] = deque(maxlen=max(0, keep_results))
+        self.on_result, self.bar = on_result, bar
+
+    def __call__(self, item: _Inferred) -> None:
+        start = time.perf_counter()
+        detections = self.predictor.postprocess(item.outputs, [item.info], [item.frame.source], input_size=item.input_size)[0]
+        post_ms = (time.perf_counter() - start) * 1e3
+        self.predictor.timings.add(item.pre_ms, item.infer_ms, post_ms)
+        detections.timings = dict(zip(STAGES, (item.pre_ms, item.infer_ms, post_ms)))
+        if self.writers is not None:
+            self.writers.write(item.frame, detections.draw(item.frame.image))
+        if self.log is not None or self.stream is not None or self.results.maxlen:
+            result = detections.to_json()
+            if self.log is not None:
+                self.log.write(result)
+            if self.stream is not None:
+                self.stream.write(json.dumps(result, separators=(",", ":")) + "\n")
+                self.stream.flush()
+            if self.results.maxlen:
+                self.results.append(result)
+        if self.on_result is not None:
+            self.on_result(item.frame, detections)
+        self.bar.update(1)
+
+
+class _Pipeline:
+    """Read + pre-process on one thread, inference on the caller's thread, the ``_Sink`` on a
+    third, joined by bounded FIFO queues (order kept, memory bounded). A live source keeps only
+    the newest pre-processed frame waiting: an older one still queued is dropped and counted."""
+
+    def __init__(self, predictor: Predictor, source: Source, sink: _Sink, max_frames: int | None, depth: int = 2) -> None:
+        self.predictor, self.source, self.sink, self.max_frames = predictor, source, sink, max_frames
+        self.live = source.live
+        self.to_infer: queue.Queue = queue.Queue(maxsize=1 if self.live else depth)
+        self.to_sink: queue.Queue = queue.Queue(maxsize=depth)
+        # Buffers in flight: the queue, one waiting to be put, one in inference.
+        predictor.preprocessor.buffers = max(predictor.preprocessor.buffers, depth + 3)
+        self.stop = threading.Event()
+        self.errors: list[BaseException] = []
+        self.network_ms: float | None = None
+
+    def _put(self, target: queue.Queue, item: Any) -> None:
+        while not self.stop.is_set():
+            try:
+                target.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def _read(self) -> None:
+        given = 0
+        try:
+            for frame in self.source:
+                if self.stop.is_set() or (self.max_frames is not None and given >= self.max_frames):
+                    break
+                start = time.perf_counter()
+                batch, info = self.predictor.preprocess(frame.image)
+                item = (frame, batch, info, (time.perf_counter() - start) * 1e3)
+                given += 1
+                if self.live:
+                    while True:
+                        try:
+                            self.to_infer.put_nowait(item)
+                            break
+                        except queue.Full:
+                            try:
+                                self.to_infer.get_nowait()
+                                self.source.stats.dropped += 1
+                            except queue.Empty:
+                                pass
+                else:
+                    self._put(self.to_infer, item)
+        except BaseException as err:  # noqa: BLE001 - handed to the caller's thread
+            self.errors.append(err)
+        finally:
+            self._put(self.to_infer, _END)
+
+    def _drain_sink(self) -> None:
+        failed = False
+        while True:
+            item = self.to_sink.get()
+            if item is _END:
+                return
+            if failed:
+                continue
+            try:
+                self.sink(item)
+            except BaseException as err:  # noqa: BLE001 - handed to the caller's thread
+                self.errors.append(err)
+                self.stop.set()
+                failed = True
+
+    def run(self, reference_runs: int) -> None:
+        reader = threading.Thread(target=self._read, name="litedet-read", daemon=True)
+        sink = threading.Thread(target=self._drain_sink, name="litedet-sink", daemon=True)
+        reader.start()
+        sink.start()
+        try:
+            while True:
+                try:
+                    item = self.to_infer.get(timeout=0.1)
+                except queue.Empty:
+                    if self.stop.is_set() or not reader.is_alive():
+                        if self.to_infer.empty():
+                            break
+                    continue
+                if item is _END:
+                    break
+                frame, batch, info, pre_ms = item
+                if self.network_ms is None and reference_runs > 0:
+                    self.network_ms = measure_network_ms(self.predictor, batch, runs=reference_runs)
+                start = time.perf_counter()
+                outputs = self.predictor.infer(batch)
+                infer_ms = (time.perf_counter() - start) * 1e3
+                self.to_sink.put(_Inferred(frame, outputs, info, tuple(batch.shape[2:]), pre_ms, infer_ms))
+                if self.stop.is_set():
+                    break
+        finally:
+            self.stop.set()
+            reader.join(timeout=10.0)
+            # every inferred frame reaches the sink before it stops: a kill loses nothing finished
+            self.to_sink.put(_END)
+            sink.join()
+        if self.errors:
+            raise self.errors[0]
+
+    def run_sequential(self, reference_runs: int) -> None:
+        """The same stages one after another on the caller's thread (for comparison)."""
+        given = 0
+        for frame in self.source:
+            if self.max_frames is not None and given >= self.max_frames:
+                break
+            start = time.perf_counter()
+            batch, info = self.predictor.preprocess(frame.image)
+            pre_ms = (time.perf_counter() - start) * 1e3
+            if self.network_ms is None and reference_runs > 0:
+                self.network_ms = measure_network_ms(self.predictor, batch, runs=reference_runs)
+            start = time.perf_counter()
+            outputs = self.predictor.infer(batch)
+            infer_ms = (time.perf_counter() - start) * 1e3
+            self.sink(_Inferred(frame, outputs, info, tuple(batch.shape[2:]), pre_ms, infer_ms))
+            given += 1
+
+
+RESULTS_FILE = "detections.jsonl"
 
 
 def detect_source(
@@ -258,35 +452,56 @@ def detect_source(
     save_dir: str | Path | None = None,
     progress: bool = True,
     on_result: Callable[[Frame, Detections], None] | None = None,
+    max_frames: int | None = None,
+    keep_results: int = 1000,
+    results_stream: TextIO | None = None,
+    pipeline: bool = True,
+    reference_runs: int | None = None,
 ) -> DetectReport:
     """Run ``predictor`` over every frame of ``source`` (anything ``open_source`` takes).
 
-    With ``save_dir``, annotated images keep their file names, videos and streams become
-    ``<name>.mp4`` and all results go to ``detections.json`` (a list with one object per frame)
-    plus ``summary.json``. A progress bar is shown for files and videos (known length). Ctrl-C
-    ends the run cleanly with the results so far.
+    Memory stays bounded for a source of any length: results are streamed, not collected.
+    With ``save_dir``: annotated images keep their file names, videos and streams become
+    ``<name>.avi`` (Motion-JPEG, playable up to the last frame after any kill), every result goes
+    to ``detections.jsonl`` as it comes (one JSON object per line, handed to the OS per frame)
+    and ``summary.json`` is written at the end. ``results_stream`` (e.g. ``sys.stdout``) gets the
+    same lines. ``report.results`` keeps the last ``keep_results`` results (0: none).
+
+    With ``pipeline`` (default), reading + pre-processing, inference and post-processing +
+    drawing + writing overlap on three threads with bounded queues; frames stay in order and
+    ``on_result(frame, detections)`` is called in order on the writing thread. ``max_frames``
+    stops after that many frames. ``reference_runs`` times the backend alone on the first
+    frame's input that many times (the network-only reference of the FPS ratio; default: for
+    videos, streams and more than 20 files). A progress bar is shown for files and videos
+    (known length). Ctrl-C (and SIGTERM under ``litedet detect``) ends the run cleanly: every
+    frame inferred before it is written.
     """
     from tqdm import tqdm
 
-    opened = source if isinstance(source, Source) else open_source(source)
+    if max_frames is not None and max_frames < 1:
+        raise ValueError(f"max_frames must be >= 1, got {max_frames}")
+    opened = source if isinstance(source, Source) else open_source(source, max_frames=max_frames)
+    if reference_runs is None:
+        reference_runs = 20 if opened.total is None or opened.total > 20 else 0
     out_dir = Path(save_dir) if save_dir is not None else None
-    if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    writers = _Writers(out_dir, opened.fps) if out_dir is not None else None
-    results: list[dict[str, Any]] = []
+    writers = log = None
     predictor.timings = StageTimes()
     interrupted = False
+    total = opened.total if max_frames is None or opened.total is None else min(opened.total, max_frames)
+    bar = tqdm(total=total, unit="frame", disable=not progress or total is None, leave=False, file=sys.stderr)
     start = time.perf_counter()
-    bar = tqdm(total=opened.total, unit="frame", disable=not progress or opened.total is None, leave=False)
+    runner: _Pipeline | None = None
     try:
-        for frame in opened:
-            detections = predictor.predict([frame.image], [frame.source])[0]
-            results.append(detections.to_json())
-            if writers is not None:
-                writers.write(frame, detections.draw(frame.image))
-            if on_result is not None:
-                on_result(frame, detections)
-            bar.update(1)
+        if out_dir is not None:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            writers = OutputWriter(out_dir, opened.fps)
+            log = ResultsLog(out_dir / RESULTS_FILE)
+        sink = _Sink(predictor, writers, log, results_stream, keep_results, on_result, bar)
+        runner = _Pipeline(predictor, opened, sink, max_frames)
+        if pipeline:
+            runner.run(reference_runs)
+        else:
+            runner.run_sequential(reference_runs)
     except KeyboardInterrupt:
         interrupted = True
     finally:
@@ -294,6 +509,8 @@ def detect_source(
         opened.close()
         if writers is not None:
             writers.close()
+        if log is not None:
+            log.close()
     wall = time.perf_counter() - start
     frames = len(predictor.timings)
     report = DetectReport(
@@ -304,14 +521,14 @@ def detect_source(
         fps=frames / wall if wall > 0 else 0.0,
         wall_s=wall,
         saved=list(writers.saved) if writers is not None else [],
-        results=results,
+        results=list(runner.sink.results) if runner is not None else [],
         interrupted=interrupted,
+        network_ms=runner.network_ms if runner is not None else None,
+        pipelined=pipeline,
     )
     if out_dir is not None:
-        json_path = out_dir / "detections.json"
-        write_text_atomic(json_path, json.dumps(results) + "\n")
         summary_path = out_dir / "summary.json"
-        report.saved += [json_path, summary_path]
+        report.saved += [out_dir / RESULTS_FILE, summary_path]
         write_text_atomic(summary_path, json.dumps(report.to_dict(), indent=2) + "\n")
     return report
 
@@ -347,12 +564,17 @@ def detect(
     threads: int | None = None,
     precision: str = "fp32",
     progress: bool = True,
+    max_frames: int | None = None,
+    keep_results: int = 1000,
+    results_stream: TextIO | None = None,
+    pipeline: bool = True,
+    reference_runs: int | None = None,
 ) -> DetectReport:
-    """Open ``weights`` (``litedet.runtime.open_backend``) and detect on every frame of ``source``;
-    what ``litedet detect`` runs."""
+    """Open ``weights`` (``litedet.runtime.open_backend``) and detect on every frame of ``source``
+    (``detect_source`` says what is written and kept); what ``litedet detect`` runs."""
     from litedet.runtime import open_backend
 
-    opened = open_source(source)  # a missing source fails before a model is loaded
+    opened = open_source(source, max_frames=max_frames)  # a missing source fails before a model is loaded
     try:
         backend = open_backend(weights, engine=engine, threads=threads, precision=precision, model=model, imgsz=imgsz)
     except BaseException:
@@ -361,7 +583,10 @@ def detect(
     try:
         class_ids = resolve_classes(classes, backend.config.names)
         predictor = Predictor(backend, conf=conf, iou=iou, max_det=max_det, classes=class_ids, agnostic=agnostic)
-        return detect_source(predictor, opened, save_dir=save_dir, progress=progress)
+        return detect_source(
+            predictor, opened, save_dir=save_dir, progress=progress, max_frames=max_frames, keep_results=keep_results,
+            results_stream=results_stream, pipeline=pipeline, reference_runs=reference_runs,
+        )
     finally:
         opened.close()
         backend.close()

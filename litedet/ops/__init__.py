@@ -2,12 +2,13 @@
 
 from litedet.ops.boxes import box_area, box_iou, clip_boxes, scale_boxes, xywh_to_xyxy, xyxy_to_xywh
 from litedet.ops.decode import decode_ssdlite, decode_yolo, sigmoid
-from litedet.ops.nms import batched_nms, nms, non_max_suppression
+from litedet.ops.nms import batched_nms, class_offset, nms, non_max_suppression
 
 __all__ = [
     "batched_nms",
     "box_area",
     "box_iou",
+    "class_offset",
     "clip_boxes",
     "decode_ssdlite",
     "decode_yolo",

@@ -14,10 +14,6 @@ import numpy as np
 
 from litedet.ops.boxes import box_area, xywh_to_xyxy
 
-# Boxes of different classes are shifted this far apart so one NMS never compares them
-# (YOLOv5 ``max_wh``: larger than any image side we expect).
-CLASS_OFFSET = 7680.0
-
 
 def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float, max_keep: int | None = None) -> np.ndarray:
     """Greedy NMS over boxes [N, 4] (xyxy) with scores [N].
@@ -50,6 +46,20 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float, max_keep: i
     return np.asarray(keep, dtype=np.int64)
 
 
+def class_offset(boxes: np.ndarray) -> float:
+    """The shift between classes that keeps every pair of boxes of different classes apart.
+
+    Boxes of class k are moved by ``k * offset`` on both axes. With every coordinate in
+    ``[lo, hi]``, an offset above ``hi - lo`` puts class k + 1 wholly beyond class k, at any image
+    size (a fixed offset such as YOLOv5's ``max_wh = 7680`` lets large boxes or large images of
+    different classes suppress each other).
+    """
+    boxes = np.asarray(boxes, dtype=np.float64)
+    if boxes.size == 0:
+        return 1.0
+    return float(boxes.max() - boxes.min()) + 1.0
+
+
 def batched_nms(
     boxes: np.ndarray,
     scores: np.ndarray,
@@ -57,10 +67,16 @@ def batched_nms(
     iou_threshold: float,
     max_keep: int | None = None,
 ) -> np.ndarray:
-    """NMS done independently per class (torchvision ``batched_nms``), by offsetting each class's
-    boxes by ``class_id * CLASS_OFFSET`` so boxes of different classes never overlap."""
+    """NMS done independently per class (torchvision ``batched_nms``): boxes [N, 4] (xyxy),
+    scores [N], class_ids [N]; each class's boxes are offset by ``class_id * class_offset(boxes)``
+    so boxes of different classes never overlap. Returns kept indices, highest score first."""
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-    offsets = np.asarray(class_ids, dtype=np.float64).reshape(-1, 1) * CLASS_OFFSET
+    class_ids = np.asarray(class_ids).reshape(-1)
+    if len(class_ids) != len(boxes):
+        raise ValueError(f"batched_nms got {len(boxes)} boxes and {len(class_ids)} class ids")
+    if len(boxes) == 0:
+        return np.zeros(0, dtype=np.int64)
+    offsets = class_ids.astype(np.float64).reshape(-1, 1) * class_offset(boxes)
     return nms(boxes + offsets, scores, iou_threshold, max_keep)
 
 
