@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     from litedet.engine.predictor import detect
-    from litedet.export.ncnn_import import import_ncnn_weights
+    from litedet.models.ncnn_import import import_ncnn_weights
 
     out = Path(args.out)
     weights = out / "v5lite-s.safetensors"

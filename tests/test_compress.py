@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from litedet.compress.checkpoint import load_compressed, save_compressed
+from litedet.compress.checkpoint import save_compressed
 from litedet.compress.distill import (
     AttentionTransfer,
     Distiller,
@@ -25,6 +25,7 @@ from litedet.compress.distill import (
 from litedet.compress.lowrank import cp_decompose, decompose, svd_decompose, svd_decompose_data_aware
 from litedet.compress.prune import BNSparsity, input_statistics, magnitude_prune, structured_prune, weight_sparsity
 from litedet.compress.recipe import parse_recipe
+from litedet.models.checkpoint import load_detector
 from conftest import random_bn_detector
 
 SIZE = 64
@@ -76,7 +77,7 @@ def test_pruned_checkpoint_round_trip(tmp_path):
     structured_prune(model, 0.25, "l1", imgsz=SIZE)
     x = torch.randn(1, 3, SIZE, SIZE)
     path = save_compressed(model, tmp_path / "pruned.safetensors")
-    loaded, config = load_compressed(path)
+    loaded, config = load_detector(path)
     assert config.extra["compression"]["pruned"] is True
     for a, b in zip(_outputs(model, x), _outputs(loaded, x)):
         torch.testing.assert_close(a, b)
@@ -147,7 +148,7 @@ def test_decompose_model_reduces_params_and_round_trips(tmp_path):
     result = decompose(model, "svd", rank=0.25)
     assert result.params_after < result.params_before and result.layers
     assert [o.shape for o in _outputs(model, x)] == [o.shape for o in reference]
-    loaded, _ = load_compressed(save_compressed(model, tmp_path / "lowrank.safetensors"))
+    loaded, _ = load_detector(save_compressed(model, tmp_path / "lowrank.safetensors"))
     for a, b in zip(_outputs(model, x), _outputs(loaded, x)):
         torch.testing.assert_close(a, b)
 
@@ -181,7 +182,7 @@ def test_data_aware_decompose_of_a_detector_round_trips(tmp_path):
     result = decompose(model, "svd", rank=0.25, calibration=[x])
     assert result.params_after < result.params_before
     assert all(spec["bias"] for spec in model.compression["lowrank"].values())
-    loaded, _ = load_compressed(save_compressed(model, tmp_path / "lowrank.safetensors"))
+    loaded, _ = load_detector(save_compressed(model, tmp_path / "lowrank.safetensors"))
     for a, b in zip(_outputs(model, x), _outputs(loaded, x)):
         torch.testing.assert_close(a, b)
     with pytest.raises(ValueError, match="calibration is empty"):

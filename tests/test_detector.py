@@ -164,7 +164,7 @@ def test_checkpoint_round_trip_and_errors(tmp_path):
     with torch.no_grad():
         for a, b in zip(model(x), loaded(x)):
             torch.testing.assert_close(a, b, rtol=0, atol=0)
-    with pytest.raises(ValueError, match=r"does not fit v5lite-s: tensor '.*' has shape \[\d+, \d+.*expects \["):
+    with pytest.raises(ValueError, match=r"--model 'v5lite-s' does not match .*m\.json, which says 'v5lite-e'"):
         load_detector(path, "v5lite-s")
     junk = tmp_path / "junk.safetensors"
     junk.write_bytes(torch.randint(0, 256, (5000,), dtype=torch.uint8).numpy().tobytes())
@@ -176,6 +176,8 @@ def test_checkpoint_round_trip_and_errors(tmp_path):
     sidecar_path(path).unlink()
     bare, bare_config = load_detector(path, num_classes=2)
     assert bare_config.model == "v5lite-e" and bare.num_classes == 2
+    with pytest.raises(ValueError, match=r"does not fit v5lite-s: tensor '.*' has shape \[\d+, \d+.*expects \["):
+        load_detector(path, "v5lite-s")
     # fine-tuning on other classes: a fresh head of the asked width
     save_checkpoint_weights(model, path)
     tuned, tuned_config = load_detector(path, num_classes=4)

@@ -248,7 +248,7 @@ def test_full_size_parity_on_real_images(tmp_path: Path, monkeypatch: pytest.Mon
     import json
 
     from conftest import require_shared
-    from litedet.export.ncnn_import import import_ncnn_weights
+    from litedet.models.ncnn_import import import_ncnn_weights
 
     param = require_shared("weights", "yolov5-lite", "v5lite-s.ncnn.param")
     images = require_shared("data", "coco256", "images", "val2017")

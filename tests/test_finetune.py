@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from litedet.compress.finetune import FinetuneConfig, finetune
-from litedet.engine.trainer import is_identity_batchnorm
+from litedet.layers.conv import is_identity_batchnorm
 from conftest import folded_detector, require_shared
 
 SIZE = 64

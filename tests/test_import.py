@@ -13,7 +13,7 @@ from torch import nn
 from conftest import require_shared
 from litedet.cli import main as cli_main
 from litedet.config import ModelConfig, sidecar_path
-from litedet.export.ncnn_import import import_ncnn, load_ncnn_weights, read_ncnn_model
+from litedet.models.ncnn_import import import_ncnn, load_ncnn_weights, read_ncnn_model
 from litedet.layers import ConvBnAct
 from litedet.models.checkpoint import load_detector
 

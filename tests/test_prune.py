@@ -206,7 +206,8 @@ def test_prune_verb_end_to_end_with_calibration_and_finetune(tmp_path):
     from conftest import require_shared
 
     from litedet.cli import main
-    from litedet.compress.checkpoint import load_compressed, save_compressed
+    from litedet.compress.checkpoint import save_compressed
+    from litedet.models.checkpoint import load_detector
 
     require_shared("data", "raccoon")
     data = Path(__file__).resolve().parents[1] / "configs" / "data" / "raccoon.yaml"
@@ -217,7 +218,7 @@ def test_prune_verb_end_to_end_with_calibration_and_finetune(tmp_path):
     code = main(["prune", "--weights", str(weights), "--ratio", "0.3", "--data", str(data), "--calib-images", "8",
                  "--steps", "1", "--batch", "2", "--no-report", "--no-progress", "-o", str(out)])
     assert code == 0
-    pruned, config = load_compressed(out / "model.safetensors")
+    pruned, config = load_detector(out / "model.safetensors")
     step = config.extra["compression"]["steps"][0]
     assert step["method"] == "reconstruction" and step["compensate"] == "lsq" and step["round_to"] == 8
     widths = [m.out_channels for n, m in pruned.named_modules() if isinstance(m, nn.Conv2d) and n.startswith("neck")]

@@ -247,7 +247,7 @@ def _fold_batchnorms(model: torch.nn.Module) -> None:
 
 
 def test_folded_batchnorm_gets_statistics_and_keeps_the_eval_function():
-    from litedet.engine.trainer import is_identity_batchnorm, restore_folded_batchnorm
+    from litedet.layers.conv import is_identity_batchnorm, restore_folded_batchnorm
     from litedet.models.registry import create_model
 
     torch.manual_seed(0)

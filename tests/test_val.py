@@ -82,7 +82,7 @@ def test_missing_inputs_are_named(tmp_path):
 @pytest.fixture(scope="module")
 def imported(tmp_path_factory):
     pytest.importorskip("torch")
-    from litedet.export.ncnn_import import import_ncnn_weights
+    from litedet.models.ncnn_import import import_ncnn_weights
 
     folder = tmp_path_factory.mktemp("imported")
 

@@ -17,7 +17,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from litedet.export.ncnn_import import import_ncnn_weights
+    from litedet.models.ncnn_import import import_ncnn_weights
 
     names = [n.strip() for n in args.names.split(",")] if args.names else None
     path, config = import_ncnn_weights(

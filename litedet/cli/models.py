@@ -17,7 +17,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Print the model table (Markdown, or JSON with ``--json``)."""
-    from litedet.models.table import format_table, model_table
+    from litedet.bench.model_table import format_table, model_table
 
     if args.input is not None and args.input <= 0:
         raise ValueError(f"--input must be > 0, got {args.input}")

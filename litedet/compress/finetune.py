@@ -9,7 +9,7 @@ SGD with momentum, a short linear warm-up, cosine decay, gradient clipping, opti
 weights (``ema=True``; the trainer's ``ModelEMA`` with a window sized to the run).
 
 Before the first step, BatchNorms folded into their convs (an imported deployed model, or a
-pruned one made from it) get real statistics (``litedet.engine.trainer.restore_folded_batchnorm``):
+pruned one made from it) get real statistics (``litedet.layers.conv.restore_folded_batchnorm``):
 in train mode such a network normalises by batch statistics its weights never expected, and the
 fine-tune starts from a broken function (issue 4: imported v5lite-s 0.335 -> 0.0003 mAP50-95
 after one COCO epoch without it; issue 7: the 30 %-pruned model's fine-tune ended at 0.0005).
@@ -190,7 +190,7 @@ def _restore_folded(model: nn.Module, dataset: Any, loader: Any, sampler: Any, c
     """Re-estimate folded (identity) BatchNorm statistics on ``config.restore_images`` training
     images (epoch-0 augmentation, as the trainer does); the loader is re-seeded per epoch, so the
     run that follows is unchanged. Returns the number of layers restored."""
-    from litedet.engine.trainer import is_identity_batchnorm, restore_folded_batchnorm
+    from litedet.layers.conv import is_identity_batchnorm, restore_folded_batchnorm
 
     if config.restore_images < 1 or not any(isinstance(m, nn.BatchNorm2d) and is_identity_batchnorm(m)
                                             for m in model.modules()):

@@ -27,7 +27,7 @@ replaced when the factors have fewer parameters than the original.
 A conv inside ``ConvBnAct`` has its BatchNorm folded first (eval statistics), so the factor
 layers end with the folded bias and Conv+BN fusion at export has nothing left to fuse there.
 The replaced layers are recorded (``model.compression["lowrank"]``) so a saved checkpoint can be
-rebuilt (``litedet.compress.checkpoint.load_compressed``).
+rebuilt (``litedet.models.checkpoint.load_detector``).
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ from tqdm import tqdm
 from litedet.compress.checkpoint import model_record
 from litedet.compress.prune import InputStats, input_statistics
 from litedet.layers.conv import ConvBnAct, fuse_conv_bn
+from litedet.layers.lowrank import cp_factor_modules, svd_factor_modules
 
 LOGGER = logging.getLogger(__name__)
 
@@ -64,34 +65,7 @@ class DecomposeResult:
         return dict(vars(self))
 
 
-# ------------------------------------------------------------------------------- factor layers
-
-
-def svd_factor_modules(layer: nn.Module, rank: int, bias: bool | None = None) -> nn.Sequential:
-    """Two factor layers (random init) with the shapes of a rank-``rank`` SVD of ``layer``; the
-    second has a bias when ``bias`` (default: when ``layer`` has one)."""
-    bias = layer.bias is not None if bias is None else bias
-    if isinstance(layer, nn.Linear):
-        return nn.Sequential(nn.Linear(layer.in_features, rank, bias=False), nn.Linear(rank, layer.out_features, bias=bias))
-    if isinstance(layer, nn.Conv2d):
-        first = nn.Conv2d(layer.in_channels, rank, 1, layer.stride, layer.padding, bias=False)
-        second = nn.Conv2d(rank, layer.out_channels, 1, bias=bias)
-        return nn.Sequential(first, second)
-    raise ValueError(f"SVD applies to Linear and 1x1 Conv2d layers, got {type(layer).__name__}")
-
-
-def cp_factor_modules(layer: nn.Conv2d, rank: int) -> nn.Sequential:
-    """The four convs (random init) of a rank-``rank`` CP decomposition of a kxk ``layer``."""
-    kh, kw = layer.kernel_size
-    sh, sw = layer.stride
-    ph, pw = layer.padding if isinstance(layer.padding, tuple) else (layer.padding, layer.padding)
-    dh, dw = layer.dilation
-    return nn.Sequential(
-        nn.Conv2d(layer.in_channels, rank, 1, bias=False),
-        nn.Conv2d(rank, rank, (kh, 1), (sh, 1), (ph, 0), (dh, 1), groups=rank, bias=False),
-        nn.Conv2d(rank, rank, (1, kw), (1, sw), (0, pw), (1, dw), groups=rank, bias=False),
-        nn.Conv2d(rank, layer.out_channels, 1, bias=layer.bias is not None),
-    )
+# ------------------------------------------------------------------------------- layer level
 
 
 def _params(module: nn.Module) -> int:
@@ -302,22 +276,3 @@ def decompose(
                             "data_aware": bool(statistics)})
     result.params_after = _params(model)
     return result
-
-
-def apply_lowrank_structure(model: nn.Module, layers: dict[str, dict[str, Any]]) -> nn.Module:
-    """Re-create recorded factor layers (random init) on a fresh registry model, so a decomposed
-    checkpoint's weights load strictly."""
-    for name, spec in layers.items():
-        try:
-            layer = model.get_submodule(name)
-        except AttributeError:
-            raise ValueError(f"decomposed layer {name!r} not found in the model; the checkpoint belongs to another model") from None
-        kind, rank = spec["kind"], int(spec["rank"])
-        if spec.get("fold_bn"):
-            parent = _parent(model, name)
-            layer = nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding,
-                              layer.dilation, layer.groups, bias=True)
-            parent.bn = nn.Identity()
-        factors = svd_factor_modules(layer, rank, spec.get("bias")) if kind == "svd" else cp_factor_modules(layer, rank)
-        _set_module(model, name, factors)
-    return model

@@ -209,11 +209,11 @@ def calibration_tensors(source: str | os.PathLike, model: nn.Module, images: int
 
 def restore_batchnorm(model: nn.Module, batches: Sequence[torch.Tensor]) -> int:
     """Give BatchNorms folded into their convs (an imported deployed model: identity statistics)
-    real statistics without changing the eval-mode function (``litedet.engine.trainer.
+    real statistics without changing the eval-mode function (``litedet.layers.conv.
     restore_folded_batchnorm``). Without it, channel importance by BN scale is constant and
     re-estimating statistics after pruning (``recalibrate_batchnorm``) would change every layer.
     Returns the number of layers restored."""
-    from litedet.engine.trainer import restore_folded_batchnorm
+    from litedet.layers.conv import restore_folded_batchnorm
 
     restored, _ = restore_folded_batchnorm(model, batches)
     return restored

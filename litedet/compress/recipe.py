@@ -422,9 +422,9 @@ def run_recipe(recipe: Recipe, measure: bool = True, progress: bool = True, comm
         exported = start
         stages.append(Stage("original", start, None))
     else:
-        from litedet.compress.checkpoint import load_model
+        from litedet.models.checkpoint import load_detector
 
-        model, _ = load_model(start)
+        model, _ = load_detector(start)
         exported = _export(model, recipe.report.engine, out / "stage0-original")
         stages.append(Stage("original", exported, _params(model)))
 
@@ -455,10 +455,10 @@ def run_recipe(recipe: Recipe, measure: bool = True, progress: bool = True, comm
         elif name == "prune":
             note = _run_prune(model, step, recipe, stage_dir)
         elif name == "distill":
-            from litedet.compress.checkpoint import load_model
             from litedet.compress.distill import distill_detector
+            from litedet.models.checkpoint import load_detector
 
-            teacher, _ = load_model(step.teacher)
+            teacher, _ = load_detector(step.teacher)
             result = distill_detector(model, teacher, recipe.data, step.strategies, step.temperature, ft_config(step))
             note = f"{step.strategies} T={step.temperature}, {result.steps} steps"
         elif name == "decompose":

@@ -42,6 +42,7 @@ from litedet.data.datasets import DetectionDataset, load_data_config
 from litedet.data.loader import DetectionTrainDataset, build_loader
 from litedet.engine.config import TrainConfig
 from litedet.engine.loss import YoloLoss
+from litedet.layers.conv import is_identity_batchnorm, restore_folded_batchnorm
 from litedet.runtime.base import Backend
 
 LOGGER = logging.getLogger(__name__)
@@ -179,71 +180,6 @@ def load_imagenet_backbone(model: nn.Module, path: str | Path) -> str:
         raise ValueError(f"--backbone-weights does not fit {getattr(model, 'model_name', 'this model')} "
                          f"(backbone widths {backbone.stage_channels[:4]}): {err}") from None
     return report.summary()
-
-
-def is_identity_batchnorm(bn: nn.BatchNorm2d) -> bool:
-    """True for a BatchNorm that computes ``x + bias`` in eval mode: zero mean, unit variance
-    (``running_var + eps == 1``), unit scale. That is what an import from a deployed model (ncnn,
-    ONNX) leaves behind: the statistics were folded into the preceding convolution."""
-    if not bn.track_running_stats or bn.running_mean is None or bn.running_var is None or bn.weight is None:
-        return False
-    ones = torch.ones_like(bn.running_var)
-    return (bool(torch.all(bn.running_mean == 0)) and bool(torch.allclose(bn.running_var + bn.eps, ones, atol=1e-4))
-            and bool(torch.allclose(bn.weight.detach(), ones, atol=1e-6)))
-
-
-@torch.no_grad()
-def restore_folded_batchnorm(model: nn.Module, batches: Iterable[torch.Tensor]) -> tuple[int, int]:
-    """Give identity BatchNorms (see ``is_identity_batchnorm``) real statistics, without changing
-    what the model computes in eval mode, so that training (batch statistics) starts from the
-    same function.
-
-    A folded network in train mode normalises every conv output by its batch statistics although
-    its weights expect none: fine-tuning imported weights then starts from a different, broken
-    function and the running statistics drift to the batch ones (COCO fine-tune of the imported
-    v5lite-s: mAP50-95 0.335 -> 0.0003 after one epoch). For each such layer with input ``z`` (the
-    folded conv output, measured in eval mode on ``batches``, float [B, 3, H, W] in the model's
-    input scale): running_mean = E[z], running_var = Var[z], weight = sqrt(Var[z] + eps),
-    bias += E[z]. Eval mode is then ``weight * (z - E[z]) / sqrt(Var[z] + eps) + bias + E[z] =
-    z + bias`` as before, and train mode normalises by batch statistics close to these (Ioffe &
-    Szegedy 2015, §3.1, the BN transform and its inference form). Returns (layers restored, images seen)."""
-    layers = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d) and is_identity_batchnorm(m)]
-    if not layers:
-        return 0, 0
-    sums: dict[nn.Module, list[torch.Tensor | int]] = {}
-
-    def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
-        z = inputs[0].detach().double().transpose(0, 1).reshape(inputs[0].shape[1], -1)
-        acc = sums.setdefault(module, [torch.zeros_like(z[:, 0]), torch.zeros_like(z[:, 0]), 0])
-        acc[0] += z.sum(1)
-        acc[1] += (z * z).sum(1)
-        acc[2] += z.shape[1]
-
-    handles = [layer.register_forward_pre_hook(hook) for layer in layers]
-    was_training = model.training
-    model.eval()
-    images = 0
-    try:
-        for batch in batches:
-            model(batch)
-            images += len(batch)
-    finally:
-        for handle in handles:
-            handle.remove()
-        model.train(was_training)
-    restored = 0
-    for layer in layers:
-        if layer not in sums:  # not on the forward path
-            continue
-        total, squares, count = sums[layer]
-        mean = total / count
-        var = (squares / count - mean * mean).clamp_min(0)
-        layer.running_mean.copy_(mean.to(layer.running_mean.dtype))
-        layer.running_var.copy_(var.to(layer.running_var.dtype))
-        layer.weight.copy_(torch.sqrt(var + layer.eps).to(layer.weight.dtype))
-        layer.bias.add_(mean.to(layer.bias.dtype))
-        restored += 1
-    return restored, images
 
 
 def cosine_factor(epoch: int, epochs: int, lrf: float) -> float:

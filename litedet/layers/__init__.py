@@ -2,7 +2,15 @@
 
 from litedet.layers.activations import create_act, get_act_layer
 from litedet.layers.attention import SqueezeExcite
-from litedet.layers.conv import ConvBnAct, DepthwiseSeparableConv, fuse_conv_bn, fuse_model, make_divisible
+from litedet.layers.conv import (
+    ConvBnAct,
+    DepthwiseSeparableConv,
+    fuse_conv_bn,
+    fuse_model,
+    is_identity_batchnorm,
+    make_divisible,
+    restore_folded_batchnorm,
+)
 from litedet.layers.csp import C3, Bottleneck
 from litedet.layers.inverted_residual import InvertedResidual
 from litedet.layers.osa import OSAModule
@@ -22,5 +30,7 @@ __all__ = [
     "fuse_conv_bn",
     "fuse_model",
     "get_act_layer",
+    "is_identity_batchnorm",
     "make_divisible",
+    "restore_folded_batchnorm",
 ]

@@ -5,7 +5,7 @@ into two 1x1 projections, run ``n`` bottlenecks on one, concatenate, fuse with a
 YOLOv5-Lite keeps these in its slim PAN head, with SiLU activations and no residual in the neck.
 
 Children are declared in execution order (``cv1``, ``m``, ``cv2``, ``cv3``) so that walking the
-modules visits convs in the same order as the exported graphs (``litedet.export.ncnn_import``).
+modules visits convs in the same order as the exported graphs (``litedet.models.ncnn_import``).
 """
 
 from __future__ import annotations
