@@ -9,7 +9,7 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "create_model", "list_models"]
+__all__ = ["__version__", "create_model", "list_models", "tune"]
 
 
 def __getattr__(name: str) -> Any:
@@ -17,4 +17,8 @@ def __getattr__(name: str) -> Any:
         from litedet.models import registry
 
         return getattr(registry, name)
+    if name == "tune":  # litedet.tune(...): the search behind `litedet tune` (litedet.tuner)
+        from litedet.tuner import tune
+
+        return tune
     raise AttributeError(f"module 'litedet' has no attribute {name!r}")
