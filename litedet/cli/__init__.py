@@ -28,6 +28,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "compress": ("compress", "run a compression recipe"),
     "stream": ("stream", "spread a video stream over several workers (Ray)"),
     "split": ("split", "split a model between two devices (profile, plan, run)"),
+    "tune": ("tune", "the most accurate configuration that meets a latency budget, measured here"),
 }
 
 

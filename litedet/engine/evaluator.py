@@ -21,9 +21,10 @@ import logging
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import cv2
+import numpy as np
 
 from litedet.data.sources import read_image
 from litedet.engine.predictor import Predictor
@@ -85,6 +86,32 @@ def evaluate_coco(
     keeps only each box's best class (YOLOv5 ``detect.py``); ``shrink_interpolation`` is the
     OpenCV resize used when an image is larger than the input (YOLOv5 val: ``INTER_AREA``).
     """
+    config = backend.config
+    predictor = Predictor(backend, conf=conf, iou=iou, max_det=max_det, multi_label=multi_label, auto=False)
+
+    def detect(image: np.ndarray, path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        target = config.input_size
+        # YOLOv5 loader: INTER_AREA when shrinking, INTER_LINEAR when enlarging
+        shrink = min(target[0] / image.shape[0], target[1] / image.shape[1]) < 1
+        predictor.interpolation = shrink_interpolation if shrink else cv2.INTER_LINEAR
+        (detections,) = predictor.predict([image], [str(path)])
+        return detections.boxes, detections.scores, detections.class_ids
+
+    return evaluate_detector(detect, config.names, images, annotations, progress=progress, limit=limit)
+
+
+def evaluate_detector(
+    detect: Callable[[np.ndarray, Path], tuple[np.ndarray, np.ndarray, np.ndarray]],
+    names: Sequence[str],
+    images: str | os.PathLike,
+    annotations: str | os.PathLike,
+    progress: bool = True,
+    limit: int | None = None,
+) -> EvalResult:
+    """Score any detector with COCOeval: ``detect(image_bgr, path)`` returns boxes [N, 4] (x1, y1,
+    x2, y2 in original-image pixels), scores [N] and class indices [N] into ``names``. What
+    ``evaluate_coco`` runs for litedet models, and what scores peers with their own pre- and
+    post-processing (``litedet.tune``)."""
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
     from tqdm import tqdm
@@ -99,10 +126,8 @@ def evaluate_coco(
             ground_truth = COCO(str(annotations))
         except (ValueError, KeyError, TypeError) as err:
             raise ValueError(f"{annotations}: not a COCO instances json ({err})") from None
-    config = backend.config
     categories = ground_truth.loadCats(ground_truth.getCatIds())
-    class_to_category = category_mapping(config.names, categories)
-    predictor = Predictor(backend, conf=conf, iou=iou, max_det=max_det, multi_label=multi_label, auto=False)
+    class_to_category = category_mapping(names, categories)
     image_ids = sorted(ground_truth.getImgIds())[:limit]
     coco_results: list[dict[str, Any]] = []
     scored: list[int] = []
@@ -116,13 +141,9 @@ def evaluate_coco(
             LOGGER.warning("skipping %s: %s", path, err)
             skipped.append(str(path))
             continue
-        target = config.input_size
-        # YOLOv5 loader: INTER_AREA when shrinking, INTER_LINEAR when enlarging
-        shrink = min(target[0] / image.shape[0], target[1] / image.shape[1]) < 1
-        predictor.interpolation = shrink_interpolation if shrink else cv2.INTER_LINEAR
-        (detections,) = predictor.predict([image], [str(path)])
+        boxes, scores, class_ids = detect(image, path)
         scored.append(image_id)
-        for box, score, class_id in zip(detections.boxes, detections.scores, detections.class_ids):
+        for box, score, class_id in zip(boxes, scores, class_ids):
             category = class_to_category.get(int(class_id))
             if category is None:
                 continue
