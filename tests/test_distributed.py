@@ -390,3 +390,109 @@ def test_stream_worker_that_cannot_load_fails_clearly(tiny, cluster, tmp_path):
     missing = tmp_path / "elsewhere.safetensors"  # absent on the worker nodes
     with pytest.raises(RuntimeError, match="failed to load .*elsewhere.safetensors"):
         run_stream(tiny["video"], missing, workers=2, address="auto", start_timeout_s=60)
+
+
+# ---- a local cluster litedet starts: loopback only, nothing left behind ----------------------------
+
+
+def test_watchdog_stops_the_tree_when_the_driver_pipe_closes():
+    """The watchdog records a process tree and ends it when its stdin closes (as on a SIGKILLed
+    driver), within the grace period; no Ray needed."""
+    psutil = pytest.importorskip("psutil")
+    from litedet.distributed.watchdog import spawn_watchdog
+
+    # a parent that ignores SIGTERM, with a child: both must go (SIGKILL after the grace period)
+    code = "import signal, subprocess, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); " \
+           "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); time.sleep(60)"
+    root = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        deadline = time.time() + 20
+        while not psutil.Process(root.pid).children() and time.time() < deadline:
+            time.sleep(0.05)
+        tree = [psutil.Process(root.pid), *psutil.Process(root.pid).children(recursive=True)]
+        assert len(tree) == 2
+        watchdog = spawn_watchdog([tree[0]])
+        time.sleep(1.5)  # let it record the child
+        watchdog.stdin.close()
+        assert watchdog.wait(timeout=20) == 0
+        root.wait(timeout=5)
+        _, alive = psutil.wait_procs(tree, timeout=5)
+        assert alive == []
+    finally:
+        if root.poll() is None:
+            root.kill()
+
+
+_DRIVER = textwrap.dedent(
+    """
+    import json, sys
+    import psutil
+    from litedet.distributed.stream import run_stream
+
+    def on_start(pool):
+        listening = []
+        procs = psutil.Process().children(recursive=True)
+        for proc in procs:
+            try:
+                listening += [[proc.pid, c.laddr.ip, c.laddr.port] for c in proc.net_connections(kind="inet")
+                              if c.status == psutil.CONN_LISTEN]
+            except psutil.Error:
+                pass
+        print(json.dumps({"pids": [p.pid for p in procs], "listening": listening}), flush=True)
+
+    report = run_stream(sys.argv[1], sys.argv[2], workers=2, on_start=on_start, keep_results=False,
+                        max_frames=int(sys.argv[3]))
+    print(json.dumps({"done": report.frames_done}), flush=True)
+    """
+)
+
+LOOPBACK = ("127.0.0.1", "::ffff:127.0.0.1", "::1")
+
+
+def _survivors(psutil, pids, timeout_s):
+    deadline = time.time() + timeout_s
+    while True:
+        alive = [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+        if not alive or time.time() > deadline:
+            return alive
+        time.sleep(0.2)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("ending", ["exit", "sigkill"])
+def test_local_ray_listens_on_loopback_only_and_leaves_nothing(tiny, ending, tmp_path):
+    """`stream --workers 2` without --address: every listening socket of every process Ray starts
+    is on 127.0.0.1, and none of them outlive the driver (normal exit, or SIGKILL: gone within
+    10 s, where Ray alone leaves its agents for ~60 s)."""
+    pytest.importorskip("ray")
+    psutil = pytest.importorskip("psutil")
+    import signal
+
+    script = tmp_path / "driver.py"
+    script.write_text(_DRIVER)
+    video = tiny["video"]
+    if ending == "sigkill":  # a source that does not run out before the kill
+        video = tmp_path / "long.avi"
+        writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10, (SIZE, SIZE))
+        for i in range(1000):
+            writer.write(np.full((SIZE, SIZE, 3), i % 250, np.uint8))
+        writer.release()
+    driver = subprocess.Popen([sys.executable, str(script), str(video), str(tiny["weights"]), str(10**6)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = driver.stdout.readline()
+        assert line, driver.stderr.read()[-2000:]
+        started = json.loads(line)
+        assert len(started["pids"]) >= 4 and started["listening"]
+        open_to_network = [s for s in started["listening"] if s[1] not in LOOPBACK]
+        assert open_to_network == [], open_to_network
+        if ending == "sigkill":
+            driver.send_signal(signal.SIGKILL)
+        driver.wait(timeout=300)
+        assert _survivors(psutil, started["pids"], timeout_s=10) == []
+        if ending == "exit":
+            assert driver.returncode == 0
+            assert json.loads(driver.stdout.readline()) == {"done": FRAMES}
+    finally:
+        if driver.poll() is None:
+            driver.kill()

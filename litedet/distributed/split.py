@@ -855,14 +855,15 @@ def run_split(
     iou: float = 0.45,
     max_frames: int | None = None,
     warmup: int = 2,
+    ray_dashboard: bool = False,
 ) -> SplitRunReport:
     """Detect on ``source`` with the network split at ``cut`` (or ``plan.cut``) across two Ray
     nodes. ``address=None`` starts a local Ray with both custom resources on this machine (a
     simulation: give ``bandwidth`` to add the link delay). Returns per-frame detections and the
-    measured median network latency beside the plan's prediction."""
-    import ray
-
+    measured median network latency beside the plan's prediction. The local Ray listens on
+    127.0.0.1 only, with the dashboard and metrics export off unless ``ray_dashboard``."""
     from litedet.data.sources import open_source
+    from litedet.distributed.cluster import connect_ray, shutdown_ray
     from litedet.engine.predictor import Predictor
 
     if cut is None and plan is None:
@@ -878,14 +879,8 @@ def run_split(
     chosen = graph.check_cut(plan.cut if cut is None else cut)
     bandwidth_b = parse_bandwidth(bandwidth) if bandwidth is not None else None
     latency_s = parse_latency(latency)
-    started = False
-    if not ray.is_initialized():
-        if address is None:
-            ray.init(num_cpus=max(2, os.cpu_count() or 1), resources={device_a: 1, device_b: 1}, include_dashboard=False,
-                     log_to_driver=False, configure_logging=False)
-        else:
-            ray.init(address=address, log_to_driver=False, configure_logging=False)
-        started = True
+    ray, started = connect_ray(address, num_cpus=max(2, os.cpu_count() or 1), resources={device_a: 1, device_b: 1},
+                               dashboard=ray_dashboard)
     backend: SplitBackend | None = None
     try:
         config = network.config if hasattr(network, "config") else None
@@ -926,4 +921,4 @@ def run_split(
         if backend is not None:
             backend.close()
         if started:
-            ray.shutdown()
+            shutdown_ray(ray)

@@ -38,6 +38,7 @@ import numpy as np
 
 from litedet.config import write_text_atomic
 from litedet.data.sources import Frame, Source, open_source
+from litedet.distributed.cluster import connect_ray, shutdown_ray
 from litedet.engine.results import Detections
 
 LOGGER = logging.getLogger(__name__)
@@ -279,6 +280,7 @@ def run_stream(
     start_timeout_s: float = 120.0,
     progress: bool = False,
     on_start: Callable[["_RayPool"], None] | None = None,
+    ray_dashboard: bool = False,
 ) -> StreamReport:
     """Detect on every frame of ``source`` with ``workers`` model replicas; results in frame order.
 
@@ -293,6 +295,8 @@ def run_stream(
     ``max_frames`` stops after that many frames. With ``save_dir``: annotated images/videos,
     ``detections.json`` and ``summary.json``. ``on_result(frame, detections)`` is called in frame
     order. ``on_start(pool)`` is called once the actors are up (tests use it to reach them).
+    A local Ray listens on 127.0.0.1 only, with the dashboard and metrics export off unless
+    ``ray_dashboard`` (see ``litedet.distributed.cluster``).
     """
     if workers < 1:
         raise ValueError(f"--workers must be >= 1, got {workers}")
@@ -319,7 +323,7 @@ def run_stream(
         else:
             _run_on_ray(
                 opened, options, report, out_dir, on_result, keep_results, max_frames, progress, workers, address,
-                in_flight, worker_resources or {}, max_restarts, start_timeout_s, on_start,
+                in_flight, worker_resources or {}, max_restarts, start_timeout_s, on_start, ray_dashboard,
             )
     finally:
         opened.close()
@@ -481,24 +485,10 @@ class _RayPool:
         self.actors.clear()
 
 
-def _connect_ray(address: str | None, workers: int, threads: int) -> tuple[Any, bool]:
-    """Import Ray and connect; returns (ray, started_here)."""
-    try:
-        import ray
-    except ModuleNotFoundError:
-        raise ValueError("several stream workers need Ray: pip install 'litedet[distributed]' (or ray)") from None
-    if ray.is_initialized():
-        return ray, False
-    if address is None:
-        # Logical CPUs are a scheduling count: reserve enough for every replica on this machine.
-        cpus = max(os.cpu_count() or 1, workers * threads)
-        ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    else:
-        try:
-            ray.init(address=address, log_to_driver=False, configure_logging=False)
-        except ConnectionError as err:
-            raise ValueError(f"cannot reach a Ray cluster at --address {address!r}: {err}; start one with `ray start --head`") from None
-    return ray, True
+def _connect_ray(address: str | None, workers: int, threads: int, dashboard: bool = False) -> tuple[Any, bool]:
+    """Connect to Ray (see ``litedet.distributed.cluster``); returns (ray, started_here)."""
+    # Logical CPUs are a scheduling count: reserve enough for every replica on this machine.
+    return connect_ray(address, num_cpus=max(os.cpu_count() or 1, workers * threads), dashboard=dashboard)
 
 
 def _run_on_ray(
@@ -517,9 +507,10 @@ def _run_on_ray(
     max_restarts: int,
     start_timeout_s: float,
     on_start: Callable[[_RayPool], None] | None,
+    dashboard: bool = False,
 ) -> None:
     """Reader -> N actors -> in-order writer, with back-pressure and re-dispatch on actor death."""
-    ray, started = _connect_ray(address, workers, options.threads or 1)
+    ray, started = _connect_ray(address, workers, options.threads or 1, dashboard)
     report.mode = f"ray ({'local' if address is None else address})"
     pool: _RayPool | None = None
     writer = _Writer(report, out_dir, opened.fps, on_result, keep_results)
@@ -593,4 +584,4 @@ def _run_on_ray(
             report.workers = [pool.stats[i] for i in sorted(pool.stats)]
             pool.shutdown()
         if started:
-            ray.shutdown()
+            shutdown_ray(ray)
