@@ -61,6 +61,7 @@ PRECISION_ENGINES = {
 # bench --end-to-end's thresholds: what a deployed detector runs with
 LATENCY_CONF, LATENCY_IOU = 0.25, 0.45
 CACHE_VERSION = 1
+ENGINE_SHORT = {"onnxruntime": "ORT", "openvino": "OV", "ncnn": "ncnn", "torch": "torch"}
 
 
 # ------------------------------------------------------------------------------ parsing
@@ -259,14 +260,23 @@ class TuneData:
     calibration: str | None
     limit: int | None = None
 
+    def image_files(self) -> list[Path]:
+        """The validation image files in the annotation file's id order."""
+        gt = json.loads(self.annotations.read_text())
+        return [self.images / img["file_name"] for img in sorted(gt.get("images", []), key=lambda i: i["id"])]
+
+    def first_image(self) -> Path:
+        files = self.image_files()
+        if not files:
+            raise ValueError(f"{self.annotations}: no image listed")
+        return files[0]
+
     def latency_images(self, count: int) -> list[np.ndarray]:
         """The first ``count`` readable validation images (BGR), in the annotation file's id order."""
         from litedet.data.sources import read_image
 
-        gt = json.loads(self.annotations.read_text())
-        files = [self.images / img["file_name"] for img in sorted(gt.get("images", []), key=lambda i: i["id"])]
         frames = []
-        for file in files:
+        for file in self.image_files():
             try:
                 frames.append(read_image(file))
             except (OSError, ValueError):
@@ -581,11 +591,13 @@ class TuneResult:
     paths: dict[str, Path] = field(default_factory=dict)
     machine: dict[str, Any] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)  # measured now vs read from the cache
+    seconds: dict[str, float] = field(default_factory=dict)  # wall time per phase
 
     def to_dict(self) -> dict[str, Any]:
         return {"budget_ms": self.choice.budget_ms, "choice": self.choice.row, "message": self.choice.message,
                 "miss_ms": self.choice.miss_ms, "front": [r["key"] for r in self.front], "rows": self.rows,
-                "commands": self.commands, "notes": self.notes, "machine": self.machine, "counts": self.counts}
+                "commands": self.commands, "notes": self.notes, "machine": self.machine, "counts": self.counts,
+                "seconds": self.seconds}
 
 
 def _row(c: TuneCandidate) -> dict[str, Any]:
@@ -672,11 +684,14 @@ def tune(
         raise ValueError("int8 needs calibration images: give --data data.yaml (its train split calibrates) or --calib DIR")
     cache = TuneCache(cache_dir)
     machine = machine_tag()
+    seconds: dict[str, float] = {}
+    started = phase = time.perf_counter()
     if measurer is None:
         device = DeviceMeasurer(cache_dir, tune_data, runs=runs, warmup=warmup, budget_s=latency_budget_s,
                                 load_threshold=load_threshold, max_attempts=max_attempts, progress=progress)
         device.prepare([c for c in candidates if c.kind == "litedet"])
         measurer = device
+    seconds["export"], phase = time.perf_counter() - phase, time.perf_counter()
 
     rows = {c.key: _row(c) for c in candidates}
     by_key = {c.key: c for c in candidates}
@@ -689,6 +704,7 @@ def tune(
         for c in to_time:
             cache.entries["latency"][TuneCache.latency_key(c, machine)] = {**measured[c.key], "measured_at": stamp}
         cache.save()
+    seconds["latency"], phase = time.perf_counter() - phase, time.perf_counter()
     counts["latency_measured"] = len(to_time)
     counts["latency_cached"] = len(candidates) - len(to_time)
     for c in candidates:
@@ -727,6 +743,7 @@ def tune(
             score(row)
             row["accuracy"] = "scored"
     plan_accuracy(list(rows.values()), budget, whole_front, score)
+    seconds["accuracy"] = time.perf_counter() - phase
     for row in rows.values():
         row["within_budget"] = row["median_ms"] <= budget
     front = pareto_front(r for r in rows.values() if r["kind"] == "litedet")
@@ -736,7 +753,8 @@ def tune(
     if budget_peer is not None:
         notes += _goal_notes(list(rows.values()), choice, budget_peer)
     all_rows = sorted(rows.values(), key=lambda r: (r["kind"] != "peer", r["median_ms"]))
-    result = TuneResult(all_rows, front, choice, notes, counts=counts,
+    seconds["total"] = time.perf_counter() - started
+    result = TuneResult(all_rows, front, choice, notes, counts=counts, seconds=seconds,
                         machine=_machine(threads, budget_source))
     if out is not None:
         if choice.row is not None:
@@ -813,7 +831,7 @@ def deploy_commands(best: Path, c: TuneCandidate, data: TuneData) -> list[str]:
     import shlex
 
     precision = f" --precision {c.precision}" if c.precision == "bf16" else ""
-    source = data.images if str(data.images) != "/" else Path("path/to/images")
+    source = data.first_image().parent
     commands = [f"litedet detect --weights {shlex.quote(str(best))} --threads {c.threads}{precision} "
                 f"--source {shlex.quote(str(source))}"]
     if c.precision != "bf16" and c.engine != "torch":
@@ -871,7 +889,8 @@ def markdown_report(result: TuneResult, command: str | None = None) -> str:
               f"(median {float(np.median(loads)):.0f} %)." if loads else "Background load: not readable here.",
               f"Measured now / read from the cache: latency {result.counts.get('latency_measured', 0)} / "
               f"{result.counts.get('latency_cached', 0)}, accuracy {result.counts.get('accuracy_measured', 0)} / "
-              f"{result.counts.get('accuracy_cached', 0)}."]
+              f"{result.counts.get('accuracy_cached', 0)}.",
+              "Wall time: " + ", ".join(f"{name} {value / 60:.1f} min" for name, value in result.seconds.items()) + "."]
     if result.notes:
         lines += ["", "## Notes", "", *[f"- {n}" for n in result.notes]]
     return "\n".join(lines) + "\n"
@@ -896,7 +915,8 @@ def plot_pareto(result: TuneResult, path: Path) -> Path:
     ax.plot([r["median_ms"] for r in front], [r["map50_95"] for r in front], "-o", color="tab:blue", ms=5,
             label="Pareto front")
     for r in front:
-        ax.annotate(f"{r['model']}@{r['imgsz']} {r['engine'][:4]} {r['precision']}", (r["median_ms"], r["map50_95"]),
+        ax.annotate(f"{r['model']}@{r['imgsz']} {ENGINE_SHORT.get(r['engine'], r['engine'])} {r['precision']}",
+                    (r["median_ms"], r["map50_95"]),
                     fontsize=6, xytext=(3, -8), textcoords="offset points")
     for r in (r for r in result.rows if r["kind"] == "peer" and r["map50_95"] is not None):
         ax.scatter([r["median_ms"]], [r["map50_95"]], marker="*", s=120, color="tab:red", zorder=5)
@@ -907,6 +927,10 @@ def plot_pareto(result: TuneResult, path: Path) -> Path:
         ax.scatter([c["median_ms"]], [c["map50_95"]], s=160, facecolors="none", edgecolors="tab:green", linewidths=2,
                    zorder=6, label="chosen")
     ax.axvline(result.choice.budget_ms, color="tab:orange", ls="--", label=f"budget {result.choice.budget_ms:.2f} ms")
+    loads = [r["other_load"] for r in result.rows if r["other_load"] is not None]
+    load = f", other load {float(np.median(loads)):.0f} %" if loads else ""
+    ax.set_title(f"{result.machine.get('cpu', '')}, {'/'.join(map(str, result.machine.get('threads', [])))} threads"
+                 f"{load}", fontsize=9)
     ax.set_xlabel("end-to-end latency, median ms (this machine)")
     ax.set_ylabel("mAP50-95")
     ax.grid(alpha=0.3)
