@@ -6,10 +6,16 @@ keys are errors) and ``DataConfig.load_split`` reads one split, checking every l
 - boxes outside the image are clipped and counted;
 - degenerate boxes (width or height below ``min_box_size`` pixels after clipping) are dropped
   and counted;
-- an unknown class id, or a YOLO label line without exactly 5 numbers, is an error naming the
-  file and the line;
-- a missing or empty YOLO label file makes the image a background image (no boxes);
+- an unknown class id (negative, >= the number of names, fractional), or a YOLO label line
+  without exactly 5 numbers, is an error naming the file and the line;
+- a non-finite value (``nan``, ``inf``) in a label is an error: every such line of the split is
+  counted and the error names the first (file:line) and the count;
+- a box repeated exactly within one image (same class, same coordinates) is dropped and counted;
+- a missing or empty YOLO label file makes the image a background image (no boxes); a YOLO label
+  file without an image is counted as an orphan; a split without a single box is warned about;
 - an image that cannot be decoded (or is missing) is skipped and counted.
+
+Every problem with the user's files is a one-line ``litedet.errors.UserError``.
 
 Torch-free: numpy, PIL (image headers) and PyYAML only.
 
@@ -43,6 +49,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import math
 import os
 import re
 import xml.etree.ElementTree as ElementTree
@@ -52,7 +59,8 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
-import yaml
+
+from litedet.errors import UserError, load_yaml
 
 LOGGER = logging.getLogger(__name__)
 
@@ -102,8 +110,12 @@ class LabelStats:
     difficult: int = 0
     corrupt: int = 0
     missing: int = 0
+    duplicates: int = 0
+    orphans: int = 0
+    nonfinite: list[str] = field(default_factory=list)  # "file:line" (or "file: annotation #i") of each
     per_class: Counter = field(default_factory=Counter)
     skipped_files: list[str] = field(default_factory=list)
+    orphan_files: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -164,7 +176,7 @@ def expand_env(text: str, source: str = "dataset YAML") -> str:
             return value
         if default is not None:
             return default
-        raise ValueError(f"{source}: environment variable {name} is not set (set it or write ${{{name}:-default}})")
+        raise UserError(f"{source}: environment variable {name} is not set (set it or write ${{{name}:-default}})")
 
     return _ENV_PATTERN.sub(replace, text)
 
@@ -172,15 +184,16 @@ def expand_env(text: str, source: str = "dataset YAML") -> str:
 def _parse_names(raw: Any, source: str) -> list[str]:
     if isinstance(raw, dict):
         try:
-            keys = sorted(int(k) for k in raw)
-        except (TypeError, ValueError):
-            raise ValueError(f"{source}: 'names' keys must be class ids 0..K-1, got {list(raw)}") from None
-        if keys != list(range(len(keys))):
-            raise ValueError(f"{source}: 'names' ids must be 0..{len(keys) - 1} without gaps, got {keys}")
-        return [str(raw[k] if k in raw else raw[str(k)]) for k in keys]
+            by_id = {int(k): v for k, v in raw.items()}
+        except (TypeError, ValueError, OverflowError):
+            raise UserError(f"{source}: 'names' keys must be class ids 0..K-1, got {list(raw)}"[:300]) from None
+        keys = sorted(by_id)
+        if len(by_id) != len(raw) or keys != list(range(len(keys))):
+            raise UserError(f"{source}: 'names' ids must be 0..{len(raw) - 1} without gaps or repeats, got {list(raw)}"[:300])
+        return [str(by_id[k]) for k in keys]
     if isinstance(raw, (list, tuple)) and all(isinstance(n, (str, int)) for n in raw):
         return [str(n) for n in raw]
-    raise ValueError(f"{source}: 'names' must be a list or a {{id: name}} mapping, got {type(raw).__name__}")
+    raise UserError(f"{source}: 'names' must be a list or a {{id: name}} mapping, got {type(raw).__name__}")
 
 
 @dataclass
@@ -199,7 +212,7 @@ class DataConfig:
     def load_split(self, split: str, min_box_size: float = 1.0, progress: bool = False) -> DetectionDataset:
         """Read and check one split (``train``, ``val`` or ``test``)."""
         if split not in self.splits:
-            raise ValueError(f"{self.source}: no '{split}' split (has {sorted(self.splits)})")
+            raise UserError(f"{self.source}: no '{split}' split (has {sorted(self.splits)})")
         if self.format == "yolo":
             assert self.names is not None
             dataset = _load_yolo(self.splits[split], self.names, min_box_size, progress)
@@ -209,11 +222,19 @@ class DataConfig:
             assert self.names is not None and self.images is not None and self.annotations is not None
             dataset = _load_voc(self.splits[split], self.images, self.annotations, self.names, min_box_size, progress)
         dataset.split = split
-        if not dataset.samples:
-            raise ValueError(
-                f"{self.source}: split '{split}' has no usable images "
-                f"({dataset.stats.corrupt} corrupt, {dataset.stats.missing} missing) in {', '.join(dataset.sources)}"
+        stats = dataset.stats
+        if stats.nonfinite:
+            raise UserError(
+                f"{stats.nonfinite[0]}: a label has a non-finite value (nan or inf); {len(stats.nonfinite)} such "
+                f"label(s) in split '{split}' of {self.source}; fix or delete them"
             )
+        if not dataset.samples:
+            raise UserError(
+                f"{self.source}: split '{split}' has no usable images "
+                f"({stats.corrupt} corrupt, {stats.missing} missing) in {', '.join(dataset.sources)}"
+            )
+        for warning in split_warnings(dataset):
+            LOGGER.warning("%s: %s", self.source, warning)
         return dataset
 
     def coco_names(self) -> list[str]:
@@ -224,12 +245,11 @@ class DataConfig:
         categories: dict[int, str] = {}
         for entries in self.splits.values():
             for _, annotations in entries:
-                for category in _read_coco_json(annotations).get("categories", []):
-                    cid, name = int(category["id"]), str(category["name"])
+                for cid, name in _coco_categories(_read_coco_json(annotations), annotations).items():
                     if categories.setdefault(cid, name) != name:
-                        raise ValueError(f"{annotations}: category id {cid} is {name!r} here but {categories[cid]!r} elsewhere")
+                        raise UserError(f"{annotations}: category id {cid} is {name!r} here but {categories[cid]!r} elsewhere")
         if not categories:
-            raise ValueError(f"{self.source}: the COCO json files list no categories")
+            raise UserError(f"{self.source}: the COCO json files list no categories")
         self.names = [categories[cid] for cid in sorted(categories)]
         return self.names
 
@@ -237,32 +257,29 @@ class DataConfig:
 def load_data_config(path: str | os.PathLike) -> DataConfig:
     """Parse and check a dataset YAML (see the module docstring for the three layouts)."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"dataset YAML not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ValueError(f"{path}: not valid YAML ({err})") from None
+    data = load_yaml(path, "dataset YAML")
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: a dataset YAML must be a mapping with 'train', 'val' and 'names'")
+        raise UserError(f"{path}: a dataset YAML must be a mapping with 'train', 'val' and 'names'")
     source = str(path)
     fmt = str(data.get("format", "yolo")).lower()
     if fmt not in FORMATS:
-        raise ValueError(f"{path}: format must be one of {list(FORMATS)}, got {data.get('format')!r}")
+        raise UserError(f"{path}: format must be one of {list(FORMATS)}, got {data.get('format')!r}")
     unknown = sorted(set(data) - _FORMAT_KEYS[fmt])
     if unknown:
-        raise ValueError(f"{path}: unknown keys {unknown} for format '{fmt}' (allowed: {sorted(_FORMAT_KEYS[fmt])})")
+        raise UserError(f"{path}: unknown keys {unknown} for format '{fmt}' (allowed: {sorted(_FORMAT_KEYS[fmt])})")
     for key in ("train", "val"):
         if key not in data or data[key] in (None, ""):
-            raise ValueError(f"{path}: missing key '{key}'")
+            raise UserError(f"{path}: missing key '{key}'")
     if fmt in ("yolo", "voc") and "names" not in data:
-        raise ValueError(f"{path}: missing key 'names' (class names in class-id order)")
+        raise UserError(f"{path}: missing key 'names' (class names in class-id order)")
     if fmt == "voc":
         for key in ("images", "annotations"):
             if key not in data:
-                raise ValueError(f"{path}: missing key '{key}' (a folder, relative to 'path')")
+                raise UserError(f"{path}: missing key '{key}' (a folder, relative to 'path')")
 
     root_text = expand_env(str(data.get("path", ".")), source)
+    if "\0" in root_text:
+        raise UserError(f"{path}: 'path' contains a NUL character")
     root = Path(root_text).expanduser()
     if not root.is_absolute():
         root = (path.parent / root).resolve()
@@ -270,14 +287,14 @@ def load_data_config(path: str | os.PathLike) -> DataConfig:
         raise FileNotFoundError(f"{path}: dataset path {root} does not exist")
 
     names = _parse_names(data["names"], source) if "names" in data else None
-    if names is not None and "nc" in data and int(data["nc"]) != len(names):
-        raise ValueError(f"{path}: nc={data['nc']} but {len(names)} names are given")
+    if names is not None and "nc" in data and (isinstance(data["nc"], bool) or data["nc"] != len(names)):
+        raise UserError(f"{path}: nc={data['nc']} but {len(names)} names are given")
     if names is not None and not names:
-        raise ValueError(f"{path}: 'names' is empty")
+        raise UserError(f"{path}: 'names' is empty")
 
     def resolve(value: Any, what: str) -> Path:
-        if not isinstance(value, str) or not value:
-            raise ValueError(f"{path}: {what} must be a path string, got {value!r}")
+        if not isinstance(value, str) or not value or "\0" in value:
+            raise UserError(f"{path}: {what} must be a path string, got {value!r}"[:300])
         resolved = Path(expand_env(value, source)).expanduser()
         resolved = resolved if resolved.is_absolute() else root / resolved
         if not resolved.exists():
@@ -297,7 +314,7 @@ def load_data_config(path: str | os.PathLike) -> DataConfig:
         for entry in entries:
             if fmt == "coco":
                 if not isinstance(entry, dict) or set(entry) != {"images", "annotations"}:
-                    raise ValueError(f"{path}: each COCO '{split}' entry needs exactly 'images' and 'annotations', got {entry!r}")
+                    raise UserError(f"{path}: each COCO '{split}' entry needs exactly 'images' and 'annotations', got {entry!r}")
                 resolved_entries.append((resolve(entry["images"], f"'{split}.images'"),
                                          resolve(entry["annotations"], f"'{split}.annotations'")))
             else:
@@ -404,29 +421,49 @@ def _list_images(entry: Path) -> list[Path]:
     return images
 
 
-def read_yolo_labels(label_file: Path, num_classes: int, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """Boxes (xyxy pixels, unclipped) and class ids of one YOLO label file. A line without
-    exactly 5 numbers or with a class id outside 0..num_classes-1 is an error naming file:line."""
+def read_yolo_labels(label_file: Path, num_classes: int, size: tuple[int, int],
+                     stats: LabelStats | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Boxes (xyxy pixels, unclipped) and class ids of one YOLO label file.
+
+    A line without exactly 5 numbers or with a class id outside 0..num_classes-1 is a
+    ``UserError`` naming file:line. A line with a non-finite value is left out and recorded in
+    ``stats.nonfinite`` (an error right away without ``stats``); an exact repeat of an earlier
+    line is left out and counted in ``stats.duplicates``."""
     height, width = size
     boxes, classes = [], []
-    for number, line in enumerate(label_file.read_text().splitlines(), start=1):
+    seen: set[tuple[float, ...]] = set()
+    try:
+        text = label_file.read_text()
+    except UnicodeDecodeError as err:
+        raise UserError(f"{label_file}: not a YOLO label file (not UTF-8 text: {err.reason} at byte {err.start})") from None
+    for number, line in enumerate(text.splitlines(), start=1):
         fields = line.split()
         if not fields:
             continue
         if len(fields) != 5:
-            raise ValueError(
-                f"{label_file}:{number}: expected 5 numbers 'class cx cy w h', got {len(fields)}: {line.strip()!r}"
+            raise UserError(
+                f"{label_file}:{number}: expected 5 numbers 'class cx cy w h', got {len(fields)}: {line.strip()[:80]!r}"
             )
         try:
             values = [float(v) for v in fields]
         except ValueError:
-            raise ValueError(f"{label_file}:{number}: not numbers: {line.strip()!r}") from None
+            raise UserError(f"{label_file}:{number}: not numbers: {line.strip()[:80]!r}") from None
+        if not all(math.isfinite(v) for v in values):
+            if stats is None:
+                raise UserError(f"{label_file}:{number}: non-finite value in {line.strip()[:80]!r}; labels need finite numbers")
+            stats.nonfinite.append(f"{label_file}:{number}")
+            continue
         cls = values[0]
         if cls != int(cls) or not 0 <= cls < num_classes:
-            raise ValueError(
-                f"{label_file}:{number}: class id {fields[0]} is not in 0..{num_classes - 1} "
+            raise UserError(
+                f"{label_file}:{number}: class id {fields[0][:20]} is not in 0..{num_classes - 1} "
                 f"({num_classes} names in the dataset YAML)"
             )
+        if tuple(values) in seen:  # the same box twice would count twice in training and in mAP
+            if stats is not None:
+                stats.duplicates += 1
+            continue
+        seen.add(tuple(values))
         cx, cy, w, h = values[1:]
         boxes.append([(cx - w / 2) * width, (cy - h / 2) * height, (cx + w / 2) * width, (cy + h / 2) * height])
         classes.append(int(cls))
@@ -437,6 +474,7 @@ def _load_yolo(entries: list[Path], names: list[str], min_box_size: float, progr
     stats = LabelStats()
     samples: list[Sample] = []
     images = [image for entry in entries for image in _list_images(entry)]
+    _count_orphans(entries, images, stats)
     for image in _iter_progress(images, progress, "checking labels"):
         if not image.is_file():
             _skip(stats, image, missing=True)
@@ -447,11 +485,27 @@ def _load_yolo(entries: list[Path], names: list[str], min_box_size: float, progr
             continue
         label_file = yolo_label_path(image)
         if label_file.is_file():
-            boxes, classes = read_yolo_labels(label_file, len(names), size)
+            boxes, classes = read_yolo_labels(label_file, len(names), size, stats)
         else:  # no label file: a background image, as ultralytics treats it
             boxes, classes = np.zeros((0, 4), np.float32), np.zeros(0, np.int64)
         _add_sample(samples, stats, image, boxes, classes, size, min_box_size)
     return DetectionDataset(samples, list(names), stats, sources=[str(e) for e in entries])
+
+
+def _count_orphans(entries: list[Path], images: list[Path], stats: LabelStats) -> None:
+    """Label files under the labels folder of an image folder that belong to no image (a renamed
+    or deleted image, or labels copied into the wrong split)."""
+    expected = {yolo_label_path(image) for image in images}
+    for entry in entries:
+        if not entry.is_dir():
+            continue
+        labels_dir = yolo_label_path(entry / "_.jpg").parent
+        if not labels_dir.is_dir():
+            continue
+        for label_file in sorted(labels_dir.rglob("*.txt")):
+            if label_file not in expected and label_file.name != "classes.txt":
+                stats.orphans += 1
+                stats.orphan_files.append(str(label_file))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -461,11 +515,41 @@ def _load_yolo(entries: list[Path], names: list[str], min_box_size: float, progr
 def _read_coco_json(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path}: not a COCO json ({err})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
+        raise UserError(f"{path}: not a COCO json ({err})") from None
     if not isinstance(data, dict) or "images" not in data or "annotations" not in data:
-        raise ValueError(f"{path}: not a COCO instances json (needs 'images' and 'annotations')")
+        raise UserError(f"{path}: not a COCO instances json (needs 'images' and 'annotations')")
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(data.get(key, []), list) or not all(isinstance(v, dict) for v in data.get(key, [])):
+            raise UserError(f"{path}: '{key}' must be a list of objects")
     return data
+
+
+def _coco_id(value: Any, path: Path, what: str) -> int:
+    """An integer id (``3`` or ``3.0``); anything else is a UserError naming the record."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value != int(value):
+        raise UserError(f"{path}: {what} must be an integer id, got {value!r}"[:300])
+    return int(value)
+
+
+def _coco_categories(data: dict[str, Any], path: Path) -> dict[int, str]:
+    categories = {}
+    for number, category in enumerate(data.get("categories", [])):
+        if "id" not in category or "name" not in category:
+            raise UserError(f"{path}: category #{number} needs 'id' and 'name'")
+        categories[_coco_id(category["id"], path, f"category #{number} 'id'")] = str(category["name"])
+    return categories
+
+
+def _coco_bbox(annotation: dict[str, Any], path: Path, number: int) -> list[float] | None:
+    """[x, y, w, h] of an annotation; None when a value is non-finite (the caller counts it)."""
+    bbox = annotation.get("bbox")
+    if not isinstance(bbox, list) or len(bbox) != 4 or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in bbox):
+        raise UserError(f"{path}: annotation #{number} (id {annotation.get('id')!r}) needs 'bbox' [x, y, w, h], "
+                        f"got {bbox!r}"[:300])
+    values = [float(v) for v in bbox]
+    return values if all(math.isfinite(v) for v in values) else None
 
 
 def _load_coco(entries: list[tuple[Path, Path]], names: list[str], min_box_size: float, progress: bool) -> DetectionDataset:
@@ -473,24 +557,32 @@ def _load_coco(entries: list[tuple[Path, Path]], names: list[str], min_box_size:
     samples: list[Sample] = []
     for images_dir, json_path in entries:
         data = _read_coco_json(json_path)
-        categories = {int(c["id"]): str(c["name"]) for c in data.get("categories", [])}
+        categories = _coco_categories(data, json_path)
         # Contiguous ids: names are in sorted category-id order (DataConfig.coco_names).
         by_name = {name: index for index, name in enumerate(names)}
         to_index: dict[int, int] = {}
         for cid, name in categories.items():
             if name not in by_name:
-                raise ValueError(f"{json_path}: category {cid} {name!r} is not among the dataset names {names}")
+                raise UserError(f"{json_path}: category {cid} {name!r} is not among the dataset names {names}")
             to_index[cid] = by_name[name]
         per_image: dict[int, list[dict[str, Any]]] = {}
         for number, annotation in enumerate(data["annotations"]):
-            cid = int(annotation.get("category_id", -1))
+            cid = _coco_id(annotation.get("category_id", -1), json_path, f"annotation #{number} 'category_id'")
             if cid not in to_index:
-                raise ValueError(
-                    f"{json_path}: annotation #{number} (id {annotation.get('id')}) has category_id {cid}, "
-                    f"which is not in 'categories' {sorted(categories)}"
+                raise UserError(
+                    f"{json_path}: annotation #{number} (id {annotation.get('id')!r}) has category_id {cid}, "
+                    f"which is not in 'categories' {sorted(categories)}"[:300]
                 )
-            per_image.setdefault(int(annotation["image_id"]), []).append(annotation)
-        for record in _iter_progress(data["images"], progress, f"checking {json_path.name}"):
+            image_id = _coco_id(annotation.get("image_id"), json_path, f"annotation #{number} 'image_id'")
+            bbox = _coco_bbox(annotation, json_path, number)
+            if bbox is None:
+                stats.nonfinite.append(f"{json_path}: annotation #{number} (id {annotation.get('id')!r})")
+                continue
+            per_image.setdefault(image_id, []).append({**annotation, "bbox": bbox})
+        for number, record in enumerate(_iter_progress(data["images"], progress, f"checking {json_path.name}")):
+            if not isinstance(record.get("file_name"), str) or not record["file_name"]:
+                raise UserError(f"{json_path}: image #{number} needs a 'file_name' string")
+            record_id = _coco_id(record.get("id"), json_path, f"image #{number} 'id'")
             image = images_dir / record["file_name"]
             if not image.is_file():
                 _skip(stats, image, missing=True)
@@ -500,13 +592,19 @@ def _load_coco(entries: list[tuple[Path, Path]], names: list[str], min_box_size:
                 _skip(stats, image, missing=False)
                 continue
             boxes, classes = [], []
-            for annotation in per_image.get(int(record["id"]), []):
+            seen: set[tuple[float, ...]] = set()
+            for annotation in per_image.get(record_id, []):
                 if annotation.get("iscrowd", 0):  # crowd regions are not boxes to learn
                     stats.crowd += 1
                     continue
-                x, y, w, h = (float(v) for v in annotation["bbox"])
+                x, y, w, h = annotation["bbox"]
+                cls = to_index[int(annotation["category_id"])]
+                if (cls, x, y, w, h) in seen:
+                    stats.duplicates += 1
+                    continue
+                seen.add((cls, x, y, w, h))
                 boxes.append([x, y, x + w, y + h])
-                classes.append(to_index[int(annotation["category_id"])])
+                classes.append(cls)
             _add_sample(samples, stats, image, np.asarray(boxes, np.float32), np.asarray(classes, np.int64),
                         size, min_box_size)
     return DetectionDataset(samples, list(names), stats, sources=[str(j) for _, j in entries],
@@ -524,23 +622,27 @@ def _read_split_list(path: Path) -> list[str]:
         with open(path, newline="") as handle:
             reader = csv.DictReader(handle)
             if reader.fieldnames is None or "filename" not in reader.fieldnames:
-                raise ValueError(f"{path}: a split csv needs a 'filename' column, got {reader.fieldnames}")
+                raise UserError(f"{path}: a split csv needs a 'filename' column, got {reader.fieldnames}")
             stems = [Path(row["filename"]).stem for row in reader if row.get("filename")]
     else:
         stems = [line.split()[0] for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
     return list(dict.fromkeys(stems))
 
 
-def read_voc_xml(path: Path, names: list[str]) -> tuple[str | None, np.ndarray, np.ndarray, int]:
+def read_voc_xml(path: Path, names: list[str], stats: LabelStats | None = None,
+                 ) -> tuple[str | None, np.ndarray, np.ndarray, int]:
     """(filename, boxes xyxy pixels, class ids, number of 'difficult' objects left out) of one
-    VOC annotation. An object whose name is not in ``names`` is an error naming file and line."""
+    VOC annotation. An object whose name is not in ``names``, or without a numeric bndbox, is a
+    ``UserError`` naming file and line; non-finite coordinates go to ``stats.nonfinite`` (an error
+    without ``stats``) and exact repeats of an object to ``stats.duplicates``."""
     try:
         root = ElementTree.parse(path).getroot()
-    except ElementTree.ParseError as err:
-        raise ValueError(f"{path}: not a Pascal VOC xml ({err})") from None
+    except (ElementTree.ParseError, UnicodeDecodeError, ValueError) as err:
+        raise UserError(f"{path}: not a Pascal VOC xml ({err})") from None
     text = path.read_text(errors="replace")  # to name the line of each <object> in errors
     filename = root.findtext("filename")
     boxes, classes, difficult = [], [], 0
+    seen: set[tuple[Any, ...]] = set()
     search_from = 0
     for index, obj in enumerate(root.iter("object")):
         name = (obj.findtext("name") or "").strip()
@@ -548,7 +650,7 @@ def read_voc_xml(path: Path, names: list[str]) -> tuple[str | None, np.ndarray, 
         search_from = position + 1 if position >= 0 else search_from
         line = text.count("\n", 0, position) + 1 if position >= 0 else 0
         if name not in names:
-            raise ValueError(f"{path}:{line}: object #{index} has class {name!r}, not among the dataset names {names}")
+            raise UserError(f"{path}:{line}: object #{index} has class {name[:40]!r}, not among the dataset names {names}"[:300])
         if (obj.findtext("difficult") or "0").strip() == "1":  # VOC evaluation ignores these too
             difficult += 1
             continue
@@ -556,7 +658,17 @@ def read_voc_xml(path: Path, names: list[str]) -> tuple[str | None, np.ndarray, 
         try:
             coords = [float(box.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax")]  # type: ignore[union-attr, arg-type]
         except (AttributeError, TypeError, ValueError):
-            raise ValueError(f"{path}:{line}: object #{index} has no valid bndbox xmin/ymin/xmax/ymax") from None
+            raise UserError(f"{path}:{line}: object #{index} has no valid bndbox xmin/ymin/xmax/ymax") from None
+        if not all(math.isfinite(v) for v in coords):
+            if stats is None:
+                raise UserError(f"{path}:{line}: object #{index} has a non-finite bndbox {coords}")
+            stats.nonfinite.append(f"{path}:{line}")
+            continue
+        if (name, *coords) in seen:
+            if stats is not None:
+                stats.duplicates += 1
+            continue
+        seen.add((name, *coords))
         boxes.append(coords)
         classes.append(names.index(name))
     return filename, np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(classes, np.int64), difficult
@@ -582,7 +694,7 @@ def _load_voc(entries: list[Path], images_dir: Path, annotations_dir: Path, name
     for stem in _iter_progress(stems, progress, "checking labels"):
         xml_path = annotations_dir / f"{stem}.xml"
         if xml_path.is_file():
-            filename, boxes, classes, difficult = read_voc_xml(xml_path, names)
+            filename, boxes, classes, difficult = read_voc_xml(xml_path, names, stats)
             stats.difficult += difficult
         else:  # no annotation: a background image
             filename, boxes, classes = None, np.zeros((0, 4), np.float32), np.zeros(0, np.int64)
@@ -602,15 +714,32 @@ def _load_voc(entries: list[Path], images_dir: Path, annotations_dir: Path, name
 # summary
 
 
+def split_warnings(dataset: DetectionDataset) -> list[str]:
+    """One line per thing in a checked split a person should look at before training on it."""
+    stats, warnings = dataset.stats, []
+    if stats.boxes == 0:
+        warnings.append(
+            f"split '{dataset.split}' has no boxes: all {stats.images} images are background "
+            f"(empty or missing labels in {', '.join(dataset.sources)}?); a detector trained on it finds nothing"
+        )
+    if stats.duplicates:
+        warnings.append(f"split '{dataset.split}': {stats.duplicates} repeated box(es) dropped (same class and coordinates)")
+    if stats.orphans:
+        first = stats.orphan_files[0]
+        warnings.append(f"split '{dataset.split}': {stats.orphans} label file(s) without an image, e.g. {first}")
+    return warnings
+
+
 def summary_table(datasets: Sequence[DetectionDataset], max_classes: int = 10) -> str:
     """A plain-text table of what the label checks found, one row per split, then the most
-    frequent classes."""
-    header = ("split", "images", "background", "boxes", "clipped", "degenerate", "crowd", "difficult", "corrupt", "missing")
+    frequent classes and a ``warning:`` line for each thing to look at (``split_warnings``)."""
+    header = ("split", "images", "background", "boxes", "clipped", "degenerate", "duplicate", "crowd", "difficult",
+              "corrupt", "missing", "orphan labels")
     rows = [header]
     for dataset in datasets:
         s = dataset.stats
-        rows.append((dataset.split, s.images, s.backgrounds, s.boxes, s.clipped, s.degenerate, s.crowd, s.difficult,
-                     s.corrupt, s.missing))
+        rows.append((dataset.split, s.images, s.backgrounds, s.boxes, s.clipped, s.degenerate, s.duplicates, s.crowd,
+                     s.difficult, s.corrupt, s.missing, s.orphans))
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(header))]
     lines = ["  ".join(str(v).rjust(w) if i else str(v).ljust(w) for i, (v, w) in enumerate(zip(row, widths)))
              for row in rows]
@@ -627,4 +756,5 @@ def summary_table(datasets: Sequence[DetectionDataset], max_classes: int = 10) -
     for dataset in datasets:
         for path in dataset.stats.skipped_files[:5]:
             lines.append(f"skipped ({dataset.split}): {path}")
+        lines += [f"warning: {warning}" for warning in split_warnings(dataset)]
     return "\n".join(lines)
