@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from litedet.errors import UserError
 
 CONFIG_VERSION = 1
 
@@ -28,6 +31,44 @@ COCO_NAMES: tuple[str, ...] = (
     "microwave", "oven", "toaster", "sink", "refrigerator", "book", "clock", "vase", "scissors",
     "teddy bear", "hair drier", "toothbrush",
 )
+
+HEADS = ("yolo", "ssdlite")
+# The head of each family of registry names (litedet.models.zoo); a config that names another
+# head for such a model belongs to a different model or was edited, and would decode nonsense.
+_HEAD_OF_FAMILY = {"ssdlite-": "ssdlite", "v5lite-": "yolo", "yolo-": "yolo"}
+
+
+def expected_head(model: str) -> str | None:
+    """The head a registry model of this name has, or None for a name outside the known families."""
+    return next((head for prefix, head in _HEAD_OF_FAMILY.items() if model.startswith(prefix)), None)
+
+
+def _show(value: Any) -> str:
+    return repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+
+
+def _integer(value: Any, name: str, low: int | None = None, high: int | None = None) -> int:
+    """An int (or an integral float such as 640.0); anything else is a ValueError naming the field."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value != int(value):
+        raise ValueError(f"{name} must be an integer, got {_show(value)}")
+    value = int(value)
+    if (low is not None and value < low) or (high is not None and value > high):
+        raise ValueError(f"{name} must be in {low}..{'' if high is None else high}, got {value}")
+    return value
+
+
+def _boolean(value: Any, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be true or false, got {_show(value)}")
+    return value
+
+
+def _numbers(values: Any, name: str, count: int) -> tuple[float, ...]:
+    if (not isinstance(values, (list, tuple)) or len(values) != count
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values)):
+        raise ValueError(f"{name} must be {count} finite numbers, got {_show(values)}")
+    return tuple(float(v) for v in values)
+
 
 # YOLOv5 COCO anchors in input pixels, one row of (w, h) pairs per level P3/8, P4/16, P5/32.
 YOLOV5_ANCHORS: tuple[tuple[tuple[int, int], ...], ...] = (
@@ -56,10 +97,13 @@ class Preprocess:
     def __post_init__(self) -> None:
         if self.resize not in ("letterbox", "resize"):
             raise ValueError(f"preprocess.resize must be 'letterbox' or 'resize', got {self.resize!r}")
+        self.pad_value = _integer(self.pad_value, "preprocess.pad_value", 0, 255)
+        self.center = _boolean(self.center, "preprocess.center")
+        self.rgb = _boolean(self.rgb, "preprocess.rgb")
+        self.mean = _numbers(self.mean, "preprocess.mean", 3)  # type: ignore[assignment]
+        self.std = _numbers(self.std, "preprocess.std", 3)  # type: ignore[assignment]
         if any(s == 0 for s in self.std):
             raise ValueError(f"preprocess.std must not contain 0, got {self.std}")
-        self.mean = tuple(float(v) for v in self.mean)  # type: ignore[assignment]
-        self.std = tuple(float(v) for v in self.std)  # type: ignore[assignment]
 
 
 @dataclass
@@ -91,15 +135,46 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if isinstance(self.preprocess, dict):
             self.preprocess = Preprocess(**self.preprocess)
-        self.input_size = tuple(int(v) for v in self.input_size)  # type: ignore[assignment]
-        if len(self.input_size) != 2 or min(self.input_size) <= 0:
-            raise ValueError(f"input_size must be (height, width) > 0, got {self.input_size}")
-        if self.num_classes <= 0:
-            raise ValueError(f"num_classes must be > 0, got {self.num_classes}")
+        if not isinstance(self.preprocess, Preprocess):
+            raise ValueError(f"preprocess must be a mapping, got {_show(self.preprocess)}")
+        if not isinstance(self.model, str) or not self.model:
+            raise ValueError(f"model must be a registry name, got {_show(self.model)}")
+        self.num_classes = _integer(self.num_classes, "num_classes", 1)
+        if not isinstance(self.names, (list, tuple)) or not all(isinstance(n, str) for n in self.names):
+            raise ValueError(f"names must be a list of strings, got {_show(self.names)}")
+        self.names = list(self.names)
         if len(self.names) != self.num_classes:
             raise ValueError(f"{len(self.names)} class names given for num_classes={self.num_classes}")
+        if not isinstance(self.input_size, (list, tuple)) or len(self.input_size) != 2:
+            raise ValueError(f"input_size must be [height, width], got {_show(self.input_size)}")
+        self.input_size = tuple(_integer(v, "input_size", 1) for v in self.input_size)  # type: ignore[assignment]
+        if not isinstance(self.strides, (list, tuple)):
+            raise ValueError(f"strides must be a list of integers, got {_show(self.strides)}")
+        self.strides = [_integer(v, "strides", 1) for v in self.strides]
+        if not isinstance(self.anchors, (list, tuple)) or not all(isinstance(level, (list, tuple)) for level in self.anchors):
+            raise ValueError(f"anchors must be a list of levels of [w, h] pairs, got {_show(self.anchors)}")
+        self.anchors = [[list(_numbers(pair, "anchors", 2)) for pair in level] for level in self.anchors]
+        if self.head not in HEADS:
+            raise ValueError(f"head must be one of {list(HEADS)}, got {_show(self.head)}")
+        expected = expected_head(self.model)
+        if expected is not None and expected != self.head:
+            raise ValueError(
+                f"head {self.head!r} contradicts model {self.model!r}, which has a {expected!r} head "
+                "(this config belongs to another model or was edited)"
+            )
         if self.head == "yolo" and len(self.anchors) != len(self.strides):
             raise ValueError(f"{len(self.anchors)} anchor levels for {len(self.strides)} strides")
+        if not isinstance(self.output_names, (list, tuple)) or not all(isinstance(n, str) for n in self.output_names):
+            raise ValueError(f"output_names must be a list of strings, got {_show(self.output_names)}")
+        self.output_names = list(self.output_names)
+        self.dynamic = _boolean(self.dynamic, "dynamic")
+        self.nms_in_graph = _boolean(self.nms_in_graph, "nms_in_graph")
+        for name in ("precision", "source"):
+            if not isinstance(getattr(self, name), str):
+                raise ValueError(f"{name} must be a string, got {_show(getattr(self, name))}")
+        if not isinstance(self.extra, dict):
+            raise ValueError(f"extra must be a mapping, got {_show(self.extra)}")
+        self.version = _integer(self.version, "version", 1)
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -111,14 +186,14 @@ class ModelConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ValueError(f"{source}: unknown model config keys {unknown}")
+            raise UserError(f"{source}: unknown model config keys {unknown}"[:300])
         missing = [k for k in ("model", "num_classes", "names", "input_size") if k not in data]
         if missing:
-            raise ValueError(f"{source}: model config is missing {missing}")
+            raise UserError(f"{source}: model config is missing {missing}")
         try:
             return cls(**data)
-        except TypeError as err:
-            raise ValueError(f"{source}: bad model config: {err}") from None
+        except (TypeError, ValueError) as err:  # TypeError: unknown keys in 'preprocess'
+            raise UserError(f"{source}: bad model config: {err}") from None
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the JSON atomically (temp file + rename)."""
@@ -133,10 +208,10 @@ class ModelConfig:
             raise FileNotFoundError(f"model config not found: {path}")
         try:
             data = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise ValueError(f"{path}: not a litedet model config (invalid JSON: {err})") from None
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
+            raise UserError(f"{path}: not a litedet model config (invalid JSON: {err})") from None
         if not isinstance(data, dict):
-            raise ValueError(f"{path}: not a litedet model config (expected a JSON object)")
+            raise UserError(f"{path}: not a litedet model config (expected a JSON object)")
         return cls.from_dict(data, source=str(path))
 
 
