@@ -178,7 +178,7 @@ def enumerate_candidates(
     """Every checkpoint x size x engine x precision x threads this machine supports; what is left
     out (a size that is not a stride multiple, bf16 without CPU support, a precision an engine does
     not run) is said once in ``notes``."""
-    from litedet.config import find_config
+    from litedet.config import find_config, sidecar_path
     from litedet.runtime import ENGINES
 
     notes = notes if notes is not None else []
@@ -212,8 +212,6 @@ def enumerate_candidates(
         off = [s for s in sizes if s % stride]
         if off:
             notes.append(f"{path.name}: sizes {off} skipped (not multiples of its stride {stride})")
-        from litedet.config import sidecar_path
-
         tag = file_hash(path, sidecar_path(path))
         for size in (s for s in sizes if s % stride == 0):
             for engine in engines:
@@ -549,31 +547,40 @@ def choose(rows: Sequence[dict[str, Any]], budget_ms: float) -> Choice:
 
 
 def plan_accuracy(rows: Sequence[dict[str, Any]], budget_ms: float, whole_front: bool,
-                  score: Callable[[dict[str, Any]], float | None]) -> None:
+                  score: Callable[[dict[str, Any]], float | None],
+                  on_visit: Callable[[dict[str, Any]], None] | None = None) -> None:
     """Score, in order of latency, only rows that can still be on the front (and under the budget
     unless ``whole_front``); ``score(row)`` measures (or reads from the cache) and returns mAP50-95.
-    Sets ``row["accuracy"]`` to why a row was or was not scored."""
+    Sets ``row["accuracy"]`` to why a row was or was not scored; ``on_visit(row)`` follows each
+    decision (progress bars)."""
     best = -math.inf
     fp32_score: dict[tuple[str, int], tuple[float, str]] = {}
-    for row in sorted((r for r in rows if r["kind"] == "litedet"), key=lambda r: r["median_ms"]):
+
+    def decide(row: dict[str, Any]) -> None:
+        nonlocal best
         network = (row["weights_tag"], row["imgsz"])
         if not whole_front and row["median_ms"] > budget_ms:
             row["accuracy"] = "not scored: over the budget"
-            continue
+            return
         if row["precision"] == "fp32" and network in fp32_score:
             row["accuracy"] = f"not scored: same fp32 network as the faster {fp32_score[network][1]}"
-            continue
+            return
         bound = fp32_score[network][0] if row["precision"] != "fp32" and network in fp32_score else math.inf
         if bound <= best:
             row["accuracy"] = f"not scored: its fp32 network scores {bound:.3f}, the front is already at {best:.3f}"
-            continue
+            return
         value = score(row)
         row["accuracy"] = "scored"
         if value is None:
-            continue
+            return
         if row["precision"] == "fp32":
             fp32_score[network] = (value, row["key"])
         best = max(best, value)
+
+    for row in sorted((r for r in rows if r["kind"] == "litedet"), key=lambda r: r["median_ms"]):
+        decide(row)
+        if on_visit is not None:
+            on_visit(row)
 
 
 # ------------------------------------------------------------------------------ the run
@@ -713,7 +720,7 @@ def tune(
     runs_seen = sorted({r["measured_at"] for r in rows.values()})
     if len(runs_seen) > 1:
         notes.append(f"latencies come from {len(runs_seen)} runs ({', '.join(runs_seen)}): figures from different runs "
-                     f"compare only roughly (BENCHMARKS.md: up to 15 % drift); pass remeasure for one run")
+                     f"compare only roughly (BENCHMARKS.md: up to 15 % drift); --remeasure times them all in one run")
 
     # 2. budget
     if budget_peer is not None:
@@ -738,11 +745,18 @@ def tune(
         row.update(map50_95=result["map50_95"], map50=result["map50"])
         return result["map50_95"]
 
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(rows), desc="tune: accuracy", unit="config", disable=not progress, leave=False)
     for row in rows.values():
         if row["kind"] == "peer":
             score(row)
             row["accuracy"] = "scored"
-    plan_accuracy(list(rows.values()), budget, whole_front, score)
+            bar.update()
+    try:
+        plan_accuracy(list(rows.values()), budget, whole_front, score, on_visit=lambda row: bar.update())
+    finally:
+        bar.close()
     seconds["accuracy"] = time.perf_counter() - phase
     for row in rows.values():
         row["within_budget"] = row["median_ms"] <= budget
@@ -786,6 +800,9 @@ def _goal_notes(rows: Sequence[dict[str, Any]], choice: Choice, peer: str) -> li
         notes.append(f"the fastest scored litedet configuration reaching {reference['map50_95']:.3f} is {best['key']} "
                      f"(mAP50-95 {best['map50_95']:.3f}) at {best['median_ms']:.2f} ms, "
                      f"{best['median_ms'] - reference['median_ms']:+.2f} ms against {peer}")
+    elif any(r["kind"] == "litedet" and r["accuracy"] == "not scored: over the budget" for r in rows):
+        notes.append(f"no scored litedet configuration reaches {reference['map50_95']:.3f}; configurations over the "
+                     f"budget were not scored (whole_front scores them and shows which one reaches it, at what latency)")
     else:
         top = max((r for r in rows if r["kind"] == "litedet" and r["map50_95"] is not None),
                   key=lambda r: r["map50_95"], default=None)

@@ -136,8 +136,10 @@ def test_accuracy_only_where_it_can_matter():
         row["map50_95"] = truth[row["key"]]
         return row["map50_95"]
 
-    plan_accuracy(rows, 10.0, whole_front=False, score=score)
+    visited = []
+    plan_accuracy(rows, 10.0, whole_front=False, score=score, on_visit=lambda row: visited.append(row["key"]))
     assert scored == ["e-int8", "e-ort", "s-ort"]
+    assert visited == [r["key"] for r in sorted(rows, key=lambda r: r["median_ms"])]  # each decided once, by latency
     why = {r["key"]: r["accuracy"] for r in rows}
     assert why["e-ncnn"].startswith("not scored: same fp32 network as the faster e-ort")
     assert why["e-ov-bf16"].startswith("not scored: its fp32 network scores 0.200")
