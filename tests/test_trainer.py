@@ -5,6 +5,7 @@ A tiny run: v5lite-e at 64 px on 8 generated images, CPU, no workers.
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -52,14 +53,14 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
 
 def test_resume_after_step_k_is_exact(tiny_data, tmp_path):
     full = train(TrainConfig(data=str(tiny_data), out=str(tmp_path / "full"), **TINY))
-    assert full.epochs_done == 2 and full.steps == 8 and not full.stopped_early
+    assert full.epochs_done == 2 and full.batches == 8 and not full.stopped_early
     # Stop in the middle of epoch 2 between two optimizer steps (nbs 4 = 2 batches accumulated).
     part = train(TrainConfig(data=str(tiny_data), out=str(tmp_path / "part"), stop_after_step=5, **TINY))
-    assert part.stopped_early and part.steps == 5
+    assert part.stopped_early and part.batches == 5
     state = load_training_state(tmp_path / "part" / "last.pt")
     assert (state["epoch"], state["epoch_step"], state["step"]) == (1, 1, 5)
     resumed = Trainer.from_checkpoint(tmp_path / "part").fit()
-    assert resumed.steps == 8 and resumed.epochs_done == 2
+    assert resumed.batches == 8 and resumed.epochs_done == 2 and resumed.steps == full.steps
     a, b = _weights(tmp_path / "full" / "last.pt"), _weights(tmp_path / "part" / "last.pt")
     assert a.keys() == b.keys()
     different = [k for k in a if not torch.equal(a[k], b[k])]
@@ -277,3 +278,183 @@ def test_folded_batchnorm_gets_statistics_and_keeps_the_eval_function():
         for a, b in zip(before, model(x)):  # train mode on the calibration images: the same function too
             torch.testing.assert_close(a, b, atol=1e-3, rtol=1e-3)
     assert restore_folded_batchnorm(model, [x]) == (0, 0)  # nothing left to restore
+
+
+# ---------------------------------------------------------------------------------------------
+# fine-tuning on a subset of the checkpoint's classes, optimizer steps, run folders, faults
+
+
+def _checkpoint(tmp_path: Path, arch: str = "v5lite-e", names=("x", "b", "y", "a", "z"), source: str = "") -> Path:
+    from litedet.models.checkpoint import save_checkpoint_weights
+    from litedet.models.registry import create_model
+
+    torch.manual_seed(1)
+    model = create_model(arch, num_classes=len(names), names=list(names), input_size=64)
+    model.source = source
+    return save_checkpoint_weights(model, tmp_path / f"{arch}-{len(names)}.safetensors")
+
+
+def test_classes_among_the_checkpoints_keep_their_head_rows(tiny_data, tmp_path, caplog):
+    from litedet.models.checkpoint import load_detector
+
+    weights = _checkpoint(tmp_path)  # classes x, b, y, a, z; the data has a, b
+    source, _ = load_detector(weights)
+    config = TrainConfig(data=str(tiny_data), out=str(tmp_path / "run"), weights=str(weights), **TINY)
+    with caplog.at_level("INFO", logger="litedet.engine.trainer"):
+        trainer = Trainer(config)
+    assert "are among the checkpoint's 5: their head rows kept" in caplog.text
+    anchors = source.head.num_anchors
+    for old, new in zip(source.head.convs, trainer.model.head.convs):
+        old_w, new_w = old.weight.reshape(anchors, 10, -1), new.weight.reshape(anchors, 7, -1)
+        old_b, new_b = old.bias.reshape(anchors, 10), new.bias.reshape(anchors, 7)
+        for new_row, old_row in ((0, 0), (4, 4), (5, 5 + 3), (6, 5 + 1)):  # box, objectness, a <- 3, b <- 1
+            assert torch.equal(new_w[:, new_row], old_w[:, old_row]) and torch.equal(new_b[:, new_row], old_b[:, old_row])
+    # the same function on the kept classes: the new head's outputs are a slice of the old head's
+    x = torch.rand(1, 3, 64, 64)
+    trainer.model.eval()
+    with torch.no_grad():
+        for a, b in zip(source(x), trainer.model(x)):
+            a = a.reshape(1, anchors, 10, *a.shape[2:])[:, :, [0, 1, 2, 3, 4, 8, 6]]
+            torch.testing.assert_close(b.reshape(1, anchors, 7, *b.shape[2:]), a)
+
+
+def test_model_comes_from_the_sidecar_and_a_mismatch_is_an_error(tiny_data, tmp_path):
+    weights = _checkpoint(tmp_path, "v5lite-s", names=("a", "b"))
+    trainer = Trainer(TrainConfig(data=str(tiny_data), out=str(tmp_path / "r"), weights=str(weights),
+                                  **{**TINY, "model": ""}))
+    assert trainer.config.model == "v5lite-s" and trainer.model.model_name == "v5lite-s"
+    with pytest.raises(ValueError, match="--model v5lite-e does not match .*sidecar says v5lite-s"):
+        Trainer(TrainConfig(data=str(tiny_data), out=str(tmp_path / "r2"), weights=str(weights), **TINY))
+
+
+def test_every_epoch_ends_with_an_optimizer_step_and_steps_count_updates(tiny_data, tmp_path):
+    # 4 batches of 2 per epoch and a nominal batch of 64: without the epoch-end step the weights
+    # would move once in 32 batches; the summary counts optimizer steps, not batches.
+    config = dict(TINY, nbs=64, warmup_epochs=0, eval_interval=1)
+    result = train(TrainConfig(data=str(tiny_data), out=str(tmp_path), **config))
+    assert result.batches == 8 and result.steps == 2 and result.accumulate == 32
+
+
+def test_save_period_mid_epoch_and_mid_accumulation_resumes_exactly(tiny_data, tmp_path, monkeypatch):
+    full = train(TrainConfig(data=str(tiny_data), out=str(tmp_path / "full"), **TINY))
+    # --save-period 5: a checkpoint after batch 5 (the first of epoch 2, before its accumulation
+    # window of 2 batches is full), then a crash in batch 7 loses only two batches.
+    calls = {"n": 0}
+    original = trainer_module.YoloLoss.forward
+
+    def crash(self, outputs, targets):
+        calls["n"] += 1
+        if calls["n"] == 7:
+            raise RuntimeError("simulated kill")
+        return original(self, outputs, targets)
+
+    monkeypatch.setattr(trainer_module.YoloLoss, "forward", crash)
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        train(TrainConfig(data=str(tiny_data), out=str(tmp_path / "part"), save_period="5", **TINY))
+    monkeypatch.setattr(trainer_module.YoloLoss, "forward", original)
+    state = load_training_state(tmp_path / "part" / "last.pt")
+    assert (state["epoch"], state["epoch_step"], state["step"]) == (1, 1, 5)
+    assert state["last_opt_step"] == 3 and any(g is not None for g in state["grads"])  # mid-accumulation
+    resumed = Trainer.from_checkpoint(tmp_path / "part").fit()
+    assert resumed.batches == 8 and resumed.steps == full.steps
+    a, b = _weights(tmp_path / "full" / "last.pt"), _weights(tmp_path / "part" / "last.pt")
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, f"resumed run differs in {different[:5]}"
+
+
+def test_save_period_parses_batches_and_times():
+    from litedet.engine.config import parse_save_period
+
+    assert parse_save_period("200") == (200, None)
+    assert parse_save_period("5m") == (None, 300.0) and parse_save_period("90s") == (None, 90.0)
+    assert parse_save_period(None) == (None, None)
+    with pytest.raises(ValueError, match="save_period must be"):
+        TrainConfig(save_period="soon")
+
+
+def test_ctrl_c_saves_a_resumable_checkpoint_and_prints_the_resume_command(tiny_data, tmp_path, monkeypatch, capsys):
+    import os
+    import signal
+
+    from litedet.cli import main
+
+    full = train(TrainConfig(data=str(tiny_data), out=str(tmp_path / "full"), **TINY))
+    calls = {"n": 0}
+    original = trainer_module.YoloLoss.forward
+
+    def interrupt(self, outputs, targets):
+        calls["n"] += 1
+        if calls["n"] == 6:  # Ctrl-C during batch 6 (epoch 2)
+            os.kill(os.getpid(), signal.SIGINT)
+        return original(self, outputs, targets)
+
+    monkeypatch.setattr(trainer_module.YoloLoss, "forward", interrupt)
+    run = tmp_path / "runs" / "exp"
+    code = main(["train", "--data", str(tiny_data), "--model", "v5lite-e", "--epochs", "2", "--batch", "2", "--nbs", "4",
+                 "--imgsz", "64", "--workers", "0", "--device", "cpu", "--cache", "--eval-interval", "2",
+                 "--project", str(tmp_path / "runs"), "--no-progress"])
+    captured = capsys.readouterr()
+    assert code == 130 and "Traceback" not in captured.err
+    assert f"interrupted: resume with: litedet train --resume {run}" in captured.out
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+    state = load_training_state(run / "last.pt")
+    assert state["step"] == 6 and (run / "results.png").is_file()
+    monkeypatch.setattr(trainer_module.YoloLoss, "forward", original)
+    # --resume takes the run's name under --project; it finishes the 8 batches
+    assert main(["train", "--resume", "exp", "--project", str(tmp_path / "runs"), "--no-progress"]) == 0
+    assert f"run folder: {run}" in capsys.readouterr().out
+    assert load_training_state(run / "last.pt")["step"] == full.batches
+
+
+def test_runs_number_themselves_and_resume_keeps_the_sidecar(tiny_data, tmp_path, capsys):
+    from litedet.cli import main
+    from litedet.config import ModelConfig
+
+    weights = _checkpoint(tmp_path, names=("a", "b"), source="ncnn:test.param")
+    args = ["train", "--data", str(tiny_data), "--weights", str(weights), "--epochs", "2", "--batch", "4", "--imgsz",
+            "64", "--workers", "0", "--device", "cpu", "--project", str(tmp_path / "runs"), "--no-progress", "--json"]
+    assert main(args) == 0
+    summary = json.loads(capsys.readouterr().out)  # --json: stdout is the JSON alone
+    assert summary["out"] == str(tmp_path / "runs" / "exp") and summary["optimizer_steps"] >= 2
+    assert ModelConfig.load(tmp_path / "runs" / "exp" / "last.json").source == "ncnn:test.param"
+    # a second run gets exp2; a resumed run keeps every sidecar field
+    train(TrainConfig(data=str(tiny_data), weights=str(weights), out=str(tmp_path / "runs" / "exp2"), stop_after_step=5,
+                      **{**TINY, "model": ""}))
+    first = ModelConfig.load(tmp_path / "runs" / "exp2" / "last.json")
+    Trainer.from_checkpoint(tmp_path / "runs" / "exp2").fit()
+    resumed = ModelConfig.load(tmp_path / "runs" / "exp2" / "last.json")
+    assert resumed.to_dict() == first.to_dict() and resumed.source == "ncnn:test.param"
+    assert main(args[:-1]) == 0 and (tmp_path / "runs" / "exp3" / "last.pt").is_file()
+
+
+def test_stale_temp_files_go_and_a_full_disk_is_one_line(tiny_data, tmp_path, monkeypatch, capsys):
+    import errno
+    import os
+
+    import litedet.config as config_module
+    from litedet.cli import main
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / ".last.pt.k1l2m3.tmp").write_bytes(b"half a checkpoint")
+    train(TrainConfig(data=str(tiny_data), out=str(run), stop_after_step=1, **TINY))
+    assert not list(run.glob(".*.tmp"))
+    # ENOSPC while writing the second epoch's last.pt: one line naming it; the first one stays
+    real_fsync, writes = os.fsync, {"n": 0}
+
+    def fsync(fd):
+        if ".last.pt." in os.readlink(f"/proc/self/fd/{fd}"):
+            writes["n"] += 1
+            if writes["n"] == 2:
+                raise OSError(errno.ENOSPC, "No space left on device")
+        return real_fsync(fd)
+
+    monkeypatch.setattr(config_module.os, "fsync", fsync)
+    code = main(["train", "--data", str(tiny_data), "--epochs", "2", "--batch", "4", "--imgsz", "64", "--workers", "0",
+                 "--device", "cpu", "--out", str(tmp_path / "full"), "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1
+    assert err[-1] == (f"litedet train: error: cannot write {tmp_path / 'full' / 'last.pt'}: no space left on device; "
+                       f"last good checkpoint: {tmp_path / 'full' / 'last.pt'}")
+    assert load_training_state(tmp_path / "full" / "last.pt")["epoch"] == 1
+    assert not list((tmp_path / "full").glob(".*.tmp"))

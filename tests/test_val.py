@@ -65,9 +65,45 @@ def test_perfect_detections_score_one_on_portrait_and_landscape(tmp_path):
     assert result.images == 3
     assert result.map50 == pytest.approx(1.0) and result.map50_95 == pytest.approx(1.0)
     assert set(result.per_class) == {"dog"}
-    # the same box called a cat scores nothing
+    (row,) = result.classes  # per-class table: one dog in each of 3 images, all found
+    assert (row.name, row.images, row.instances) == ("dog", 3, 3)
+    assert row.precision == pytest.approx(1.0) and row.recall == pytest.approx(1.0) and row.ap50 == pytest.approx(1.0)
+    assert result.confusion["names"] == ["dog", "background"] and result.confusion["matrix"] == [[3, 0], [0, 0]]
+    # the same box called a cat scores nothing: a dog predicted as background, a cat false alarm
     wrong = OneBoxBackend(config, centre=(160.0, 100.0), size=(16.0, 20.0), class_id=15)
-    assert evaluate_coco(wrong, folder, annotations, progress=False).map50 == 0.0
+    missed = evaluate_coco(wrong, folder, annotations, progress=False)
+    assert missed.map50 == 0.0 and missed.classes[0].recall == 0.0 and missed.classes[0].instances == 3
+
+
+def test_confusion_matrix_counts_swaps_misses_and_false_alarms():
+    from pycocotools.coco import COCO
+
+    from litedet.engine.evaluator import confusion_matrix
+
+    coco = COCO()
+    coco.dataset = {"images": [{"id": 1}], "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}],
+                    "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 10, 10], "area": 100, "iscrowd": 0},
+                                    {"id": 2, "image_id": 1, "category_id": 2, "bbox": [50, 50, 10, 10], "area": 100, "iscrowd": 0},
+                                    {"id": 3, "image_id": 1, "category_id": 2, "bbox": [80, 0, 10, 10], "area": 100, "iscrowd": 0}]}
+    coco.createIndex()
+    detections = [{"image_id": 1, "category_id": 1, "bbox": [0, 0, 10, 10], "score": 0.9},  # a as a
+                  {"image_id": 1, "category_id": 1, "bbox": [50, 50, 10, 11], "score": 0.8},  # b called a
+                  {"image_id": 1, "category_id": 2, "bbox": [200, 200, 5, 5], "score": 0.7},  # false alarm
+                  {"image_id": 1, "category_id": 2, "bbox": [80, 0, 10, 10], "score": 0.1}]  # below 0.25
+    matrix = confusion_matrix(coco, detections, [1], [1, 2])
+    # rows predicted (a, b, background), columns true (a, b, background)
+    assert matrix.tolist() == [[1, 1, 0], [0, 0, 1], [0, 1, 0]]
+
+
+def test_split_without_boxes_says_so_instead_of_minus_one(tmp_path, capsys):
+    folder, annotations = _synthetic_dataset(tmp_path, [(320, 320)], (152, 90, 168, 110))
+    data = json.loads(annotations.read_text())
+    data["annotations"] = []
+    annotations.write_text(json.dumps(data))
+    config = ModelConfig("tiny", 80, list(COCO_NAMES), (320, 320))
+    result = evaluate_coco(OneBoxBackend(config, (160.0, 100.0), (16.0, 20.0), 16), folder, annotations, progress=False)
+    assert "hold no ground-truth box" in result.note and result.to_dict()["map50_95"] is None
+    assert result.detections == 1
 
 
 def test_missing_inputs_are_named(tmp_path):
@@ -112,14 +148,21 @@ def test_val_cli_on_coco256_subset(tmp_path, imported, capsys):
     subset = _subset(tmp_path, annotations, 12)
     weights = imported("v5lite-e")
     code = main(["val", "--model", "v5lite-e", "--weights", str(weights), "--images", str(images),
-                 "--annotations", str(subset), "--json", "--no-progress"])
-    out = capsys.readouterr().out
+                 "--annotations", str(subset), "--json", "--no-progress", "--project", str(tmp_path / "runs")])
+    captured = capsys.readouterr()
     assert code == 0
-    assert "mAP50-95" in out and "per-class AP50-95" in out and "person" in out
-    summary = json.loads(out.strip().splitlines()[-1])
-    assert set(summary) == {"map50_95", "map50", "images"} and summary["images"] == 12
+    summary = json.loads(captured.out)  # stdout holds the JSON alone; the table went to stderr
+    assert "mAP50-95" in captured.err and "instances" in captured.err and "person" in captured.err
+    assert summary["images"] == 12 and summary["run"] == str(tmp_path / "runs" / "exp")
     # a real detector on real images: clearly better than chance, below perfect
     assert 0.15 < summary["map50_95"] < summary["map50"] < 0.95
+    rows = {row["name"]: row for row in summary["classes"]}
+    assert rows["person"]["instances"] > 10 and 0 < rows["person"]["precision"] <= 1 and 0 < rows["person"]["recall"] <= 1
+    assert sum(row["instances"] for row in rows.values()) == summary["instances"]
+    # the "all" row is COCO's mean over classes with ground truth
+    assert np.mean([row["ap50_95"] for row in rows.values()]) == pytest.approx(summary["map50_95"], abs=1e-9)
+    for name in ("confusion_matrix.png", "PR_curve.png", "F1_curve.png", "P_curve.png", "R_curve.png", "metrics.json"):
+        assert (tmp_path / "runs" / "exp" / name).is_file(), name
 
 
 # litedet's own figures on coco256 val (128 images) with the imported published weights, measured
@@ -176,8 +219,8 @@ def test_val_cli_scores_a_voc_dataset_yaml(tmp_path, capsys):
     torch.manual_seed(0)
     model = create_model("v5lite-e", input_size=64, num_classes=1, names=["raccoon"]).eval()
     weights = save_checkpoint_weights(model, tmp_path / "raccoon.safetensors")
-    assert main(["val", "--weights", str(weights), "--data", str(data), "--json", "--no-progress"]) == 0
-    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert main(["val", "--weights", str(weights), "--data", str(data), "--json", "--no-progress", "--no-plots"]) == 0
+    summary = json.loads(capsys.readouterr().out)
     assert summary["images"] == 40 and 0 <= summary["map50_95"] <= summary["map50"] <= 1
 
 
@@ -194,7 +237,8 @@ def test_yolo_txt_dataset_yaml_scores_like_the_coco_json(imported, capsys):
     0.01 of the original json (which also has crowd regions and unrounded boxes)."""
     require_shared("data", "coco256")
     data = Path(__file__).resolve().parents[1] / "configs" / "data" / "coco256.yaml"
-    assert main(["val", "--weights", str(imported("v5lite-e")), "--data", str(data), "--json", "--no-progress"]) == 0
-    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert main(["val", "--weights", str(imported("v5lite-e")), "--data", str(data), "--json", "--no-progress",
+                 "--no-plots"]) == 0
+    summary = json.loads(capsys.readouterr().out)
     assert summary["images"] == 128
     assert abs(summary["map50_95"] - PIPELINE_FIGURES["v5lite-e"][0]) < 0.01

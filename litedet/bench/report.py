@@ -178,7 +178,52 @@ def markdown_report(rows: Sequence[dict[str, Any]], machine: dict[str, Any] | No
     return "\n".join(lines)
 
 
+def terminal_summary(rows: Sequence[dict[str, Any]], notes: Sequence[str] = (),
+                     paths: dict[str, Path] | None = None) -> str:
+    """A few lines for the terminal: median ms at batch 1, model@size x engine down, mode and
+    thread count across (``!`` = disturbed), how many figures were disturbed, and where the full
+    report is. ``markdown_report`` has every figure."""
+    chosen = [r for r in rows if r["batch"] == 1] or list(rows)
+    columns = sorted({(r.get("mode", "network"), r["threads"]) for r in chosen}, key=lambda c: (c[0] != "network", c[1]))
+    keys = list(dict.fromkeys((_label(r), r["engine"]) for r in chosen))
+    cells = {(_label(r), r["engine"], r.get("mode", "network"), r["threads"]): r for r in chosen}
+    titles = [f"{threads} thr" if mode == "network" else f"{mode} {threads} thr" for mode, threads in columns]
+    width = max([len("model") + 2] + [len(label) for label, _ in keys])
+    engine_width = max([len("engine")] + [len(engine) for _, engine in keys])
+    lines = [f"median ms, batch 1 ({len(rows)} figures):",
+             f"{'model':<{width}}  {'engine':<{engine_width}}  " + "  ".join(f"{t:>9}" for t in titles)]
+    for label, engine in keys:
+        values = []
+        for (mode, threads), title in zip(columns, titles):
+            row = cells.get((label, engine, mode, threads))
+            text = "" if row is None else f"{row['median_ms']:.2f}{'!' if row.get('disturbed') else ''}"
+            values.append(f"{text:>{max(9, len(title))}}")
+        lines.append(f"{label:<{width}}  {engine:<{engine_width}}  " + "  ".join(values))
+    disturbed = sum(1 for r in rows if r.get("disturbed"))
+    if disturbed:
+        lines.append(f"{disturbed} figure(s) marked ! were measured while other processes used the machine "
+                     f"(load check); re-run them on a quiet machine before quoting them")
+    if notes:
+        lines.append(f"{len(notes)} note(s) in the report (skipped peers, engine caveats)")
+    if paths:
+        report = paths.get("markdown")
+        plots = [p.name for key, p in paths.items() if key.endswith("_png")]
+        if report is not None:
+            lines.append(f"full tables: {report}" + (f"; plots: {', '.join(plots)}" if plots else ""))
+    return "\n".join(lines)
+
+
 # --------------------------------------------------------------------------- plots
+
+
+def plot_limit(values: Sequence[float], disturbed: Sequence[bool], margin: float = 1.25) -> float | None:
+    """Upper axis limit for latency bars: ``margin`` x the largest undisturbed value, so that one
+    disturbed figure (e.g. 446 ms among 10 ms ones) does not squash the rest; None (automatic)
+    when nothing is disturbed or every figure is."""
+    quiet = [v for v, d in zip(values, disturbed) if not d]
+    if not quiet or len(quiet) == len(values) or max(values) <= max(quiet) * margin:
+        return None
+    return max(quiet) * margin
 
 
 def plot_latency(rows: Sequence[dict[str, Any]], path: str | os.PathLike) -> Path:
@@ -195,22 +240,43 @@ def plot_latency(rows: Sequence[dict[str, Any]], path: str | os.PathLike) -> Pat
     engines = list(dict.fromkeys(r["engine"] for r in chosen))
     fig, axes = plt.subplots(len(panels), 1, figsize=(max(6, 1.2 * len(labels) + 2), 3.2 * len(panels)), squeeze=False)
     width = 0.8 / max(1, len(engines))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    any_disturbed = False
     for ax, (mode, threads) in zip(axes[:, 0], panels):
+        panel_rows = [r for r in chosen if r["threads"] == threads and r.get("mode", "network") == mode]
+        limit = plot_limit([r["median_ms"] for r in panel_rows], [bool(r.get("disturbed")) for r in panel_rows])
         for e_index, engine in enumerate(engines):
-            xs, ys = [], []
+            xs, ys, flags = [], [], []
             for l_index, label in enumerate(labels):
-                for row in chosen:
-                    if (_label(row) == label and row["engine"] == engine and row["threads"] == threads
-                            and row.get("mode", "network") == mode):
+                for row in panel_rows:
+                    if _label(row) == label and row["engine"] == engine:
                         xs.append(l_index + (e_index - (len(engines) - 1) / 2) * width)
                         ys.append(row["median_ms"])
-            if xs:
-                ax.bar(xs, ys, width=width, label=engine)
+                        flags.append(bool(row.get("disturbed")))
+            if not xs:
+                continue
+            colour = colours[e_index % len(colours)]
+            shown = [min(y, limit) if limit else y for y in ys]
+            bars = ax.bar(xs, shown, width=width, label=engine, color=colour)
+            for bar, y, flag in zip(bars, ys, flags):
+                if flag:  # disturbed: hatched and pale, its value written on it
+                    any_disturbed = True
+                    bar.set_alpha(0.35)
+                    bar.set_hatch("//")
+                if flag or (limit and y > limit):
+                    ax.annotate(f"{y:.0f}{'!' if flag else ''}{' ^' if limit and y > limit else ''}",
+                                (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom",
+                                fontsize=6)
+        if limit:
+            ax.set_ylim(0, limit * 1.08)
         ax.set_xticks(range(len(labels)))
         ax.set_xticklabels(labels, rotation=20, ha="right", fontsize=8)
         ax.set_ylabel("median ms")
         ax.set_title(f"{mode}, {threads} thread{'s' if threads > 1 else ''}, batch 1")
         ax.legend(fontsize=7)
+    if any_disturbed:
+        fig.text(0.01, 0.005, "hatched, !: measured under other load (disturbed); ^: beyond the axis, value written",
+                 fontsize=7)
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=110)
@@ -234,11 +300,14 @@ def plot_pareto(rows: Sequence[dict[str, Any]], results: Sequence[dict[str, Any]
     fig, ax = plt.subplots(figsize=(7, 4.5))
     markers = {1: "o", 2: "s", 4: "^", 8: "D"}
     for row in joined:
-        ax.scatter(row["median_ms"], row["map50_95"], marker=markers.get(row["threads"], "x"))
-        ax.annotate(f"{_label(row)} {row['engine']} {row['threads']}t", (row["median_ms"], row["map50_95"]),
-                    fontsize=6, xytext=(3, 3), textcoords="offset points")
-    for threads in sorted({r["threads"] for r in joined}):
-        group = [r for r in joined if r["threads"] == threads]
+        disturbed = bool(row.get("disturbed"))  # drawn hollow and left out of the front
+        ax.scatter(row["median_ms"], row["map50_95"], marker=markers.get(row["threads"], "x"),
+                   facecolors="none" if disturbed else None, edgecolors="grey" if disturbed else None)
+        ax.annotate(f"{_label(row)} {row['engine']} {row['threads']}t{' (disturbed)' if disturbed else ''}",
+                    (row["median_ms"], row["map50_95"]), fontsize=6, xytext=(3, 3), textcoords="offset points")
+    quiet = [r for r in joined if not r.get("disturbed")]
+    for threads in sorted({r["threads"] for r in quiet}):
+        group = [r for r in quiet if r["threads"] == threads]
         front = pareto_front([(r["median_ms"], r["map50_95"]) for r in group])
         xs = [group[i]["median_ms"] for i in front]
         ys = [group[i]["map50_95"] for i in front]

@@ -12,6 +12,8 @@ import os
 import sys
 from typing import Sequence
 
+from litedet.extras import MissingExtraError, missing_extra_message
+
 # verb -> (module under litedet.cli, one-line help)
 VERBS: dict[str, tuple[str, str]] = {
     "models": ("models", "list registered models with params, multiply-adds and MAC"),
@@ -39,7 +41,11 @@ def _load(verb: str):
 
 def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
     """The top-level parser; with ``verb`` given, only that verb's module is imported."""
+    from litedet import __version__
+
     parser = argparse.ArgumentParser(prog="litedet", description="Lightweight object detection for edge devices.")
+    parser.add_argument("--version", action="version", version=f"litedet {__version__}",
+                        help="print the version and exit")
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
     for name, (_, help_text) in VERBS.items():
         verb_parser = sub.add_parser(name, help=help_text, description=help_text)
@@ -48,6 +54,16 @@ def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
             adder = getattr(module, f"add_{name}_arguments", None) or module.add_arguments
             adder(verb_parser)
     return parser
+
+
+def _missing_extra(verb: str, err: ModuleNotFoundError) -> int:
+    """One line naming the pip extra that installs the missing module (table: ``litedet.extras``,
+    read from the package's own extras); a module litedet does not depend on is a bug: re-raised."""
+    message = missing_extra_message(err.name)
+    if message is None or os.environ.get("LITEDET_DEBUG"):
+        raise err
+    print(f"litedet {verb}: {message}", file=sys.stderr)
+    return 2
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -62,7 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if err.name == f"litedet.cli.{VERBS[verb][0]}":
                 print(f"litedet {verb}: not available in this version", file=sys.stderr)
                 return 2
-            raise
+            return _missing_extra(verb, err)
     parser = build_parser(verb)
     args = parser.parse_args(argv)
     if args.verb is None:
@@ -72,6 +88,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     runner = getattr(module, f"run_{args.verb}", None) or module.run
     try:
         return int(runner(args) or 0)
+    except MissingExtraError as err:  # raised with its one-line message (e.g. by litedet.runtime)
+        if os.environ.get("LITEDET_DEBUG"):
+            raise
+        print(f"litedet {args.verb}: {err}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as err:
+        return _missing_extra(args.verb, err)
     except (ValueError, FileNotFoundError, PermissionError, NotADirectoryError, IsADirectoryError) as err:
         # User errors: one clear line, no traceback from deep inside (LITEDET_DEBUG=1 shows it).
         if os.environ.get("LITEDET_DEBUG"):

@@ -11,28 +11,44 @@ import shlex
 import sys
 from typing import Any
 
+from litedet.cli.common import (add_json_option, add_model_option, add_progress_option, add_run_options, human_output,
+                                print_json, resolve_model, run_folder)
+
+PROJECT = "runs/compress"
+
 
 def _command() -> str:
     return "litedet " + " ".join(shlex.quote(a) for a in sys.argv[1:])
 
 
+def _add_common_arguments(parser: argparse.ArgumentParser, verb: str) -> None:
+    """--model, the run folder, the report options, --no-progress and --json of a compression verb."""
+    add_model_option(parser)
+    add_run_options(parser, PROJECT, name=verb)
+    parser.add_argument("-o", "--output", default=None,
+                        help=f"exact output folder, used as is (default: a new run folder {PROJECT}/{verb}, {verb}2, ...)")
+    _add_report_arguments(parser)
+    add_json_option(parser, "the written files and the report")
+
+
 def _add_report_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("report (before/after, measured in one run)")
-    group.add_argument("--val-images", help="validation images for mAP (e.g. ../shared/data/coco256/images/val2017)")
-    group.add_argument("--val-annotations", help="their COCO instances json")
+    group.add_argument("--val-images", help="validation images for mAP (e.g. ../shared/data/coco256/images/val2017; "
+                                            "default: latency and size only)")
+    group.add_argument("--val-annotations", help="their COCO instances json (with --val-images)")
     group.add_argument("--engine", default="onnxruntime", choices=["onnxruntime", "openvino"],
                        help="engine the report (and --target-latency) measures on (default onnxruntime)")
     group.add_argument("--threads", type=int, default=2, help="engine threads for latency (default 2)")
     group.add_argument("--runs", type=int, default=100, help="timed runs per model (default 100)")
-    group.add_argument("--no-report", action="store_true", help="skip measuring (files only)")
-    group.add_argument("--device", default="cpu", help="torch device for training steps (cpu, cuda)")
-    group.add_argument("--no-progress", action="store_true", help="no progress bars")
+    group.add_argument("--no-report", action="store_true", help="skip measuring (files only; default: measure)")
+    group.add_argument("--device", default="cpu", help="torch device for training steps: cpu (default), cuda")
+    add_progress_option(group)
 
 
 def _add_finetune_arguments(parser: argparse.ArgumentParser, what: str) -> None:
-    parser.add_argument("--data", help=f"dataset YAML for {what}")
+    parser.add_argument("--data", help=f"dataset YAML for {what} (default: none)")
     parser.add_argument("--epochs", type=int, default=0, help=f"{what} epochs (0: none)")
-    parser.add_argument("--steps", type=int, help=f"{what} steps instead of epochs")
+    parser.add_argument("--steps", type=int, help=f"{what} steps instead of epochs (default: by epochs)")
     parser.add_argument("--batch", type=int, default=8, help="batch size (default 8)")
     parser.add_argument("--lr", type=float, default=0.002, help="SGD learning rate (default 0.002)")
 
@@ -41,7 +57,7 @@ def _recipe_dict(args: argparse.Namespace, steps: list[dict[str, Any]]) -> dict[
     return {
         "model": args.weights,
         "data": getattr(args, "data", None),
-        "out": args.output,
+        "out": str(run_folder(args, args.output)),
         "device": args.device,
         "steps": steps,
         "report": {"engine": args.engine, "threads": args.threads, "runs": args.runs,
@@ -58,8 +74,17 @@ def _finetune_step(args: argparse.Namespace) -> list[dict[str, Any]]:
 def _run(args: argparse.Namespace, steps: list[dict[str, Any]]) -> int:
     from litedet.compress.recipe import parse_recipe, run_recipe
 
-    recipe = parse_recipe(_recipe_dict(args, steps), source=f"litedet {args.verb}")
-    result = run_recipe(recipe, measure=not args.no_report, progress=not args.no_progress, command=_command())
+    resolve_model(args.weights, args.model)  # a --model that disagrees with the sidecar is an error
+    with human_output(args.json):
+        recipe = parse_recipe(_recipe_dict(args, steps), source=f"litedet {args.verb}")
+        result = run_recipe(recipe, measure=not args.no_report, progress=not args.no_progress, command=_command())
+        _print_result(result)
+    if args.json:
+        print_json(_result_dict(result))
+    return 0
+
+
+def _print_result(result: Any) -> None:
     for line in result.log:
         print(line)
     if result.model:
@@ -70,7 +95,12 @@ def _run(args: argparse.Namespace, steps: list[dict[str, Any]]) -> int:
         print()
         print(result.report.to_markdown())
         print(f"report: {result.report_paths[0]} and {result.report_paths[1]}")
-    return 0
+    print(f"run folder: {result.out}")
+
+
+def _result_dict(result: Any) -> dict[str, Any]:
+    return {"out": str(result.out), "model": result.model, "exported": result.exported, "log": list(result.log),
+            "report": result.report.to_dict() if result.report is not None else None}
 
 
 # ----------------------------------------------------------------------------------------- prune
@@ -113,8 +143,7 @@ def add_prune_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-ema", action="store_true", help="fine-tuning: end with the last weights, not their EMA")
     parser.add_argument("--freeze-bn", action="store_true", help="fine-tuning: keep BatchNorm statistics fixed")
     parser.add_argument("--no-augment", action="store_true", help="fine-tuning: letterboxed images, no augmentation")
-    parser.add_argument("-o", "--output", default="runs/compress/prune", help="output folder")
-    _add_report_arguments(parser)
+    _add_common_arguments(parser, "prune")
 
 
 def run_prune(args: argparse.Namespace) -> int:
@@ -144,7 +173,8 @@ def add_quantize_arguments(parser: argparse.ArgumentParser) -> None:
                              "openvino: NNCF INT8; qat: quantization-aware training of a .safetensors (needs --data)")
     parser.add_argument("--calib", help="calibration images: a folder or a dataset YAML (its train split)")
     parser.add_argument("--num-images", type=int, default=64, help="calibration images to use (default 64)")
-    parser.add_argument("--calibrate-method", default="minmax", choices=["minmax", "entropy", "percentile"])
+    parser.add_argument("--calibrate-method", default="minmax", choices=["minmax", "entropy", "percentile"],
+                        help="ort-static: how activation ranges are chosen on the calibration images (default minmax)")
     parser.add_argument("--per-tensor", action="store_true", help="per-tensor weight scales (default per channel)")
     parser.add_argument("--exclude", nargs="*", default=[], help="ONNX node names kept in float")
     parser.add_argument("--no-rewrite", action="store_true",
@@ -154,8 +184,7 @@ def add_quantize_arguments(parser: argparse.ArgumentParser) -> None:
                         help="openvino: nncf.quantize_with_accuracy_control on --val-images/--val-annotations")
     parser.add_argument("--max-drop", type=float, default=0.01, help="accuracy control: max mAP50-95 drop (default 0.01)")
     _add_finetune_arguments(parser, "quantization-aware training (--method qat)")
-    parser.add_argument("-o", "--output", default="runs/compress/quantize", help="output folder")
-    _add_report_arguments(parser)
+    _add_common_arguments(parser, "quantize")
 
 
 def run_quantize(args: argparse.Namespace) -> int:
@@ -188,13 +217,12 @@ def add_distill_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--teacher", required=True, help="teacher .safetensors (same classes as the student)")
     parser.add_argument("--student", required=True, dest="weights", help="student .safetensors")
     parser.add_argument("--strategies", default="response=1",
-                        help="name=weight list: response, fitnet, attention (e.g. response=1,attention=50)")
+                        help="name=weight list: response, fitnet, attention (e.g. response=1,attention=50; default response=1)")
     parser.add_argument("--temperature", type=float, default=2.0, help="softening temperature T (default 2)")
     _add_finetune_arguments(parser, "distillation")
     parser.add_argument("--imgsz", type=int, help="training input size for student and teacher (default: the "
                                                   "student's; the teacher sees the same images)")
-    parser.add_argument("-o", "--output", default="runs/compress/distill", help="output folder")
-    _add_report_arguments(parser)
+    _add_common_arguments(parser, "distill")
 
 
 def run_distill(args: argparse.Namespace) -> int:
@@ -211,7 +239,7 @@ def run_distill(args: argparse.Namespace) -> int:
 def add_decompose_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", required=True, help=".safetensors checkpoint with its sidecar")
     parser.add_argument("--method", default="svd", choices=["svd", "cp", "both"],
-                        help="svd: 1x1 convs and linears; cp: kxk convs (tensorly parafac); both")
+                        help="svd: 1x1 convs and linears (default); cp: kxk convs (tensorly parafac); both")
     how = parser.add_mutually_exclusive_group(required=True)
     how.add_argument("--rank", type=float, help="rank: an integer, or a share of the full rank in (0, 1)")
     how.add_argument("--energy", type=float, help="keep this share of the squared singular values, in (0, 1]")
@@ -221,8 +249,7 @@ def add_decompose_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--calib-images", type=int, default=128, help="calibration images to use (default 128)")
     parser.add_argument("--data-free", action="store_true", help="weight SVD even when --data/--calib are given")
     _add_finetune_arguments(parser, "fine-tuning after decomposition")
-    parser.add_argument("-o", "--output", default="runs/compress/decompose", help="output folder")
-    _add_report_arguments(parser)
+    _add_common_arguments(parser, "decompose")
 
 
 def run_decompose(args: argparse.Namespace) -> int:
@@ -235,10 +262,11 @@ def run_decompose(args: argparse.Namespace) -> int:
 
 
 def add_compress_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--recipe", required=True, help="recipe YAML (see the README section 'compress')")
-    parser.add_argument("--no-report", action="store_true", help="skip measuring (files only)")
-    parser.add_argument("--check", action="store_true", help="only validate the recipe and its files")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--recipe", required=True, help="recipe YAML (see docs/compression.md); its 'out' is the run folder")
+    parser.add_argument("--no-report", action="store_true", help="skip measuring (files only; default: measure)")
+    parser.add_argument("--check", action="store_true", help="only validate the recipe and its files (default: run it)")
+    add_progress_option(parser)
+    add_json_option(parser, "the written files and the report")
 
 
 def run_compress(args: argparse.Namespace) -> int:
@@ -247,12 +275,16 @@ def run_compress(args: argparse.Namespace) -> int:
     recipe = load_recipe(args.recipe)
     if args.check:
         check_inputs(recipe)
-        print(f"{args.recipe}: {len(recipe.steps)} steps OK: {' -> '.join(name for name, _ in recipe.steps)}")
+        message = f"{args.recipe}: {len(recipe.steps)} steps OK: {' -> '.join(name for name, _ in recipe.steps)}"
+        if args.json:
+            print(message, file=sys.stderr)
+            print_json({"recipe": args.recipe, "steps": [name for name, _ in recipe.steps], "ok": True})
+        else:
+            print(message)
         return 0
-    result = run_recipe(recipe, measure=not args.no_report, progress=not args.no_progress, command=_command())
-    for line in result.log:
-        print(line)
-    if result.report is not None:
-        print(result.report.to_markdown())
-        print(f"report: {result.report_paths[0]} and {result.report_paths[1]}")
+    with human_output(args.json):
+        result = run_recipe(recipe, measure=not args.no_report, progress=not args.no_progress, command=_command())
+        _print_result(result)
+    if args.json:
+        print_json(_result_dict(result))
     return 0

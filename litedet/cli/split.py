@@ -11,11 +11,15 @@ import argparse
 import json
 import logging
 
+from litedet.cli.common import add_json_option, add_model_option, add_progress_option, human_output, print_json
+
 
 def _model_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default=None, help="registry name (random weights unless --weights)")
-    parser.add_argument("--weights", default=None, help="litedet .safetensors checkpoint (its .json sidecar beside it)")
+    add_model_option(parser)
+    parser.add_argument("--weights", default=None,
+                        help="litedet .safetensors checkpoint (its .json sidecar beside it; default: random weights of --model)")
     parser.add_argument("--imgsz", type=int, default=None, help="input size (default: the model's)")
+    add_progress_option(parser)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,19 +29,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _model_arguments(profile)
     profile.add_argument("-o", "--output", required=True, help="device profile JSON to write")
     profile.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    profile.add_argument("--repeats", type=int, default=30, help="timed runs per block")
-    profile.add_argument("--warmup", type=int, default=5, help="untimed runs per block")
+    profile.add_argument("--repeats", type=int, default=30, help="timed runs per block (default 30)")
+    profile.add_argument("--warmup", type=int, default=5, help="untimed runs per block (default 5)")
+    add_json_option(profile, "the device profile")
     profile.add_argument("--device", default=None, help="name for this device (default HOST-Nt)")
 
     plan = sub.add_parser("plan", help="choose the cut minimising A + transfer + B")
     _model_arguments(plan)
     plan.add_argument("--devices", required=True, help="A.json,B.json: profiles of device A (camera) and device B")
     plan.add_argument("--bandwidth", required=True, help="link bandwidth, e.g. 10MB/s, 100Mbit/s")
-    plan.add_argument("--latency", default="0ms", help="link latency per transfer, e.g. 5ms")
+    plan.add_argument("--latency", default="0ms", help="link latency per transfer, e.g. 5ms (default 0ms)")
     plan.add_argument("--no-calibrate", action="store_true",
                       help="use the block latencies as measured (default: scale them to add up to the whole network's)")
     plan.add_argument("-o", "--output", default=None, help="also write the plan as JSON")
-    plan.add_argument("--json", action="store_true", help="print the plan as one JSON object, last")
+    add_json_option(plan, "the plan")
 
     run_parser = sub.add_parser("run", help="run the split on two Ray nodes")
     _model_arguments(run_parser)
@@ -46,20 +51,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run_parser.add_argument("--plan", default=None, help="plan JSON written by `split plan -o` (its cut and prediction)")
     run_parser.add_argument("--devices", default=None, help="A.json,B.json: plan now (with --bandwidth) and run the best cut")
     run_parser.add_argument("--bandwidth", default=None, help="with --devices: the planned link; with --simulate: also slept")
-    run_parser.add_argument("--latency", default="0ms", help="link latency, e.g. 5ms")
+    run_parser.add_argument("--latency", default="0ms", help="link latency, e.g. 5ms (default 0ms)")
     run_parser.add_argument("--simulate", action="store_true",
                             help="simulate the link on B: sleep(latency + bytes / bandwidth) before computing")
     run_parser.add_argument("--address", default=None, help="Ray cluster ('auto' or HOST:PORT); default: a local Ray with both resources")
-    run_parser.add_argument("--device-a", default="device_a", help="Ray custom resource of device A")
-    run_parser.add_argument("--device-b", default="device_b", help="Ray custom resource of device B")
+    run_parser.add_argument("--device-a", default="device_a", help="Ray custom resource of device A (default device_a)")
+    run_parser.add_argument("--device-b", default="device_b", help="Ray custom resource of device B (default device_b)")
     run_parser.add_argument("--threads-a", type=int, default=None, help="torch threads of part A")
     run_parser.add_argument("--threads-b", type=int, default=None, help="torch threads of part B")
     run_parser.add_argument("--fallback", choices=("error", "local"), default="error",
                             help="when a device disappears: fail (default) or finish locally")
-    run_parser.add_argument("--conf", type=float, default=0.25, help="minimum score")
-    run_parser.add_argument("--iou", type=float, default=0.45, help="NMS IoU threshold")
-    run_parser.add_argument("--max-frames", type=int, default=None, help="stop after this many frames")
-    run_parser.add_argument("--json", action="store_true", help="print the run summary as one JSON object, last")
+    run_parser.add_argument("--conf", type=float, default=0.25, help="minimum score (default 0.25)")
+    run_parser.add_argument("--iou", type=float, default=0.45, help="NMS IoU threshold (default 0.45)")
+    run_parser.add_argument("--max-frames", type=int, default=None, help="stop after this many frames (default: all)")
+    add_json_option(run_parser, "the run summary")
 
 
 def _profiles(devices: str):
@@ -72,7 +77,19 @@ def _profiles(devices: str):
 
 
 def run(args: argparse.Namespace) -> int:
+    from litedet.cli.common import resolve_model
+
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    args.model = resolve_model(args.weights, args.model)
+    with human_output(args.json):
+        summary = _run(args)
+    if args.json:
+        print_json(summary)
+    return 0
+
+
+def _run(args: argparse.Namespace) -> dict:
+    """Run the action, print its human summary; returns what ``--json`` prints."""
     if args.action == "profile":
         from litedet.distributed.split import profile_device
 
@@ -84,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"{profile.device}: {profile.model} @{profile.input_size[0]}x{profile.input_size[1]}, "
               f"{len(profile.blocks)} blocks, {profile.threads} thread(s): whole network {profile.total_ms:.2f} ms, "
               f"sum of blocks {sum(profile.block_ms()):.2f} ms -> {path}")
-        return 0
+        return {**profile.to_dict(), "path": str(path)}
     if args.action == "plan":
         from litedet.distributed.split import plan_split
 
@@ -99,9 +116,7 @@ def run(args: argparse.Namespace) -> int:
             from litedet.config import write_text_atomic
 
             write_text_atomic(Path(args.output), json.dumps(plan.to_dict(), indent=2) + "\n")
-        if args.json:
-            print(json.dumps(plan.to_dict()))
-        return 0
+        return plan.to_dict()
 
     from litedet.distributed.split import plan_from_dict, plan_split, run_split
 
@@ -122,8 +137,6 @@ def run(args: argparse.Namespace) -> int:
     )
     for line in report.summary_lines():
         print(line)
-    if args.json:
-        summary = report.to_dict()
-        summary.pop("results")
-        print(json.dumps(summary))
-    return 0
+    summary = report.to_dict()
+    summary.pop("results")
+    return summary

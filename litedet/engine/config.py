@@ -21,13 +21,33 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from litedet.data.augment import AugmentConfig
 from litedet.engine.loss import LossConfig
+from litedet.errors import load_yaml
 
 OPTIMIZERS = ("sgd", "adamw")
 DEVICES = ("auto", "cpu", "cuda")
+DEFAULT_MODEL = "v5lite-e"
+_PERIOD_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_save_period(value: str | int | None) -> tuple[int | None, float | None]:
+    """``--save-period``: ``"200"`` -> every 200 batches, ``"5m"`` / ``"90s"`` / ``"1h"`` -> every
+    so many seconds of training; returns ``(batches, seconds)``, one of them ``None`` (both for
+    ``None``)."""
+    if value is None or value == "":
+        return None, None
+    text = str(value).strip().lower()
+    try:
+        if text[-1:] in _PERIOD_UNITS:
+            seconds = float(text[:-1]) * _PERIOD_UNITS[text[-1]]
+            if seconds > 0:
+                return None, seconds
+        elif int(text) >= 1:
+            return int(text), None
+    except ValueError:
+        pass
+    raise ValueError(f"save_period must be a number of batches (e.g. 200) or a time (e.g. 5m, 90s, 1h), got {value!r}")
 
 
 @dataclass
@@ -35,7 +55,7 @@ class TrainConfig:
     """Everything one training run needs. Defaults follow YOLOv5 ``hyp.scratch-low.yaml``."""
 
     data: str = ""  # dataset YAML (yolo | coco | voc), see litedet.data.datasets
-    model: str = "v5lite-e"  # registered detector name
+    model: str = ""  # registered detector name ("": the --weights sidecar's model, else DEFAULT_MODEL)
     weights: str | None = None  # full detector checkpoint (.safetensors + sidecar) to start from
     backbone_weights: str | None = None  # ImageNet backbone weights (ShuffleNetV2 Megvii .pth)
     out: str = "runs/train/exp"
@@ -71,6 +91,7 @@ class TrainConfig:
     max_det: int = 300
     min_box_size: float = 1.0  # labels narrower or lower than this (pixels) are dropped
     stop_after_step: int | None = None  # save and stop after this many batches (interruption tests)
+    save_period: str | None = None  # also write last.pt mid-epoch: every N batches ("200") or minutes ("5m")
     progress: bool = True
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     loss: LossConfig = field(default_factory=LossConfig)
@@ -98,6 +119,7 @@ class TrainConfig:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.stop_after_step is not None and self.stop_after_step < 1:
             raise ValueError(f"stop_after_step must be >= 1, got {self.stop_after_step}")
+        parse_save_period(self.save_period)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain types only (it goes into checkpoints loaded with ``weights_only=True``)."""
@@ -117,7 +139,7 @@ class TrainConfig:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"experiment YAML not found: {path}")
-        data = yaml.safe_load(path.read_text()) or {}
+        data = load_yaml(path, "experiment YAML") or {}
         if not isinstance(data, dict):
             raise ValueError(f"{path}: an experiment YAML must be a mapping of TrainConfig keys")
         data.update({k: v for k, v in overrides.items() if v is not None})

@@ -23,10 +23,13 @@ from __future__ import annotations
 
 import copy
 import csv
+import errno
 import io
 import logging
 import math
 import random
+import signal
+import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -40,7 +43,7 @@ from torch import nn
 from litedet.config import ModelConfig, write_bytes_atomic
 from litedet.data.datasets import DetectionDataset, load_data_config
 from litedet.data.loader import DetectionTrainDataset, build_loader
-from litedet.engine.config import TrainConfig
+from litedet.engine.config import DEFAULT_MODEL, TrainConfig, parse_save_period
 from litedet.engine.loss import YoloLoss
 from litedet.layers.conv import is_identity_batchnorm, restore_folded_batchnorm
 from litedet.runtime.base import Backend
@@ -58,13 +61,18 @@ class TrainingDivergedError(RuntimeError):
     checkpoint."""
 
 
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint could not be written (e.g. the disk is full); the message names the path and
+    the last good checkpoint, which is kept."""
+
+
 @dataclass
 class TrainResult:
     """What a run produced."""
 
     out: Path
     epochs_done: int
-    steps: int
+    steps: int  # optimizer steps (weight updates)
     best_map50_95: float
     best_map50: float
     last_map50_95: float | None
@@ -75,6 +83,14 @@ class TrainResult:
     images_per_second: float
     stopped_early: bool = False
     messages: list[str] = field(default_factory=list)
+    batches: int = 0  # training batches (forward + backward passes)
+    interrupted: bool = False  # stopped by Ctrl-C / SIGTERM; resumable from ``out/last.pt``
+    accumulate: int = 1  # batches per optimizer step after warm-up (nbs / batch)
+
+    @property
+    def resume_command(self) -> str:
+        """The command that continues this run."""
+        return f"litedet train --resume {self.out}"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -230,6 +246,50 @@ def save_training_state(path: Path, state: dict[str, Any]) -> None:
     write_bytes_atomic(path, buffer.getvalue())
 
 
+# What the atomic writes of a run folder leave behind when killed mid-write (``write_bytes_atomic``:
+# ``.NAME.XXXXXXXX.tmp`` beside NAME).
+RUN_FILES = (CHECKPOINT_NAME, "last.safetensors", "last.json", "best.safetensors", "best.json", "results.csv")
+
+
+def remove_stale_temp_files(run_dir: Path) -> list[Path]:
+    """Delete the temp files of interrupted atomic writes in ``run_dir``; returns them."""
+    removed = []
+    for name in RUN_FILES:
+        for path in run_dir.glob(f".{name}.*.tmp"):
+            try:
+                path.unlink()
+                removed.append(path)
+            except OSError:
+                pass
+    return removed
+
+
+class StopRequest:
+    """SIGINT/SIGTERM while training: the first asks the loop to stop after the current batch
+    (and save), the second stops at once. Installed only in the main thread."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signal is not None:  # second signal: give up now
+            raise KeyboardInterrupt
+        self.signal = signum
+        LOGGER.warning("%s: stopping after the current batch to save a resumable checkpoint "
+                       "(press Ctrl-C again to quit at once)", signal.Signals(signum).name)
+
+    def __enter__(self) -> "StopRequest":
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+
 def load_training_state(path: Path) -> dict[str, Any]:
     """Read ``last.pt`` with ``weights_only=True`` (no code is unpickled)."""
     if not path.is_file():
@@ -297,17 +357,38 @@ class Trainer:
     def _build_model(self, resume_state: dict[str, Any] | None) -> nn.Module:
         from litedet.models.registry import create_model
 
+        from litedet.config import Preprocess, find_config
+
         config = self.config
         num_classes = len(self.names)
         if resume_state is not None:
             model_config = ModelConfig.from_dict(resume_state["model_config"], "checkpoint")
-            return create_model(config.model, num_classes=num_classes, names=self.names, input_size=config.imgsz,
-                                anchors=model_config.anchors)
+            model = create_model(config.model, num_classes=num_classes, names=self.names, input_size=config.imgsz,
+                                 anchors=model_config.anchors)
+            # every sidecar field the run started with (source, preprocessing, input size) survives a resume
+            model.source = model_config.source
+            model.preprocess = Preprocess(**vars(model_config.preprocess))
+            model.input_size = tuple(model_config.input_size)
+            return model
         if config.weights:
             from litedet.models.checkpoint import load_detector
 
-            model, _ = load_detector(config.weights, model_name=config.model)
-            if model.num_classes != num_classes:
+            sidecar = find_config(config.weights) if not str(config.weights).endswith(".param") else None
+            if sidecar is not None and config.model and config.model != sidecar.model:
+                raise ValueError(f"--model {config.model} does not match {config.weights}, whose sidecar says "
+                                 f"{sidecar.model}; leave --model out to use the checkpoint's")
+            model, _ = load_detector(config.weights, model_name=config.model or None)
+            config.model = model.model_name
+            old_names = list(model.names)
+            if old_names == self.names:
+                self._log(f"{config.weights}: all weights loaded ({num_classes} classes)")
+            elif set(self.names) <= set(old_names):
+                keep = [old_names.index(name) for name in self.names]
+                model.reset_head(num_classes, self.names, keep_classes=keep)
+                self._log(f"{config.weights}: the data's {num_classes} classes ({', '.join(self.names[:5])}"
+                          f"{', ...' if num_classes > 5 else ''}) are among the checkpoint's {len(old_names)}: "
+                          f"their head rows kept, all weights loaded")
+            elif model.num_classes != num_classes:
                 old = model.num_classes
                 kept = model.reset_head(num_classes, self.names)
                 self._log(f"{config.weights}: {old} classes in the checkpoint, {num_classes} in the data: "
@@ -316,10 +397,12 @@ class Trainer:
                           + ("; the head's class-agnostic box and objectness outputs kept" if kept else ""))
             else:
                 model.names = list(self.names)
-                self._log(f"{config.weights}: all weights loaded ({num_classes} classes)")
+                self._log(f"{config.weights}: all weights loaded; the {num_classes} classes are renamed "
+                          f"{old_names[:3]}... -> {self.names[:3]}...")
             model.input_size = (config.imgsz, config.imgsz)
             model.train()
             return model
+        config.model = config.model or DEFAULT_MODEL
         model = create_model(config.model, num_classes=num_classes, names=self.names, input_size=config.imgsz)
         if config.backbone_weights:
             report = load_imagenet_backbone(model, config.backbone_weights)
@@ -331,7 +414,9 @@ class Trainer:
 
     # -- checkpoint ---------------------------------------------------------------------------
 
-    def _state(self, epoch: int, epoch_step: int, step: int) -> dict[str, Any]:
+    def _state(self, epoch: int, epoch_step: int, step: int, running_seconds: float = 0.0) -> dict[str, Any]:
+        """The full training state after ``step`` batches (``epoch_step`` of them in ``epoch``);
+        ``running_seconds``: time of the current epoch not yet added to the counters."""
         return {
             "format": "litedet-train",
             "version": CHECKPOINT_VERSION,
@@ -350,12 +435,13 @@ class Trainer:
             "epoch_step": epoch_step,
             "step": step,
             "last_opt_step": self.last_opt_step,
+            "optimizer_steps": self.optimizer_steps,
             "epoch_loss_sum": self.epoch_loss_sum.tolist(),
             "epoch_images": self.epoch_images,
-            "epoch_seconds": self.epoch_seconds,
+            "epoch_seconds": self.epoch_seconds + running_seconds,
             "best_fitness": self.best_fitness,
             "best_map50": self.best_map50,
-            "train_seconds": self.train_seconds,
+            "train_seconds": self.train_seconds + running_seconds,
             "train_images": self.train_images,
             "rng": _rng_state(),
         }
@@ -396,6 +482,7 @@ class Trainer:
         self.start_epoch_step = int(state["epoch_step"])
         self.step = int(state["step"])
         self.last_opt_step = int(state["last_opt_step"])
+        self.optimizer_steps = int(state.get("optimizer_steps", 0))
         self.epoch_loss_sum = np.asarray(state["epoch_loss_sum"], dtype=np.float64)
         self.epoch_images = int(state["epoch_images"])
         self.epoch_seconds = float(state["epoch_seconds"])
@@ -460,14 +547,35 @@ class Trainer:
     # -- the loop -----------------------------------------------------------------------------
 
     def fit(self) -> TrainResult:
-        """Train until ``config.epochs`` (or ``stop_after_step``); returns what was produced."""
+        """Train until ``config.epochs`` (or ``stop_after_step``); returns what was produced.
+
+        Ctrl-C or SIGTERM stops after the current batch with a resumable ``last.pt`` (and the
+        plots written); ``result.interrupted`` is then true. A second Ctrl-C stops at once."""
+        with StopRequest() as stop:
+            return self._fit(stop)
+
+    def _save_state(self, path: Path, state: dict[str, Any], last_good: str) -> None:
+        """``save_training_state``; a full disk (or any OS error) becomes one line naming the path
+        and the checkpoint that is still good (the atomic write never replaces it with half a file)."""
+        try:
+            save_training_state(path, state)
+        except OSError as err:
+            reason = "no space left on device" if err.errno == errno.ENOSPC else (err.strerror or str(err))
+            raise CheckpointWriteError(f"cannot write {path}: {reason}; last good checkpoint: {last_good}") from None
+
+    def _fit(self, stop: StopRequest) -> TrainResult:
         from tqdm import tqdm
 
         config = self.config
         self.out.mkdir(parents=True, exist_ok=True)
+        stale = remove_stale_temp_files(self.out)
+        if stale:
+            self._log(f"removed {len(stale)} temp file(s) of an interrupted checkpoint write: "
+                      f"{', '.join(p.name for p in stale[:3])}")
         batch_size = config.batch
         accumulate_target = max(round(config.nbs / batch_size), 1)
         weight_decay = config.weight_decay * batch_size * accumulate_target / config.nbs
+        period_batches, period_seconds = parse_save_period(config.save_period)
         self.optimizer = build_optimizer(self.model, config, weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, CosineSchedule(config.epochs, config.lrf))
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
@@ -475,6 +583,7 @@ class Trainer:
         criterion = YoloLoss(self.model.num_classes, self.model.strides, self.model.anchors, config.imgsz, config.loss)
         criterion.to(self.device)
         self.start_epoch, self.start_epoch_step, self.step, self.last_opt_step = 0, 0, 0, -1
+        self.optimizer_steps = 0
         self.epoch_loss_sum, self.epoch_images, self.epoch_seconds = np.zeros(3), 0, 0.0
         self.best_fitness, self.best_map50 = -1.0, 0.0
         self.train_seconds, self.train_images = 0.0, 0
@@ -491,16 +600,22 @@ class Trainer:
         warmup_steps = min(warmup_steps, max(config.epochs * batches // 3, 1))
         checkpoint = self.out / CHECKPOINT_NAME
         last_good = str(checkpoint) if self.step > 0 or checkpoint.is_file() else "none (no epoch finished yet)"
+        accumulate_note = (f"one optimizer step per {accumulate_target} batches (nominal batch size nbs {config.nbs}; "
+                           f"at least one per epoch)" if accumulate_target > 1 else
+                           f"one optimizer step per batch (nominal batch size nbs {config.nbs})")
         self._log(f"training {config.model} on {len(self.train_set)} images ({len(self.names)} classes), "
                   f"validating on {len(self.val_set)}; {config.epochs} epochs x {batches} batches of {batch_size} "
-                  f"at {config.imgsz} px on {self.device}{' with AMP' if self.use_amp else ''}; "
-                  f"gradients accumulated to {batch_size * accumulate_target} images")
+                  f"at {config.imgsz} px on {self.device}{' with AMP' if self.use_amp else ''}; {accumulate_note}")
         if self.step == 0 and self._resume_state is None and config.weights:
             self._restore_folded_batchnorm(dataset, loader, sampler, batch_size)
         last_map = last_map50 = None
-        stopped = False
+        stopped = interrupted = False
         epochs_done = self.start_epoch
+        last_save_time = time.perf_counter()
         for epoch in range(self.start_epoch, config.epochs):
+            if stop.signal is not None:  # asked to stop during the last epoch's evaluation or save
+                interrupted = True
+                break
             self.model.train()
             mosaic_on = not (config.close_mosaic and epoch >= config.epochs - config.close_mosaic)
             dataset.set_epoch(epoch, use_mosaic=mosaic_on)
@@ -534,7 +649,9 @@ class Trainer:
                         f"Lower lr0, check these labels, or resume from the checkpoint."
                     )
                 self.scaler.scale(loss).backward()
-                if step - self.last_opt_step >= accumulate:
+                # Step when the nominal batch is full, and always at the end of an epoch, so that no
+                # epoch ends with gradients that did not move the weights it is evaluated with.
+                if step - self.last_opt_step >= accumulate or index == batches - 1:
                     self.scaler.unscale_(self.optimizer)
                     if config.grad_clip > 0:
                         nn.utils.clip_grad_norm_(self.model.parameters(), max_norm=config.grad_clip)
@@ -544,6 +661,7 @@ class Trainer:
                     if self.ema:
                         self.ema.update(self.model)
                     self.last_opt_step = step
+                    self.optimizer_steps += 1
                 self.epoch_loss_sum += items.cpu().double().numpy() * len(paths)
                 self.epoch_images += len(paths)
                 self.train_images += len(paths)
@@ -551,16 +669,27 @@ class Trainer:
                 mean = self.epoch_loss_sum / max(self.epoch_images, 1)
                 bar.set_postfix(box=f"{mean[0]:.4f}", obj=f"{mean[1]:.4f}", cls=f"{mean[2]:.4f}",
                                 lr=f"{self.optimizer.param_groups[1]['lr']:.2e}")
-                if config.stop_after_step is not None and self.step >= config.stop_after_step:
+                asked = config.stop_after_step is not None and self.step >= config.stop_after_step
+                if asked or stop.signal is not None:
                     elapsed = time.perf_counter() - started
                     self.epoch_seconds += elapsed
                     self.train_seconds += elapsed
-                    save_training_state(checkpoint, self._state(epoch, index + 1, self.step))
-                    self._log(f"stopped after step {self.step} as asked; resume with --resume {self.out}")
-                    stopped = True
+                    self._save_state(checkpoint, self._state(epoch, index + 1, self.step), last_good)
+                    if asked:
+                        self._log(f"stopped after step {self.step} as asked; resume with --resume {self.out}")
+                        stopped = True
+                    else:
+                        interrupted = True
                     break
+                if index + 1 < batches:  # mid-epoch checkpoint (the epoch end writes its own)
+                    now = time.perf_counter()
+                    if ((period_batches and self.step % period_batches == 0)
+                            or (period_seconds and now - last_save_time >= period_seconds)):
+                        self._save_state(checkpoint, self._state(epoch, index + 1, self.step, now - started), last_good)
+                        last_good = str(checkpoint)
+                        last_save_time = now
             bar.close()
-            if stopped:
+            if stopped or interrupted:
                 break
             elapsed = time.perf_counter() - started
             self.epoch_seconds += elapsed
@@ -574,30 +703,40 @@ class Trainer:
             if (epoch + 1) % config.eval_interval == 0 or epoch + 1 == config.epochs:
                 result = self.evaluate()
                 last_map, last_map50 = result.map50_95, result.map50
-            self._save_weights("last")
-            if last_map is not None and last_map > self.best_fitness:
-                self.best_fitness, self.best_map50 = last_map, last_map50 or 0.0
-                self._save_weights("best")
-                if result is not None and getattr(result, "pr_curve", None):
-                    self._plot_pr(result.pr_curve, epoch)
-            self._write_row(epoch, self.epoch_loss_sum / max(self.epoch_images, 1), epoch_lrs, last_map, last_map50,
-                            self.epoch_seconds, self.epoch_images / max(self.epoch_seconds, 1e-9))
-            save_training_state(checkpoint, self._state(epoch + 1, 0, self.step))
+            try:
+                self._save_weights("last")
+                if last_map is not None and last_map > self.best_fitness:
+                    self.best_fitness, self.best_map50 = last_map, last_map50 or 0.0
+                    self._save_weights("best")
+                    if result is not None and getattr(result, "pr_curve", None):
+                        self._plot_pr(result.pr_curve, epoch)
+                self._write_row(epoch, self.epoch_loss_sum / max(self.epoch_images, 1), epoch_lrs, last_map,
+                                last_map50, self.epoch_seconds, self.epoch_images / max(self.epoch_seconds, 1e-9))
+            except OSError as err:
+                reason = "no space left on device" if err.errno == errno.ENOSPC else (err.strerror or str(err))
+                raise CheckpointWriteError(f"cannot write the epoch {epoch + 1} results in {self.out}: {reason}; "
+                                           f"last good checkpoint: {last_good}") from None
+            self._save_state(checkpoint, self._state(epoch + 1, 0, self.step), last_good)
             last_good = str(checkpoint)
+            last_save_time = time.perf_counter()
             mean = self.epoch_loss_sum / max(self.epoch_images, 1)
             self._log(f"epoch {epoch + 1}/{config.epochs}: box {mean[0]:.4f} obj {mean[1]:.4f} cls {mean[2]:.4f}"
                       + (f"; mAP50-95 {last_map:.4f} mAP50 {last_map50:.4f}" if last_map is not None else "")
                       + f"; {self.epoch_seconds:.1f} s")
+        if interrupted:
+            self._log(f"interrupted ({signal.Signals(stop.signal).name}) at epoch {self.step // batches + 1}, "
+                      f"batch {self.step % batches} (step {self.step}); resumable checkpoint {checkpoint}")
         self._plot_results()
         best = self.out / "best.safetensors"
         last = self.out / "last.safetensors"
         return TrainResult(
-            out=self.out, epochs_done=epochs_done, steps=self.step,
+            out=self.out, epochs_done=epochs_done, steps=self.optimizer_steps,
             best_map50_95=max(self.best_fitness, 0.0), best_map50=self.best_map50,
             last_map50_95=last_map, last_map50=last_map50,
             best_weights=best if best.is_file() else None, last_weights=last if last.is_file() else None,
             train_seconds=self.train_seconds, images_per_second=self.train_images / max(self.train_seconds, 1e-9),
-            stopped_early=stopped, messages=list(self.messages),
+            stopped_early=stopped or interrupted, messages=list(self.messages), batches=self.step,
+            interrupted=interrupted, accumulate=accumulate_target,
         )
 
     # -- outputs ------------------------------------------------------------------------------

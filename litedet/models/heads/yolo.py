@@ -68,8 +68,12 @@ class YoloHead(nn.Module):
         self.convs = nn.ModuleList()
         self.reset(num_classes)
 
-    def reset(self, num_classes: int, keep_box_obj: bool = True) -> bool:
+    def reset(self, num_classes: int, keep_box_obj: bool = True, keep_classes: Sequence[int] | None = None) -> bool:
         """Replace the prediction convs for ``num_classes`` classes (prior-initialised).
+
+        ``keep_classes``: for each new class, the index of the old class whose rows it keeps (a
+        fine-tune on a subset of the checkpoint's classes starts from what the model already knows
+        about them); needs ``keep_box_obj``.
 
         ``keep_box_obj``: carry over the rows that do not depend on the classes, per anchor the box
         offsets (tx, ty, tw, th) and the objectness (channels ``a*(5+nc) + 0..4``), so fine-tuning a
@@ -78,12 +82,19 @@ class YoloHead(nn.Module):
         0.131 dropped). Returns whether rows were kept."""
         if not isinstance(num_classes, int) or num_classes <= 0:
             raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+        if keep_classes is not None:
+            keep_classes = [int(k) for k in keep_classes]
+            if not keep_box_obj or len(keep_classes) != num_classes or not all(0 <= k < self.num_classes for k in keep_classes):
+                raise ValueError(f"keep_classes must give one old class index (< {self.num_classes}) per new class "
+                                 f"({num_classes}), with keep_box_obj; got {keep_classes}")
         kept = []
         if keep_box_obj and len(self.convs):
             rows = 5 + self.num_classes
+            # per anchor: rows 0..4 (box, objectness), then the kept classes' rows in their new order
+            index = torch.tensor([0, 1, 2, 3, 4] + [5 + k for k in keep_classes or []])
             for conv in self.convs:
-                kept.append((conv.weight.detach().reshape(self.num_anchors, rows, -1)[:, :5].clone(),
-                             conv.bias.detach().reshape(self.num_anchors, rows)[:, :5].clone()))
+                kept.append((conv.weight.detach().reshape(self.num_anchors, rows, -1)[:, index].clone(),
+                             conv.bias.detach().reshape(self.num_anchors, rows)[:, index].clone()))
         self.num_classes = num_classes
         outputs = self.num_anchors * (5 + num_classes)
         device = next(iter(self.convs.parameters())).device if len(self.convs) else None
@@ -91,8 +102,9 @@ class YoloHead(nn.Module):
         self._init_biases()
         with torch.no_grad():
             for conv, (weight, bias) in zip(self.convs, kept):
-                conv.weight.view(self.num_anchors, 5 + num_classes, -1)[:, :5] = weight
-                conv.bias.view(self.num_anchors, 5 + num_classes)[:, :5] = bias
+                rows = weight.shape[1]
+                conv.weight.view(self.num_anchors, 5 + num_classes, -1)[:, :rows] = weight
+                conv.bias.view(self.num_anchors, 5 + num_classes)[:, :rows] = bias
         return bool(kept)
 
     @torch.no_grad()
