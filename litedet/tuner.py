@@ -402,7 +402,9 @@ class DeviceMeasurer:
             raise ValueError("int8 needs calibration images: give a dataset YAML (its train split calibrates) or calib=FOLDER")
         calib_tag = hashlib.sha256(f"{self.data.calibration}|{self.calibration_images}".encode()).hexdigest()[:8]
         out = folder / f"int8-{calib_tag}" / "model_int8.onnx"
-        if not out.is_file():
+        from litedet.config import sidecar_path
+
+        if not (out.is_file() and sidecar_path(out).is_file()):  # the sidecar is written last
             from litedet.compress.quantize import quantize_onnx_static
 
             out.parent.mkdir(parents=True, exist_ok=True)

@@ -295,3 +295,18 @@ def test_bundle_loads_and_detects_on_real_images(tmp_path, checkpoint, capsys):
     record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     record = record[0] if isinstance(record, list) else record
     assert record["source"].endswith("000000000139.jpg") and isinstance(record["detections"], list)
+
+
+def test_dataset_yaml_scores_val_and_calibrates_on_train(tmp_path):
+    require_shared("data", "coco256")
+    from litedet.tuner import resolve_data
+
+    data = resolve_data(Path(__file__).resolve().parents[1] / "configs" / "data" / "coco256.yaml", None, None, None,
+                        tmp_path)
+    assert data.calibration.endswith("coco256.yaml")  # quantize reads its train split
+    files = data.image_files()
+    assert len(files) == 128 and all("val2017" in str(f) for f in files)
+    assert len(data.latency_images(3)) == 3
+    again = resolve_data(Path(__file__).resolve().parents[1] / "configs" / "data" / "coco256.yaml", None, None, None,
+                         tmp_path, limit=8)
+    assert again.tag != data.tag  # a different number of scored images is a different cache key
