@@ -79,7 +79,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"litedet {verb}: not available in this version", file=sys.stderr)
                 return 2
             return _missing_extra(verb, err)
-    parser = build_parser(verb)
+    try:
+        parser = build_parser(verb)  # a verb's options may need its extra (defaults from torch code)
+    except ModuleNotFoundError as err:
+        return _missing_extra(verb or "", err)
     args = parser.parse_args(argv)
     if args.verb is None:
         parser.print_help()

@@ -113,13 +113,17 @@ def _read_url_image(url: str, timeout: float = 30.0) -> np.ndarray:
 
 
 class FileSource(Source):
-    """Image and video files, in the given order; videos are read frame by frame."""
+    """Image and video files, in the given order; videos are read frame by frame. With
+    ``max_frames`` the source ends after that many frames (images and video frames together)."""
 
-    def __init__(self, paths: list[Path]) -> None:
+    def __init__(self, paths: list[Path], max_frames: int | None = None) -> None:
         super().__init__()
         self.paths = paths
+        self.max_frames = max_frames
         images = [p for p in paths if p.suffix.lower() in IMAGE_SUFFIXES]
         self.total = len(images) + sum(_frame_count(p) for p in paths if p.suffix.lower() in VIDEO_SUFFIXES)
+        if max_frames is not None:
+            self.total = min(self.total, max_frames)
         self.total = self.total or None
         videos = [p for p in paths if p.suffix.lower() in VIDEO_SUFFIXES]
         if videos:
@@ -127,6 +131,16 @@ class FileSource(Source):
         self._capture: cv2.VideoCapture | None = None
 
     def __iter__(self) -> Iterator[Frame]:
+        frames = self._frames()
+        try:
+            for given, frame in enumerate(frames, start=1):
+                yield frame
+                if self.max_frames is not None and given >= self.max_frames:
+                    return
+        finally:
+            frames.close()  # releases an open video capture at once
+
+    def _frames(self) -> Iterator[Frame]:
         for path in self.paths:
             if path.suffix.lower() in VIDEO_SUFFIXES:
                 yield from self._video(path)
@@ -302,9 +316,12 @@ def open_source(
     ``rtsp://`` / ``rtmp://`` / ``http(s)://`` URL (a URL ending in an image suffix is fetched as
     one image; any other URL is a stream).
 
-    ``max_frames`` ends a live source after that many frames. ``capture_factory`` opens cameras
-    and streams (default ``cv2.VideoCapture``), e.g. a stub where no camera exists.
+    ``max_frames`` ends the source after that many frames (files, videos, cameras and streams
+    alike). ``capture_factory`` opens cameras and streams (default ``cv2.VideoCapture``), e.g. a
+    stub where no camera exists.
     """
+    if max_frames is not None and max_frames < 1:
+        raise ValueError(f"max_frames must be >= 1, got {max_frames}")
     factory = capture_factory or cv2.VideoCapture
     spec = str(source) if isinstance(source, os.PathLike) else source
     if isinstance(spec, int) or (isinstance(spec, str) and spec.isdigit()):
@@ -320,15 +337,15 @@ def open_source(
         files = _collect_dir(path)
         if not files:
             raise FileNotFoundError(f"no images or videos in folder {path} (suffixes {', '.join(IMAGE_SUFFIXES + VIDEO_SUFFIXES)})")
-        return FileSource(files)
+        return FileSource(files, max_frames)
     if path.is_file():
         if path.suffix.lower() not in IMAGE_SUFFIXES + VIDEO_SUFFIXES:
             raise ValueError(f"{path}: unknown image/video suffix {path.suffix!r}")
-        return FileSource([path])
+        return FileSource([path], max_frames)
     if glob.has_magic(spec):
         files = sorted(Path(p) for p in glob.glob(os.path.expanduser(spec), recursive=True))
         files = [p for p in files if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES + VIDEO_SUFFIXES]
         if not files:
             raise FileNotFoundError(f"no images or videos match {spec}")
-        return FileSource(files)
+        return FileSource(files, max_frames)
     raise FileNotFoundError(f"source not found: {path}")

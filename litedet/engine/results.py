@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Sequence
 
 import cv2
@@ -24,7 +26,9 @@ class Detections:
     ``boxes`` float32 [N, 4] (x1, y1, x2, y2) in original-image pixels, clipped to the image;
     ``scores`` float32 [N]; ``class_ids`` int64 [N] (0-based model classes); ``names`` the model's
     class names (``names[class_ids[i]]`` names detection i); ``source`` where the image came from
-    (a path, ``video.mp4:17`` for frame 17, a stream URL); ``image_shape`` (height, width).
+    (a path, ``video.mp4:17`` for frame 17, a stream URL); ``image_shape`` (height, width);
+    ``image`` the BGR image detected on, when kept (``litedet.load`` keeps it, so ``draw()`` and
+    ``save()`` need no argument).
     """
 
     boxes: np.ndarray
@@ -34,6 +38,7 @@ class Detections:
     source: str = ""
     image_shape: tuple[int, int] = (0, 0)
     timings: dict[str, float] = field(default_factory=dict)
+    image: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.boxes = np.asarray(self.boxes, dtype=np.float32).reshape(-1, 4)
@@ -76,8 +81,13 @@ class Detections:
             ],
         }
 
-    def draw(self, image: np.ndarray, line_width: int | None = None) -> np.ndarray:
-        """A copy of ``image`` (BGR) with each box, its class name and score drawn on it."""
+    def draw(self, image: np.ndarray | None = None, line_width: int | None = None) -> np.ndarray:
+        """A copy of ``image`` (BGR; default the kept ``self.image``) with each box, its class
+        name and score drawn on it."""
+        if image is None:
+            if self.image is None:
+                raise ValueError(f"no image kept for {self.source or 'these detections'}: pass the image to draw on")
+            image = self.image
         canvas = np.ascontiguousarray(image).copy()
         width = line_width or max(1, round(sum(canvas.shape[:2]) / 2 * 0.003))
         font_scale = width / 3
@@ -96,9 +106,31 @@ class Detections:
             )
         return canvas
 
+    def save(self, path: str | os.PathLike, image: np.ndarray | None = None, line_width: int | None = None) -> Path:
+        """Write the annotated image (``draw``) to ``path``; a folder (existing, or a path without
+        a suffix) gets the source's file name (``clip_17.jpg`` for frame 17 of ``clip.mp4``).
+        Returns the file written."""
+        path = Path(path)
+        if path.is_dir() or not path.suffix:
+            path = path / _file_name(self.source)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not cv2.imwrite(str(path), self.draw(image, line_width)):
+            raise ValueError(f"could not write {path} (is {path.suffix!r} an image format OpenCV writes?)")
+        return path
+
     def __repr__(self) -> str:
         counts: dict[str, int] = {}
         for name in self.class_names:
             counts[name] = counts.get(name, 0) + 1
         summary = ", ".join(f"{n} {name}" for name, n in sorted(counts.items(), key=lambda kv: -kv[1])) or "nothing"
         return f"Detections({self.source or '<image>'}: {summary})"
+
+
+def _file_name(source: str) -> str:
+    """An image file name for a result's source: ``a/b.png`` -> ``b.png``, ``clip.mp4:17`` ->
+    ``clip_17.jpg``, a URL or an unnamed image -> its last path part or ``image.jpg``."""
+    base, _, frame = source.rpartition(":")
+    if frame.isdigit() and base:
+        return f"{Path(base.split('?')[0].rstrip('/')).stem or 'frame'}_{frame}.jpg"
+    name = Path(source.split("?")[0].rstrip("/")).name
+    return name if Path(name).suffix else f"{name or 'image'}.jpg"

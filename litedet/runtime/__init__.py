@@ -12,9 +12,11 @@ import os
 from pathlib import Path
 
 from litedet.config import ModelConfig, find_config, sidecar_path
+from litedet.extras import MissingExtraError, missing_extra_error
 from litedet.runtime.base import Backend
 
-# engine name -> (module, class); each class is built as Cls(weights: Path, config, threads=, precision=)
+# engine name -> (module, class); each class is built as Cls(weights: Path, config, threads=,
+# precision=[, device=])
 ENGINES: dict[str, tuple[str, str]] = {
     "torch": ("litedet.runtime.torch_backend", "TorchBackend"),
     "onnxruntime": ("litedet.runtime.onnxruntime_backend", "OnnxRuntimeBackend"),
@@ -30,10 +32,7 @@ SUFFIX_ENGINES: dict[str, str] = {
     ".param": "ncnn",
 }
 
-# engine -> the pip extra that installs it, for error messages
-ENGINE_EXTRAS: dict[str, str] = {"torch": "torch", "onnxruntime": "runtime", "openvino": "openvino", "ncnn": "ncnn"}
-
-__all__ = ["ENGINES", "SUFFIX_ENGINES", "Backend", "engine_for", "open_backend"]
+__all__ = ["ENGINES", "SUFFIX_ENGINES", "Backend", "MissingExtraError", "engine_for", "open_backend"]
 
 
 def engine_for(weights: str | os.PathLike) -> str:
@@ -52,13 +51,20 @@ def open_backend(
     precision: str = "fp32",
     model: str | None = None,
     imgsz: int | tuple[int, int] | None = None,
+    device: str | None = None,
 ) -> Backend:
     """Open ``weights`` with ``engine`` (default: from the suffix).
 
     The config sidecar beside the file (``litedet.config.sidecar_path``) supplies the model
     name, input size, classes and preprocessing. ``model``, when given, must agree with it; for a
     torch checkpoint without a sidecar it names the architecture. ``imgsz`` overrides the input size
-    (an int for a square, or (height, width)).
+    (an int for a square, or (height, width)). ``device``: where the engine runs (torch ``cpu``,
+    ``cuda``, ``cuda:1``; onnxruntime ``cpu`` or ``cuda[:N]``; OpenVINO ``CPU``, ``GPU``, ``NPU``,
+    ``AUTO``; ncnn ``cpu``); default: the engine's own choice (CUDA when torch or onnxruntime see
+    one, else the CPU).
+
+    Raises ``MissingExtraError`` (an ImportError) naming the pip extra when the engine's package
+    is not installed.
     """
     path = Path(weights).expanduser()
     if not path.exists():
@@ -79,21 +85,23 @@ def open_backend(
     if config is not None and imgsz is not None:
         config = with_input_size(config, imgsz)
     module_name, class_name = ENGINES[engine]
+    options = {} if device is None else {"device": device}
     try:
         module = importlib.import_module(module_name)
+        backend_cls = getattr(module, class_name)
+        if config is None:  # torch weights without sidecar: the backend builds the config (from `model`)
+            backend = backend_cls(path, None, threads=threads, precision=precision, model=model, **options)
+            if imgsz is not None:
+                backend.config = with_input_size(backend.config, imgsz)
+            return backend
+        return backend_cls(path, config, threads=threads, precision=precision, **options)
     except ModuleNotFoundError as err:
         if err.name == module_name:
             raise ValueError(f"engine {engine!r} is not available in this version of litedet") from None
-        raise ValueError(
-            f"engine {engine!r} needs the Python package {err.name!r}: pip install 'litedet[{ENGINE_EXTRAS[engine]}]'"
-        ) from None
-    backend_cls = getattr(module, class_name)
-    if config is None:  # torch weights without sidecar: the backend builds the config (from `model`)
-        backend = backend_cls(path, None, threads=threads, precision=precision, model=model)
-        if imgsz is not None:
-            backend.config = with_input_size(backend.config, imgsz)
-        return backend
-    return backend_cls(path, config, threads=threads, precision=precision)
+        missing = missing_extra_error(err, f"the {engine} engine ({path.name})")
+        if missing is None:
+            raise
+        raise missing from None
 
 
 def with_input_size(config: ModelConfig, imgsz: int | tuple[int, int]) -> ModelConfig:

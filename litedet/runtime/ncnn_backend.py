@@ -50,11 +50,14 @@ class NcnnBackend(Backend):
         config: ModelConfig,
         threads: int | None = None,
         precision: str = "fp32",
+        device: str | None = None,
     ) -> None:
         import ncnn
 
         if precision not in PRECISIONS:
             raise ValueError(f"ncnn precision must be one of {PRECISIONS}, got {precision!r}")
+        if device is not None and device.lower() != "cpu":
+            raise ValueError(f"ncnn runs on the CPU here (device 'cpu'), got device {device!r}")
         super().__init__(config, threads=threads, precision=precision)
         param = Path(weights)
         model_bin = param.with_suffix(".bin")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -15,10 +16,12 @@ PRECISIONS = ("fp32",)
 
 
 class OnnxRuntimeBackend(Backend):
-    """Runs an ``.onnx`` export with ONNX Runtime (CPU provider; CUDA when that build is installed).
+    """Runs an ``.onnx`` export with ONNX Runtime.
 
-    ``threads`` sets the intra-op thread pool (one inter-op thread: these graphs are sequential).
-    ONNX Runtime runs the exported fp32 graph only; use OpenVINO or ncnn for bf16/fp16.
+    ``device``: ``cpu``, ``cuda`` or ``cuda:N`` (needs the onnxruntime-gpu build); default CUDA
+    when that build sees a GPU, else the CPU. ``threads`` sets the intra-op thread pool (one
+    inter-op thread: these graphs are sequential). ONNX Runtime runs the exported fp32 graph
+    only; use OpenVINO or ncnn for bf16/fp16.
     """
 
     name = "onnxruntime"
@@ -29,6 +32,7 @@ class OnnxRuntimeBackend(Backend):
         config: ModelConfig,
         threads: int | None = None,
         precision: str = "fp32",
+        device: str | None = None,
     ) -> None:
         import onnxruntime as ort
 
@@ -41,8 +45,7 @@ class OnnxRuntimeBackend(Backend):
         if threads is not None:
             options.intra_op_num_threads = int(threads)
             options.inter_op_num_threads = 1
-        available = ort.get_available_providers()
-        providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+        providers = _providers(device, ort.get_available_providers())
         try:
             self.session = ort.InferenceSession(str(path), options, providers=providers)
         except Exception as err:  # noqa: BLE001 - ORT raises its own exception types per failure
@@ -64,3 +67,17 @@ class OnnxRuntimeBackend(Backend):
         check_input_shape(batch, self.input_shape, self.name)
         outputs = self.session.run(self.output_names, {self.input_name: batch})
         return [np.asarray(out) for out in outputs]
+
+
+def _providers(device: str | None, available: list[str]) -> list[Any]:
+    """ONNX Runtime execution providers for ``device`` (None: CUDA when available, then CPU)."""
+    if device is None:
+        return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+    kind, _, index = device.lower().partition(":")
+    if kind == "cpu" and not index:
+        return ["CPUExecutionProvider"]
+    if kind == "cuda" and (not index or index.isdigit()):
+        if "CUDAExecutionProvider" not in available:
+            raise ValueError(f"onnxruntime: device {device!r} needs the onnxruntime-gpu build; this one has {available}")
+        return [("CUDAExecutionProvider", {"device_id": int(index or 0)}), "CPUExecutionProvider"]
+    raise ValueError(f"onnxruntime: unknown device {device!r}; use cpu, cuda or cuda:N")

@@ -21,7 +21,8 @@ class OpenVINOBackend(Backend):
 
     ``precision``: ``fp32`` (exact; set explicitly since the CPU default is bf16 where AMX is
     present), ``bf16`` or ``fp16`` (the CPU plugin's inference precision; the weights file may be
-    fp32 or compressed fp16 either way). ``threads`` sets ``INFERENCE_NUM_THREADS``.
+    fp32 or compressed fp16 either way). ``threads`` sets ``INFERENCE_NUM_THREADS``. ``device``
+    is an OpenVINO device name (``CPU``, ``GPU``, ``NPU``, ``AUTO``; any case).
     """
 
     name = "openvino"
@@ -42,6 +43,7 @@ class OpenVINOBackend(Backend):
         path = Path(weights)
         if not path.with_suffix(".bin").is_file():
             raise FileNotFoundError(f"{path}: its weights file {path.with_suffix('.bin')} is missing (copy the .xml and .bin together)")
+        device = device.upper()
         core = ov.Core()
         properties: dict[str, object] = {"INFERENCE_PRECISION_HINT": PRECISION_HINTS[precision], "PERFORMANCE_HINT": "LATENCY"}
         if threads is not None:
