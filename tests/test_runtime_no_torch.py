@@ -96,7 +96,7 @@ def test_detect_from_onnx_without_torch(tmp_path: Path) -> None:
     lines = [line for line in child.stdout.splitlines() if line.strip()]
     status = json.loads(lines[-1])
     assert status == {"code": 0, "torch_modules": []}
-    frames = json.loads(lines[-2])
+    frames = [json.loads(line) for line in lines[:-1]]  # --json: JSON Lines, one object per frame
     assert len(frames) == 1
     got = frames[0]["detections"]
     assert [d["class_id"] for d in got] == expected.class_ids.tolist()

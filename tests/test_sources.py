@@ -97,6 +97,9 @@ class _MJPEGHandler(http.server.BaseHTTPRequestHandler):
         pass
 
     def do_GET(self):  # noqa: N802 - http.server's name
+        if self.path.endswith(("endless.jpg", "trickle.jpg", "cut.jpg")):
+            self._bad_image()
+            return
         if self.path.endswith(".jpg"):
             data = cv2.imencode(".jpg", _frame(5))[1].tobytes()
             self.send_response(200)
@@ -152,6 +155,52 @@ def test_http_mjpeg_stream_drops_stale_frames(mjpeg_server):
 def test_http_image_url(mjpeg_server):
     frames = list(open_source(f"{mjpeg_server}/still.jpg"))
     assert len(frames) == 1 and frames[0].image.shape == (48, 64, 3)
+
+
+def _bad_image(self):
+    """/endless.jpg: a body that never ends; /trickle.jpg: a byte every 0.2 s; /cut.jpg: the
+    connection closes before Content-Length bytes."""
+    self.send_response(200)
+    self.send_header("Content-Type", "image/jpeg")
+    if self.path.endswith("cut.jpg"):
+        data = cv2.imencode(".jpg", _frame(5))[1].tobytes()
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data[: len(data) // 2])
+        self.wfile.flush()
+        self.close_connection = True
+        return
+    self.end_headers()
+    try:
+        for _ in range(10_000):
+            if self.path.endswith("endless.jpg"):
+                self.wfile.write(b"\xff" * 65536)
+            else:
+                self.wfile.write(b"\xff")
+                self.wfile.flush()
+                time.sleep(0.2)
+    except (BrokenPipeError, ConnectionResetError):
+        return
+
+
+_MJPEGHandler._bad_image = _bad_image
+
+
+@pytest.mark.parametrize("name, message", [
+    ("endless.jpg", "byte limit"), ("trickle.jpg", "not received within 1 s"), ("cut.jpg", "connection closed after"),
+])
+def test_http_image_url_limits_are_one_line(mjpeg_server, caplog, name, message):
+    from litedet.data.sources import URLImageSource
+
+    url = f"{mjpeg_server}/{name}"
+    source = URLImageSource(url, max_bytes=1 << 20, deadline_s=1.0)
+    started = time.monotonic()
+    with caplog.at_level(logging.WARNING):
+        assert list(source) == []
+    assert time.monotonic() - started < 10
+    (path, reason), = source.stats.skipped
+    assert path == url and message in reason and "\n" not in reason
+    assert any(message in record.getMessage() for record in caplog.records)
 
 
 class CameraStub:

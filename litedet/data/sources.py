@@ -14,9 +14,11 @@ and ends cleanly. A missing path raises ``FileNotFoundError`` naming it. Imports
 from __future__ import annotations
 
 import glob
+import http.client
 import logging
 import os
 import threading
+import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -103,9 +105,49 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     return ensure_bgr(image)
 
 
-def _read_url_image(url: str, timeout: float = 30.0) -> np.ndarray:
-    with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - user-given URL
-        data = np.frombuffer(response.read(), dtype=np.uint8)
+# An image fetched over HTTP(S) must arrive whole within these limits (a 64 MiB JPEG is already
+# far beyond any camera); an endless or trickling body is cut off instead of filling memory.
+URL_IMAGE_MAX_BYTES = 64 << 20
+URL_IMAGE_DEADLINE_S = 60.0
+URL_READ_TIMEOUT_S = 30.0
+
+
+def _read_url_image(
+    url: str,
+    timeout: float = URL_READ_TIMEOUT_S,
+    max_bytes: int = URL_IMAGE_MAX_BYTES,
+    deadline_s: float = URL_IMAGE_DEADLINE_S,
+) -> np.ndarray:
+    """Fetch and decode one image; ``ValueError`` naming the URL when it is too large, too slow
+    (``deadline_s`` for the whole body; one read waits at most ``min(timeout, deadline_s)``),
+    cut short or not an image."""
+    started = time.monotonic()
+    chunks: list[bytes] = []
+    received = 0
+    try:
+        with urllib.request.urlopen(url, timeout=min(timeout, deadline_s)) as response:  # noqa: S310 - user-given URL
+            length = response.headers.get("Content-Length")
+            if length is not None and length.isdigit() and int(length) > max_bytes:
+                raise ValueError(f"{url}: {int(length)} bytes is over the {max_bytes}-byte limit for an image")
+            while True:
+                if time.monotonic() - started > deadline_s:
+                    raise ValueError(f"{url}: not received within {deadline_s:g} s ({received} bytes so far)")
+                chunk = response.read1(1 << 16)  # what has arrived: a trickle cannot stall the deadline
+                if not chunk:
+                    break
+                received += len(chunk)
+                if received > max_bytes:
+                    raise ValueError(f"{url}: more than the {max_bytes}-byte limit for an image")
+                chunks.append(chunk)
+            if length is not None and length.isdigit() and received < int(length):
+                raise ValueError(f"{url}: connection closed after {received} of {int(length)} bytes, before the image ended")
+    except http.client.IncompleteRead as err:
+        raise ValueError(f"{url}: connection closed after {received + len(err.partial)} bytes, before the image ended") from None
+    except http.client.HTTPException as err:  # a broken response is one line, not a traceback
+        raise ValueError(f"{url}: bad HTTP response ({type(err).__name__}: {err})") from None
+    except TimeoutError:
+        raise ValueError(f"{url}: no data for {min(timeout, deadline_s):g} s ({received} bytes so far)") from None
+    data = np.frombuffer(b"".join(chunks), dtype=np.uint8)
     image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
     if image is None:
         raise ValueError(f"{url}: not a readable image")
@@ -204,17 +246,23 @@ def _video_fps(path: Path) -> float:
 
 
 class URLImageSource(Source):
-    """One image fetched over HTTP(S)."""
+    """One image fetched over HTTP(S), at most ``max_bytes`` within ``deadline_s`` seconds; a
+    fetch that fails is skipped with one warning line and counted in ``stats.skipped``."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, max_bytes: int = URL_IMAGE_MAX_BYTES, deadline_s: float = URL_IMAGE_DEADLINE_S) -> None:
         super().__init__()
         self.url = url
         self.total = 1
+        self.max_bytes, self.deadline_s = max_bytes, deadline_s
 
     def __iter__(self) -> Iterator[Frame]:
         try:
-            image = _read_url_image(self.url)
-        except (OSError, ValueError) as err:
+            image = _read_url_image(self.url, max_bytes=self.max_bytes, deadline_s=self.deadline_s)
+        except ValueError as err:  # names the URL already
+            LOGGER.warning("skipping %s", err)
+            self.stats.skipped.append((self.url, str(err)))
+            return
+        except OSError as err:
             LOGGER.warning("skipping %s: %s", self.url, err)
             self.stats.skipped.append((self.url, str(err)))
             return
