@@ -12,6 +12,7 @@ content; ``tests/test_fuzz.py`` holds them to it.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -53,9 +54,10 @@ def _describe_yaml_error(path: Path, err: Any, what: str) -> str:
     mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
     where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
     problem = getattr(err, "problem", None) or str(err)
-    if "could not determine a constructor for the tag" in problem:
-        tag = problem.rsplit("tag", 1)[-1].strip(" '")
-        return f"{where}: the tag {tag!r} is not allowed in a {what} (plain YAML values only; no Python objects)"
+    tag = re.search(r"constructor for the tag '([^']*)'", problem)
+    if tag:
+        name = tag.group(1).replace("tag:yaml.org,2002:", "!!")
+        return f"{where}: the tag {name!r} is not allowed in this {what} (plain YAML values only, no Python objects)"
     context = getattr(err, "context", None)
     detail = f"{context}, {problem}" if context else problem
     return f"{where}: not valid YAML ({detail})"

@@ -336,6 +336,7 @@ def image_size(path: Path) -> tuple[int, int] | None:
         with Image.open(path) as image:
             width, height = image.size
             orientation = image.getexif().get(0x0112, 1)
+        with Image.open(path) as image:  # verify() must come right after open (getexif may read the PNG)
             image.verify()
         if orientation in (5, 6, 7, 8):  # rotated by 90 or 270 degrees
             width, height = height, width
@@ -347,7 +348,7 @@ def image_size(path: Path) -> tuple[int, int] | None:
                 if handle.read() != b"\xff\xd9":
                     return None
         return height, width
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError):
         return None
 
 

@@ -8,6 +8,8 @@ a resumed run replays the same batches from any step of an epoch.
 
 from __future__ import annotations
 
+import logging
+import multiprocessing
 import random
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -19,13 +21,16 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from litedet.data.augment import AugmentConfig, augment_sample, letterbox_with_boxes, resize_long_side
 from litedet.data.datasets import DetectionDataset
+from litedet.errors import UserError
+
+LOGGER = logging.getLogger(__name__)
 
 
 def read_image(path: Path) -> np.ndarray:
-    """BGR uint8 [H, W, 3]; a file that cannot be decoded is an error naming it."""
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    """BGR uint8 [H, W, 3]; a file that cannot be decoded is a ``UserError`` naming it."""
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR) if Path(path).is_file() else None  # no OpenCV warning for a missing file
     if image is None:
-        raise ValueError(f"cannot decode image {path}")
+        raise UserError(f"{path}: cannot read the image (deleted, or not an image any more)")
     return image
 
 
@@ -35,6 +40,10 @@ class DetectionTrainDataset(Dataset):
 
     ``augment=None`` gives letterboxed images without augmentation (evaluation order).
     ``cache=True`` keeps every image resized to the long side ``size`` in memory (decoded once).
+
+    An image that cannot be read any more (deleted or replaced after the dataset check) is
+    skipped: the next readable sample takes its place, a warning names it and ``skipped`` counts
+    it over all DataLoader workers. Training stops with one line only when no image is left.
     """
 
     def __init__(self, dataset: DetectionDataset, size: int, augment: AugmentConfig | None = None, seed: int = 0,
@@ -47,12 +56,20 @@ class DetectionTrainDataset(Dataset):
         self.seed = seed
         self.epoch = 0
         self.use_mosaic = True
+        # Shared memory, so skips in DataLoader worker processes are counted here too.
+        self._skipped = multiprocessing.Value("i", 0)
+        self._warned: set[int] = set()
         self._cache: list[tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None
         if cache:
             self._cache = [self._load_uncached(i) for i in range(len(dataset))]
 
     def __len__(self) -> int:
         return len(self.dataset)
+
+    @property
+    def skipped(self) -> int:
+        """How many times an unreadable image was skipped (every worker, every epoch)."""
+        return int(self._skipped.value)
 
     def set_epoch(self, epoch: int, use_mosaic: bool = True) -> None:
         """Select the epoch whose augmentation draws to replay (and whether mosaic is on)."""
@@ -64,20 +81,36 @@ class DetectionTrainDataset(Dataset):
         image = read_image(sample.image)
         if image.shape[:2] != tuple(sample.size):
             # The checked size came from the header; a decoder that disagrees would misplace boxes.
-            raise ValueError(f"{sample.image}: decoded size {image.shape[:2]} differs from the checked size {sample.size}")
+            raise UserError(f"{sample.image}: decoded size {image.shape[:2]} differs from the checked size {sample.size}")
         image, boxes = resize_long_side(image, sample.boxes, self.size)
         return image, boxes, sample.classes
 
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Image resized to the long side ``size``, its boxes and class ids."""
+        return self._load_readable(index)[1:]
+
+    def _load_readable(self, index: int) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
+        """``load`` of ``index``, or of the next sample that can still be read; returns its index first."""
         if self._cache is not None:
             image, boxes, classes = self._cache[index]
-            return image, boxes.copy(), classes.copy()
-        return self._load_uncached(index)
+            return index, image, boxes.copy(), classes.copy()
+        first_error = None
+        for offset in range(len(self)):
+            candidate = (index + offset) % len(self)
+            try:
+                return (candidate, *self._load_uncached(candidate))
+            except UserError as err:  # changed on disk since the dataset check
+                first_error = first_error or err
+                with self._skipped.get_lock():
+                    self._skipped.value += 1
+                if candidate not in self._warned:
+                    self._warned.add(candidate)
+                    LOGGER.warning("skipping %s", err)
+        raise UserError(f"no training image can be read any more ({first_error})")
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, str]:
         if self.augment is None:
-            image, boxes, classes = self.load(index)
+            index, image, boxes, classes = self._load_readable(index)
             image, boxes = letterbox_with_boxes(image, boxes, self.size)
         else:
             rng = np.random.default_rng([self.seed, self.epoch, index])

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import errno
 import importlib
 import importlib.util
 import logging
@@ -27,6 +28,8 @@ import torch
 from torch import nn
 
 from litedet.config import ModelConfig, sidecar_path
+from litedet.errors import UserError
+from litedet.export.fold import fold_channel_shuffles
 from litedet.export.formats import ExportFormat, check_options, default_stem, get_format
 from litedet.export.onnx import OPSET
 
@@ -159,9 +162,13 @@ def export_model(
     _check_out_dir(out_dir)
     try:
         return _export(export_format, model_or_weights, out_dir, imgsz, dynamic, half, nms, model_name, stem, conf, iou, max_det, start)
-    except BaseException:
+    except BaseException as err:
         if created and out_dir.is_dir() and not any(out_dir.iterdir()):
             out_dir.rmdir()  # leave no trace of a failed export
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+            # The staging folder is gone and nothing was moved into out_dir: earlier exports stay intact.
+            raise UserError(f"{out_dir}: no space left on the device while writing the {export_format.name} export "
+                            f"({err.filename or 'engine files'}); nothing was written") from None
         raise
 
 
@@ -194,6 +201,7 @@ def _export(
         raise ValueError(f"--imgsz {size[0]},{size[1]} must be a multiple of the model's largest stride {stride}")
 
     network = fuse_for_export(copy.deepcopy(model).float().eval())
+    shuffles_folded = fold_channel_shuffles(network)  # no Reshape-Transpose-Reshape in any engine
     stem = stem or default_stem(export_format, dynamic=dynamic, half=half, nms=nms)
     staging = Path(tempfile.mkdtemp(dir=out_dir, prefix=f".{stem}.export-"))
     try:
@@ -202,6 +210,8 @@ def _export(
         engine_path = staging / f"{stem}{export_format.suffix}"
         extra: dict[str, Any] = dict(base_config.extra)
         extra["export"] = {"format": export_format.name, "torch": torch.__version__}
+        if shuffles_folded:
+            extra["export"]["channel_shuffles_folded"] = shuffles_folded
         wrapper = None
         if nms:
             from litedet.export.onnx import InGraphNMS
