@@ -343,10 +343,11 @@ def test_cli_plan_prints_every_candidate_and_the_best(tmp_path, capsys):
     argv = ["split", "plan", "--devices", f"{paths[0]},{paths[1]}", "--bandwidth", "1MB/s", "--latency", "2ms",
             "-o", str(tmp_path / "plan.json"), "--json"]
     assert main(argv) == 0
-    out = capsys.readouterr().out.strip().splitlines()
-    plan = json.loads(out[-1])
+    captured = capsys.readouterr()
+    plan = json.loads(captured.out)  # --json: stdout is the JSON alone, the table goes to stderr
     assert plan["cut"] == 2 and len(plan["candidates"]) == 5
-    assert sum("| " in line and "total" not in line and "---" not in line for line in out) == 5
+    lines = captured.err.strip().splitlines()
+    assert sum("| " in line and "total" not in line and "---" not in line for line in lines) == 5
     from litedet.distributed.split import plan_from_dict
 
     assert plan_from_dict(tmp_path / "plan.json").cut == 2
