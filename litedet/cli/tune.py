@@ -23,21 +23,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the budget is this peer build's latency measured in the same run, e.g. nanodet-plus-m-416")
     parser.add_argument("--imgsz", default="320:512:32",
                         help="input sizes: START:STOP:STEP (stop included) and/or a comma list (default 320:512:32)")
-    parser.add_argument("--engines", default="onnxruntime,openvino,ncnn", help="comma-separated engines")
+    parser.add_argument("--engines", default="onnxruntime,openvino,ncnn", help="comma-separated engines (default onnxruntime,openvino,ncnn)")
     parser.add_argument("--precisions", default="fp32,bf16,int8",
-                        help="fp32, bf16 (OpenVINO/torch, where the CPU has it), int8 (ONNX Runtime static, calibrated)")
+                        help="fp32, bf16 (OpenVINO/torch, where the CPU has it), int8 (ONNX Runtime static, calibrated) "
+                             "(default fp32,bf16,int8)")
     parser.add_argument("--threads", default=None, help="comma-separated thread counts (default: every core)")
     parser.add_argument("--peers", default="nanodet-plus,v5lite-ncnn",
-                        help="published peers measured as reference points ('' for none)")
-    parser.add_argument("--out", default="runs/tune", help="output folder: report.md, front.json, pareto.png, best/, cache/")
+                        help="published peers measured as reference points ('' for none; default nanodet-plus,v5lite-ncnn)")
+    parser.add_argument("--out", default="runs/tune", help="output folder: report.md, front.json, pareto.png, best/, cache/ (default runs/tune)")
     parser.add_argument("--runs", type=int, default=100, help="timed runs per candidate after warm-up (default 100)")
-    parser.add_argument("--warmup", type=int, default=10, help="untimed warm-up runs per candidate")
+    parser.add_argument("--warmup", type=int, default=10, help="untimed warm-up runs per candidate (default 10)")
     parser.add_argument("--whole-front", action="store_true",
                         help="also score front candidates over the budget (the whole Pareto front)")
     parser.add_argument("--remeasure", action="store_true", help="re-time every candidate instead of reusing cached latencies")
     parser.add_argument("--val-limit", type=int, help="score only the first N validation images (quick looks)")
     parser.add_argument("--load-threshold", type=float, default=25.0,
-                        help="%% of the machine other processes may use before a timing is repeated/flagged")
+                        help="%% of the machine other processes may use before a timing is repeated/flagged (default 25)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("--json", action="store_true", help="print only the result as one JSON object on stdout")
 
