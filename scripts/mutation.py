@@ -1,0 +1,317 @@
+"""Mutation testing of litedet's core: does the suite fail when the code is subtly wrong?
+
+Two parts, both run by ``make mutation`` (docs/development.md explains how to read the report):
+
+1. **mutmut** over the functions that matter in each core module (``MODULES``), configured in
+   ``[tool.mutmut]`` of pyproject.toml. mutmut runs each mutant against only the tests that
+   execute the mutated function, so every module is checked against its own tests.
+2. **Bug classes** (``BUG_CLASSES``): hand-written mutants for the silent bugs that once survived
+   the suite, several of them in code mutmut cannot mutate (it skips decorated functions such as
+   ``@torch.no_grad()`` ones and ``@property``). Each is applied to a scratch copy of the tree
+   and the default suite's tests for it must fail.
+
+The survivors report (Markdown) goes to ``runs/mutation/survivors.md`` (git-ignored); the exit
+status is 1 when the mutmut score falls below ``--floor`` percent (default 90) or a bug class
+survives. Mutants listed in ``scripts/mutation_equivalent.txt`` (``function | mutated line  #
+reason``) are equivalent to the original and are not counted.
+
+    python scripts/mutation.py                      # everything (slow: see docs/development.md)
+    python scripts/mutation.py --modules ops,loss   # some modules
+    python scripts/mutation.py --bug-classes-only   # the hand-written bug classes (minutes)
+    python scripts/mutation.py --report-only        # rewrite the report from the last run
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import difflib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+EQUIVALENT_FILE = REPO / "scripts" / "mutation_equivalent.txt"
+DEFAULT_REPORT = REPO / "runs" / "mutation" / "survivors.md"
+
+# The functions that matter per module, as mutmut mutant-name globs (``x_<function>`` for a
+# function, ``xǁ<Class>ǁ<method>`` for a method). Plot/CLI glue and slow end-to-end paths
+# (``Trainer.fit``, the ORT/NNCF quantize drivers) are left to the bug classes below, which
+# cover their silent-failure modes at a fraction of the cost.
+MODULES: dict[str, list[str]] = {
+    "ops": ["litedet.ops.nms.*", "litedet.ops.boxes.x_box_iou__*", "litedet.ops.boxes.x_box_area__*",
+            "litedet.ops.boxes.x_xywh_to_xyxy__*", "litedet.ops.boxes.x_xyxy_to_xywh__*",
+            "litedet.ops.boxes.x_scale_boxes__*", "litedet.ops.boxes.x_clip_boxes__*",
+            "litedet.ops.decode.x_decode_yolo__*", "litedet.ops.decode.x_sigmoid__*"],
+    "transforms": ["litedet.data.transforms.x_letterbox__*", "litedet.data.transforms.x_stretch__*",
+                   "litedet.data.transforms.x_to_tensor__*"],
+    "datasets": ["litedet.data.datasets.x_read_yolo_labels__*", "litedet.data.datasets.x__check_boxes__*",
+                 "litedet.data.datasets.x_yolo_label_path__*", "litedet.data.datasets.x__parse_names__*"],
+    "loss": ["litedet.engine.loss.xǁYoloLossǁforward__*", "litedet.engine.loss.xǁLossConfigǁ__post_init____*",
+             "litedet.engine.loss.x__xywh_to_xyxy__*"],
+    "conv": ["litedet.layers.conv.x_fuse_model__*", "litedet.layers.conv.x_is_identity_batchnorm__*",
+             "litedet.layers.conv.x_make_divisible__*"],
+    "ncnn_import": ["litedet.export.ncnn_import.x_read_ncnn_param__*", "litedet.export.ncnn_import.x__parse_value__*",
+                    "litedet.export.ncnn_import.xǁ_BinReaderǁ*", "litedet.export.ncnn_import.x__conv_bn_pairs__*"],
+    "quantize": ["litedet.compress.quantize.x_calibration_images__*", "litedet.compress.quantize.x_calibration_batches__*",
+                 "litedet.compress.quantize.x_rewrite_for_int8__*", "litedet.compress.quantize.x__is_depthwise__*",
+                 "litedet.compress.quantize.x__pad_axis__*", "litedet.compress.quantize.x_quantize__*"],
+    "trainer": ["litedet.engine.trainer.xǁTrainerǁ_state__*", "litedet.engine.trainer.xǁTrainerǁ_restore__*",
+                "litedet.engine.trainer.x__rng_state__*", "litedet.engine.trainer.x__set_rng_state__*",
+                "litedet.engine.trainer.x_cosine_factor__*"],
+    "harness": ["litedet.bench.harness.x_summarize__*", "litedet.bench.harness.x__read_cpu__*",
+                "litedet.bench.harness.xǁLoadMonitorǁ*", "litedet.bench.harness.x__less_disturbed__*",
+                "litedet.bench.harness.x__check_counts__*", "litedet.bench.harness.x_throughput__*"],
+}
+
+
+@dataclass(frozen=True)
+class BugClass:
+    """A hand-written mutant: ``old`` (exactly once in ``path``) becomes ``new``; ``tests``
+    (default suite) must then fail."""
+
+    name: str
+    path: str
+    old: str
+    new: str
+    tests: tuple[str, ...]
+
+
+BUG_CLASSES = [
+    BugClass("per-class NMS: a fixed class offset of a few hundred pixels", "litedet/ops/nms.py",
+             "reshape(-1, 1) * class_offset(boxes)", "reshape(-1, 1) * 512.0", ("tests/test_core_properties.py", "tests/test_ops.py")),
+    BugClass("loss targets: neighbour cell when the centre is in the far half", "litedet/engine/loss.py",
+             "left, up = ((centre % 1 < 0.5)", "left, up = ((centre % 1 > 0.5)", ("tests/test_core_properties.py",)),
+    BugClass("resume: the pending accumulated gradients dropped", "litedet/engine/trainer.py",
+             "parameter.grad = None if grad is None else grad.to(parameter.device)", "parameter.grad = None",
+             ("tests/test_core_properties.py::test_resume_in_the_middle_of_an_accumulation_window_is_bit_identical",)),
+    BugClass("Conv+BN folding without the BN epsilon", "litedet/layers/conv.py",
+             "torch.sqrt(bn.running_var + bn.eps)", "torch.sqrt(bn.running_var + 1e-5)",
+             ("tests/test_core_properties.py",)),
+    BugClass("INT8: calibration images at twice the model's input scale", "litedet/compress/quantize.py",
+             "        yield batch\n", "        yield batch * 2.0\n", ("tests/test_core_properties.py",)),
+    BugClass("NNCF accuracy control ignoring max_drop", "litedet/compress/quantize.py",
+             "max_drop=max_drop, drop_type", "max_drop=0.01, drop_type", ("tests/test_core_properties.py",)),
+    BugClass("labels: a negative class id accepted", "litedet/data/datasets.py",
+             "not 0 <= cls < num_classes", "not cls < num_classes", ("tests/test_core_properties.py",)),
+    BugClass("bench: other-process load counts this process too", "litedet/bench/harness.py",
+             "share = (self._busy - self._own)", "share = (self._busy)", ("tests/test_core_properties.py",)),
+    BugClass("bench: other-process load not divided by the CPU count", "litedet/bench/harness.py",
+             "(self._wall * self.cpus) * 100.0", "(self._wall) * 100.0", ("tests/test_core_properties.py",)),
+]
+
+
+# ------------------------------------------------------------------------------------ mutmut
+
+STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 34: "skipped", 36: "timeout",
+          -24: "timeout", 24: "timeout", 152: "timeout", 255: "timeout", None: "not checked", 37: "killed"}
+
+
+def _env() -> dict[str, str]:
+    # Tests find ../shared relative to the repo; mutmut and the scratch copy run elsewhere.
+    return {**os.environ, "LITEDET_SHARED": os.environ.get("LITEDET_SHARED", str(REPO.parent / "shared"))}
+
+
+def _mutmut() -> list[str]:
+    exe = Path(sys.executable).with_name("mutmut")
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "mutmut"]
+
+
+def run_mutmut(patterns: list[str], max_children: int) -> int:
+    command = ["nice", "-n", "15", *_mutmut(), "run", "--max-children", str(max_children), *patterns]
+    print("$", " ".join(command), flush=True)
+    return subprocess.call(command, cwd=REPO, env=_env(), stdout=subprocess.DEVNULL if not os.environ.get("MUTATION_VERBOSE") else None)
+
+
+def load_results() -> dict[str, int | None]:
+    """Mutant name -> mutmut exit code, from the ``mutants/**/*.meta`` files of the last runs."""
+    results: dict[str, int | None] = {}
+    for meta in (REPO / "mutants").rglob("*.py.meta"):
+        results.update(json.loads(meta.read_text())["exit_code_by_key"])
+    return results
+
+
+def _matches(name: str, patterns: list[str]) -> bool:
+    from fnmatch import fnmatchcase
+
+    return any(fnmatchcase(name, p) for p in patterns)
+
+
+def mutant_diff(name: str, _cache: dict = {}) -> str:
+    """The lines a mutant changes (``-old`` / ``+new``), from the mutated copy mutmut wrote."""
+    module, function = name.rsplit("__mutmut_", 1)[0].rsplit(".", 1)
+    path = REPO / "mutants" / (module.replace(".", "/") + ".py")
+    if path not in _cache:
+        source = path.read_text()
+        tree = ast.parse(source)
+        _cache[path] = {node.name: ast.get_source_segment(source, node) for node in ast.walk(tree)
+                        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))}
+    functions = _cache[path]
+    mutated_name = name.rsplit(".", 1)[1]
+    original, mutated = functions.get(function + "__mutmut_orig"), functions.get(mutated_name)
+    if original is None or mutated is None:
+        return "(source not found)"
+    original = original.replace(function + "__mutmut_orig", function, 1)
+    mutated = mutated.replace(mutated_name, function, 1)
+    lines = [line for line in difflib.unified_diff(original.splitlines(), mutated.splitlines(), lineterm="", n=0)
+             if line[:1] in "+-" and not line.startswith(("+++", "---"))]
+    return "\n".join(line[0] + line[1:].strip() for line in lines)
+
+
+def load_equivalent() -> dict[str, str]:
+    """``function | mutated line  # reason`` -> reason. Keyed by content, not by mutant number,
+    so an entry survives renumbering and goes stale (unused) when the code changes."""
+    equivalent = {}
+    if EQUIVALENT_FILE.is_file():
+        for number, line in enumerate(EQUIVALENT_FILE.read_text().splitlines(), start=1):
+            if not line.strip() or line.lstrip().startswith("#"):
+                continue
+            key, _, reason = line.partition("  # ")
+            if "|" not in key or not reason.strip():
+                raise SystemExit(f"{EQUIVALENT_FILE}:{number}: expected 'function | +mutated line  # reason'")
+            equivalent[key.strip()] = reason.strip()
+    return equivalent
+
+
+def equivalence_key(name: str, diff: str) -> str:
+    function = name.rsplit("__mutmut_", 1)[0]
+    added = [line for line in diff.splitlines() if line.startswith("+")]
+    return f"{function} | {added[0] if added else diff.splitlines()[0] if diff else ''}"
+
+
+# --------------------------------------------------------------------------------- bug classes
+
+
+def _scratch_copy(target: Path) -> None:
+    ignore = shutil.ignore_patterns(".venv", ".git", "mutants", "runs", "__pycache__", "*.egg-info", ".cache",
+                                    ".pytest_cache", "docs", "site")
+    shutil.copytree(REPO, target, ignore=ignore, dirs_exist_ok=True)
+
+
+def run_bug_class(bug: BugClass, scratch: Path) -> tuple[str, float]:
+    """'killed', 'SURVIVED' or 'stale' (the code it mutates changed), and seconds taken."""
+    original = (REPO / bug.path).read_text()
+    if original.count(bug.old) != 1:
+        return "stale", 0.0
+    target = scratch / bug.path
+    target.write_text(original.replace(bug.old, bug.new))
+    started = time.perf_counter()
+    try:
+        # -p no:cacheprovider: the scratch copy is thrown away; cwd first on sys.path, so the
+        # mutated litedet/ shadows the editable install.
+        code = subprocess.call(["nice", "-n", "15", sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
+                                *bug.tests], cwd=scratch, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    finally:
+        target.write_text(original)
+    return ("killed" if code == 1 else "SURVIVED" if code == 0 else f"error (pytest exit {code})"), time.perf_counter() - started
+
+
+# -------------------------------------------------------------------------------------- report
+
+
+def write_report(path: Path, modules: list[str], results: dict[str, int | None], bugs: list[tuple[BugClass, str, float]],
+                 floor: float, seconds: float) -> tuple[float | None, bool]:
+    equivalent = load_equivalent()
+    used_equivalent: set[str] = set()
+    rows, survivors = [], []
+    total = Counter()
+    for module in modules:
+        names = sorted(n for n in results if _matches(n, MODULES[module]))
+        counts = Counter()
+        for name in names:
+            status = STATUS.get(results[name], "suspicious")
+            if status in ("survived", "no tests", "suspicious"):
+                diff = mutant_diff(name)
+                key = equivalence_key(name, diff)
+                if key in equivalent:
+                    used_equivalent.add(key)
+                    status = "equivalent"
+                else:
+                    survivors.append((module, name, status, diff))
+            counts[status] += 1
+        total.update(counts)
+        rows.append((module, counts))
+
+    def score(counts: Counter) -> float | None:
+        tested = sum(counts[s] for s in ("killed", "timeout", "survived", "no tests", "suspicious"))
+        return None if tested == 0 else 100.0 * (counts["killed"] + counts["timeout"]) / tested
+
+    overall = score(total)
+    lines = ["# Mutation testing: survivors report", "",
+             f"`python scripts/mutation.py` in {seconds / 60:.1f} min; floor {floor:.0f} % of non-equivalent mutants killed.",
+             "Score = (killed + timeout) / (killed + timeout + survived + no tests + suspicious); equivalent "
+             "mutants (scripts/mutation_equivalent.txt) and unchecked ones are not counted.", "",
+             "| module | mutants | killed | timeout | survived | no tests | equivalent | not checked | score |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for module, counts in rows + [("**all**", total)]:
+        value = score(counts)
+        lines.append(f"| {module} | {sum(counts.values())} | {counts['killed']} | {counts['timeout']} | {counts['survived']} | "
+                     f"{counts['no tests']} | {counts['equivalent']} | {counts['not checked']} | "
+                     f"{'-' if value is None else f'{value:.1f} %'} |")
+    bugs_ok = all(status == "killed" for _, status, _ in bugs)
+    if bugs:
+        lines += ["", "## Bug classes (hand-written mutants; each must fail the default suite)", "",
+                  "| bug class | file | result | seconds |", "| --- | --- | --- | ---: |"]
+        lines += [f"| {bug.name} | `{bug.path}` | {status} | {took:.0f} |" for bug, status, took in bugs]
+    lines += ["", f"## Survivors ({len(survivors)})", "",
+              "Each: the mutant's name (`mutmut show NAME` prints it, `mutmut apply NAME` writes it into the tree "
+              "to debug a test), then the changed line. Kill it with a test of the property it breaks, or, when "
+              "it cannot change behaviour, add `function | +mutated line  # reason` to scripts/mutation_equivalent.txt.", ""]
+    for module, name, status, diff in survivors:
+        lines += [f"- `{name}` ({module}, {status})", "  ```diff", *("  " + d for d in diff.splitlines()), "  ```"]
+    stale = sorted(set(equivalent) - used_equivalent)
+    if stale and results:
+        lines += ["", "## Equivalent entries that matched no mutant this run (stale, or module not run)", ""]
+        lines += [f"- `{key}`" for key in stale]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+    return overall, bugs_ok
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--modules", default=",".join(MODULES), help=f"comma-separated, from {', '.join(MODULES)}")
+    parser.add_argument("--floor", type=float, default=90.0, help="minimum mutation score in percent (default 90)")
+    parser.add_argument("--max-children", type=int, default=os.cpu_count() or 1, help="parallel mutants (default: CPUs)")
+    parser.add_argument("--report", type=Path, default=DEFAULT_REPORT, help=f"Markdown report (default {DEFAULT_REPORT.relative_to(REPO)})")
+    parser.add_argument("--bug-classes-only", action="store_true", help="only the hand-written bug classes")
+    parser.add_argument("--no-bug-classes", action="store_true", help="skip the hand-written bug classes")
+    parser.add_argument("--report-only", action="store_true", help="no runs: report the results of the last runs")
+    args = parser.parse_args(argv)
+    modules = [m.strip() for m in args.modules.split(",") if m.strip()]
+    unknown = sorted(set(modules) - set(MODULES))
+    if unknown:
+        parser.error(f"unknown module(s) {unknown}; choose from {list(MODULES)}")
+    started = time.perf_counter()
+    if args.bug_classes_only:
+        modules = []
+    bugs: list[tuple[BugClass, str, float]] = []
+    if not args.report_only and not args.no_bug_classes:
+        with tempfile.TemporaryDirectory(prefix="litedet-mutation-") as tmp:
+            _scratch_copy(Path(tmp))
+            for bug in BUG_CLASSES:
+                status, took = run_bug_class(bug, Path(tmp))
+                print(f"bug class {status:>8}  {took:5.0f} s  {bug.name}", flush=True)
+                bugs.append((bug, status, took))
+    if not args.report_only:
+        for module in modules:
+            print(f"mutmut: {module}", flush=True)
+            run_mutmut(MODULES[module], args.max_children)
+    results = load_results() if (REPO / "mutants").is_dir() else {}
+    overall, bugs_ok = write_report(args.report, modules, results, bugs, args.floor, time.perf_counter() - started)
+    print(f"report: {args.report}")
+    if modules:
+        print("mutation score: " + ("no mutants checked" if overall is None else f"{overall:.1f} % (floor {args.floor:.0f} %)"))
+    failed = (modules and (overall is None or overall < args.floor)) or not bugs_ok
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
