@@ -20,7 +20,13 @@ Importing the package imports no torch, so detection from an exported model work
 that has only numpy, opencv and one inference engine: every name above is loaded on first use.
 """
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # for type checkers and the API reference; at run time each loads on first use
+    from litedet.api import Model, load
+    from litedet.engine.results import Detections
+    from litedet.models.registry import create_model, list_models
+    from litedet.tuner import tune
 
 __version__ = "0.1.0"
 
