@@ -31,6 +31,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from litedet.errors import UserError
+
 logger = logging.getLogger(__name__)
 
 NCNN_MAGIC = 7767517
@@ -120,8 +122,8 @@ class NcnnGraph:
         return [blob for layer in self.layers for blob in layer.outputs if blob not in consumed]
 
 
-def _not_a_model(path: Path, why: str) -> ValueError:
-    return ValueError(f"{path}: not a litedet/ncnn model ({why})")
+def _not_a_model(path: Path, why: str) -> UserError:
+    return UserError(f"{path}: not a litedet/ncnn model ({why})")
 
 
 def _parse_value(text: str, path: Path, line_no: int) -> ParamValue:
@@ -130,7 +132,7 @@ def _parse_value(text: str, path: Path, line_no: int) -> ParamValue:
             return float(text)
         return int(text)
     except ValueError:
-        raise _not_a_model(path, f"line {line_no}: bad parameter value {text!r}") from None
+        raise _not_a_model(path, f"line {line_no}: bad parameter value {text[:20]!r}") from None
 
 
 def read_ncnn_param(path: str | os.PathLike) -> list[NcnnLayer]:
@@ -158,6 +160,8 @@ def read_ncnn_param(path: str | os.PathLike) -> list[NcnnLayer]:
         except (IndexError, ValueError):
             raise _not_a_model(path, f"line {line_no}: expected 'type name inputs outputs ...', got {line[:60]!r}") from None
         blobs = fields[4 : 4 + n_in + n_out]
+        if n_in < 0 or n_out < 0:
+            raise _not_a_model(path, f"line {line_no}: layer {name!r} has a negative blob count {n_in} {n_out}")
         if len(blobs) != n_in + n_out:
             raise _not_a_model(path, f"line {line_no}: layer {name!r} lists fewer blobs than {n_in}+{n_out}")
         params: dict[int, ParamValue] = {}
@@ -165,9 +169,12 @@ def read_ncnn_param(path: str | os.PathLike) -> list[NcnnLayer]:
             key_text, sep, value_text = item.partition("=")
             if not sep:
                 raise _not_a_model(path, f"line {line_no}: bad parameter {item!r} (expected key=value)")
-            key = int(key_text) if key_text.lstrip("-").isdigit() else None
+            try:
+                key = int(key_text) if key_text.lstrip("-").isascii() else None
+            except ValueError:
+                key = None
             if key is None:
-                raise _not_a_model(path, f"line {line_no}: bad parameter key {key_text!r}")
+                raise _not_a_model(path, f"line {line_no}: bad parameter key {key_text[:20]!r}")
             if key <= -23300:  # array: -23300 - id = count,v1,v2,...
                 values = [_parse_value(v, path, line_no) for v in value_text.split(",")]
                 params[-key - 23300] = values[1:]
