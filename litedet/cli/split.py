@@ -55,6 +55,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run_parser.add_argument("--simulate", action="store_true",
                             help="simulate the link on B: sleep(latency + bytes / bandwidth) before computing")
     run_parser.add_argument("--address", default=None, help="Ray cluster ('auto' or HOST:PORT); default: a local Ray with both resources")
+    run_parser.add_argument("--ray-dashboard", action="store_true",
+                            help="with a local Ray (no --address): also start the Ray dashboard and Prometheus metrics, on 127.0.0.1 only (default: off)")
     run_parser.add_argument("--device-a", default="device_a", help="Ray custom resource of device A (default device_a)")
     run_parser.add_argument("--device-b", default="device_b", help="Ray custom resource of device B (default device_b)")
     run_parser.add_argument("--threads-a", type=int, default=None, help="torch threads of part A")
@@ -134,6 +136,7 @@ def _run(args: argparse.Namespace) -> dict:
         address=args.address, device_a=args.device_a, device_b=args.device_b, threads_a=args.threads_a,
         threads_b=args.threads_b, fallback=args.fallback, bandwidth=args.bandwidth if args.simulate else None,
         latency=args.latency, conf=args.conf, iou=args.iou, max_frames=args.max_frames,
+        ray_dashboard=args.ray_dashboard,
     )
     for line in report.summary_lines():
         print(line)

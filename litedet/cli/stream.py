@@ -17,6 +17,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=1, help="model replicas (Ray actors when > 1 or with --address; default 1)")
     parser.add_argument("--address", default=None,
                         help="join a Ray cluster: 'auto' or HOST:PORT (default: in-process for 1 worker, else a local Ray)")
+    parser.add_argument("--ray-dashboard", action="store_true",
+                        help="with a local Ray (no --address): also start the Ray dashboard and Prometheus metrics, on 127.0.0.1 only (default: off)")
     parser.add_argument("--engine", default=None, choices=("torch", "onnxruntime", "openvino", "ncnn"),
                         help="engine (default: from the weights suffix)")
     parser.add_argument("--threads-per-worker", type=int, default=1, help="engine threads (and Ray CPUs) per replica (default 1)")
@@ -27,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="frames read but not yet written (back-pressure; default 2 x workers)")
     parser.add_argument("--max-frames", type=int, default=None, help="stop after this many frames (default: the whole source)")
     parser.add_argument("--save", default=None, metavar="DIR",
-                        help="write annotated video/images, detections.json, summary.json (default: nothing written)")
+                        help="write annotated video/images, detections.jsonl, summary.json (default: nothing written)")
     add_json_option(parser, "the run summary")
     add_progress_option(parser)
     parser.add_argument("--progress", action="store_true", default=False,
@@ -46,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
             args.source, args.weights, model=model, workers=args.workers, address=args.address, engine=args.engine,
             threads_per_worker=args.threads_per_worker, imgsz=args.imgsz, conf=args.conf, iou=args.iou,
             max_in_flight=args.max_in_flight, max_frames=args.max_frames, save_dir=args.save,
-            keep_results=bool(args.save), progress=not args.no_progress,
+            keep_results=False, progress=not args.no_progress, ray_dashboard=args.ray_dashboard,
         )
         for line in report.summary_lines():
             print(line)
