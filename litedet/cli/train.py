@@ -112,7 +112,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"{result.epochs_done} epochs, {result.steps} optimizer steps ({result.batches} batches of "
               f"{trainer.config.batch}{accumulate}), {result.train_seconds:.1f} s training, "
               f"{result.images_per_second:.1f} images/s; best mAP50-95 / mAP50 {best}")
-        print(f"weights: {result.best_weights or result.last_weights}; run folder: {result.out}")
+        weights = result.best_weights or result.last_weights or "none yet (no epoch finished)"
+        print(f"weights: {weights}; run folder: {result.out}")
         if result.interrupted:
             print(f"interrupted: resume with: {result.resume_command}")
     if args.json:

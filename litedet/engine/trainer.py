@@ -27,6 +27,7 @@ import errno
 import io
 import logging
 import math
+import os
 import random
 import signal
 import threading
@@ -271,8 +272,11 @@ class StopRequest:
     def __init__(self) -> None:
         self.signal: int | None = None
         self._previous: dict[int, Any] = {}
+        self._pid = os.getpid()
 
     def _handle(self, signum: int, frame: Any) -> None:
+        if os.getpid() != self._pid:  # a forked data-loading worker: keep loading, the trainer decides
+            return
         if self.signal is not None:  # second signal: give up now
             raise KeyboardInterrupt
         self.signal = signum
@@ -628,66 +632,77 @@ class Trainer:
             bar = tqdm(loader, total=batches - first, desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch",
                        disable=not config.progress, leave=False)
             started = time.perf_counter()
-            for index, (images, targets, paths) in enumerate(bar, start=first):
-                step = epoch * batches + index
-                accumulate = accumulate_target
-                if step < warmup_steps:
-                    accumulate = max(1, round(float(np.interp(step, [0, warmup_steps], [1, accumulate_target]))))
-                    for group_index, group in enumerate(self.optimizer.param_groups):
-                        start_lr = config.warmup_bias_lr if group_index == 0 else 0.0
-                        group["lr"] = float(np.interp(step, [0, warmup_steps], [start_lr, group["initial_lr"] * epoch_factor]))
-                        if config.optimizer == "sgd":
-                            group["momentum"] = float(np.interp(step, [0, warmup_steps], [config.warmup_momentum, config.momentum]))
-                images = images.to(self.device, non_blocking=True).float() / 255
-                with torch.autocast(self.device.type, enabled=self.use_amp):
-                    outputs = self.model(images)
-                loss, items = criterion(outputs, targets.to(self.device))
-                if not torch.isfinite(loss):
-                    raise TrainingDivergedError(
-                        f"loss is {loss.item()} at step {step + 1} (epoch {epoch + 1}, batch {index + 1}); "
-                        f"images in this batch: {', '.join(paths)}; last good checkpoint: {last_good}. "
-                        f"Lower lr0, check these labels, or resume from the checkpoint."
-                    )
-                self.scaler.scale(loss).backward()
-                # Step when the nominal batch is full, and always at the end of an epoch, so that no
-                # epoch ends with gradients that did not move the weights it is evaluated with.
-                if step - self.last_opt_step >= accumulate or index == batches - 1:
-                    self.scaler.unscale_(self.optimizer)
-                    if config.grad_clip > 0:
-                        nn.utils.clip_grad_norm_(self.model.parameters(), max_norm=config.grad_clip)
-                    self.scaler.step(self.optimizer)
-                    self.scaler.update()
-                    self.optimizer.zero_grad(set_to_none=True)
-                    if self.ema:
-                        self.ema.update(self.model)
-                    self.last_opt_step = step
-                    self.optimizer_steps += 1
-                self.epoch_loss_sum += items.cpu().double().numpy() * len(paths)
-                self.epoch_images += len(paths)
-                self.train_images += len(paths)
-                self.step = step + 1
-                mean = self.epoch_loss_sum / max(self.epoch_images, 1)
-                bar.set_postfix(box=f"{mean[0]:.4f}", obj=f"{mean[1]:.4f}", cls=f"{mean[2]:.4f}",
-                                lr=f"{self.optimizer.param_groups[1]['lr']:.2e}")
-                asked = config.stop_after_step is not None and self.step >= config.stop_after_step
-                if asked or stop.signal is not None:
-                    elapsed = time.perf_counter() - started
-                    self.epoch_seconds += elapsed
-                    self.train_seconds += elapsed
-                    self._save_state(checkpoint, self._state(epoch, index + 1, self.step), last_good)
-                    if asked:
-                        self._log(f"stopped after step {self.step} as asked; resume with --resume {self.out}")
-                        stopped = True
-                    else:
-                        interrupted = True
-                    break
-                if index + 1 < batches:  # mid-epoch checkpoint (the epoch end writes its own)
-                    now = time.perf_counter()
-                    if ((period_batches and self.step % period_batches == 0)
-                            or (period_seconds and now - last_save_time >= period_seconds)):
-                        self._save_state(checkpoint, self._state(epoch, index + 1, self.step, now - started), last_good)
-                        last_good = str(checkpoint)
-                        last_save_time = now
+            try:
+                for index, (images, targets, paths) in enumerate(bar, start=first):
+                    step = epoch * batches + index
+                    accumulate = accumulate_target
+                    if step < warmup_steps:
+                        accumulate = max(1, round(float(np.interp(step, [0, warmup_steps], [1, accumulate_target]))))
+                        for group_index, group in enumerate(self.optimizer.param_groups):
+                            start_lr = config.warmup_bias_lr if group_index == 0 else 0.0
+                            group["lr"] = float(np.interp(step, [0, warmup_steps], [start_lr, group["initial_lr"] * epoch_factor]))
+                            if config.optimizer == "sgd":
+                                group["momentum"] = float(np.interp(step, [0, warmup_steps], [config.warmup_momentum, config.momentum]))
+                    images = images.to(self.device, non_blocking=True).float() / 255
+                    with torch.autocast(self.device.type, enabled=self.use_amp):
+                        outputs = self.model(images)
+                    loss, items = criterion(outputs, targets.to(self.device))
+                    if not torch.isfinite(loss):
+                        raise TrainingDivergedError(
+                            f"loss is {loss.item()} at step {step + 1} (epoch {epoch + 1}, batch {index + 1}); "
+                            f"images in this batch: {', '.join(paths)}; last good checkpoint: {last_good}. "
+                            f"Lower lr0, check these labels, or resume from the checkpoint."
+                        )
+                    self.scaler.scale(loss).backward()
+                    # Step when the nominal batch is full, and always at the end of an epoch, so that no
+                    # epoch ends with gradients that did not move the weights it is evaluated with.
+                    if step - self.last_opt_step >= accumulate or index == batches - 1:
+                        self.scaler.unscale_(self.optimizer)
+                        if config.grad_clip > 0:
+                            nn.utils.clip_grad_norm_(self.model.parameters(), max_norm=config.grad_clip)
+                        self.scaler.step(self.optimizer)
+                        self.scaler.update()
+                        self.optimizer.zero_grad(set_to_none=True)
+                        if self.ema:
+                            self.ema.update(self.model)
+                        self.last_opt_step = step
+                        self.optimizer_steps += 1
+                    self.epoch_loss_sum += items.cpu().double().numpy() * len(paths)
+                    self.epoch_images += len(paths)
+                    self.train_images += len(paths)
+                    self.step = step + 1
+                    mean = self.epoch_loss_sum / max(self.epoch_images, 1)
+                    bar.set_postfix(box=f"{mean[0]:.4f}", obj=f"{mean[1]:.4f}", cls=f"{mean[2]:.4f}",
+                                    lr=f"{self.optimizer.param_groups[1]['lr']:.2e}")
+                    asked = config.stop_after_step is not None and self.step >= config.stop_after_step
+                    if asked or stop.signal is not None:
+                        elapsed = time.perf_counter() - started
+                        self.epoch_seconds += elapsed
+                        self.train_seconds += elapsed
+                        self._save_state(checkpoint, self._state(epoch, index + 1, self.step), last_good)
+                        if asked:
+                            self._log(f"stopped after step {self.step} as asked; resume with --resume {self.out}")
+                            stopped = True
+                        else:
+                            interrupted = True
+                        break
+                    if index + 1 < batches:  # mid-epoch checkpoint (the epoch end writes its own)
+                        now = time.perf_counter()
+                        if ((period_batches and self.step % period_batches == 0)
+                                or (period_seconds and now - last_save_time >= period_seconds)):
+                            self._save_state(checkpoint, self._state(epoch, index + 1, self.step, now - started), last_good)
+                            last_good = str(checkpoint)
+                            last_save_time = now
+            except RuntimeError as err:
+                # A Ctrl-C in a terminal reaches the data-loading workers too; they exit and the
+                # loader reports it. Stop at the last finished batch, as for the Ctrl-C itself.
+                if stop.signal is None or "DataLoader worker" not in str(err):
+                    raise
+                elapsed = time.perf_counter() - started
+                self.epoch_seconds += elapsed
+                self.train_seconds += elapsed
+                self._save_state(checkpoint, self._state(epoch, self.step - epoch * batches, self.step), last_good)
+                interrupted = True
             bar.close()
             if stopped or interrupted:
                 break
