@@ -48,7 +48,11 @@ def run(args: argparse.Namespace) -> int:
             iou=args.iou, max_det=args.max_det, classes=args.classes, agnostic=args.agnostic, imgsz=args.imgsz,
             threads=args.threads, precision=args.precision, progress=not args.no_progress, max_frames=args.max_frames,
             keep_results=LISTED_FRAMES, results_stream=sys.stdout if args.json else None, pipeline=not args.no_pipeline,
+            stop_signals=(signal.SIGINT, signal.SIGTERM),
         )
+    except KeyboardInterrupt:  # before the first frame (loading the model): nothing to keep
+        print("litedet detect: interrupted before the first frame", file=sys.stderr)
+        return 130
     finally:
         signal.signal(signal.SIGTERM, previous)
     # stdout carries only the JSON Lines with --json; human text goes to stderr then.

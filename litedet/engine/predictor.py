@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import queue
-import random
+import signal
 import sys
 import threading
 import time
@@ -26,7 +26,7 @@ import numpy as np
 from litedet.config import ModelConfig, write_text_atomic
 from litedet.data.sources import Frame, Source, open_source
 from litedet.data.transforms import LetterboxInfo, Preprocessor
-from litedet.engine.results import Detections
+from litedet.engine.results import Detections, Reservoir
 from litedet.engine.sinks import OutputWriter, ResultsLog
 from litedet.ops.boxes import scale_boxes
 from litedet.ops.decode import SSD_VARIANCES, decode_ssdlite, decode_yolo
@@ -42,35 +42,32 @@ _Writers = OutputWriter
 
 
 class StageTimes:
-    """Per-image milliseconds of each stage (pre-process, inference, post-process), in bounded
-    memory: the medians come from a uniform reservoir sample of at most ``capacity`` frames
-    (Vitter's algorithm R), so a run of any length keeps a fixed few kilobytes."""
+    """Per-image milliseconds of each stage (pre-process, inference, post-process) in bounded
+    memory: the medians come from one ``Reservoir`` sample of at most ``capacity`` frames (the
+    same frames for every stage), so a run of any length keeps a fixed few kilobytes."""
 
     def __init__(self, capacity: int = 4096, seed: int = 0) -> None:
-        self.capacity = capacity
-        self.count = 0
+        self._frames = Reservoir(capacity, seed)
         self.pre: list[float] = []
         self.infer: list[float] = []
         self.post: list[float] = []
-        self._random = random.Random(seed)
 
     def add(self, pre: float, infer: float, post: float) -> None:
-        self.count += 1
-        if len(self.infer) < self.capacity:
-            self.pre.append(pre)
-            self.infer.append(infer)
-            self.post.append(post)
+        slot = self._frames.slot()
+        if slot is None:
             return
-        slot = self._random.randrange(self.count)
-        if slot < self.capacity:
-            self.pre[slot], self.infer[slot], self.post[slot] = pre, infer, post
+        for values, value in ((self.pre, pre), (self.infer, infer), (self.post, post)):
+            if slot == len(values):
+                values.append(value)
+            else:
+                values[slot] = value
 
     def __len__(self) -> int:
-        return self.count
+        return len(self._frames)
 
     def medians(self) -> dict[str, float]:
         """Median ms per stage (NaN before the first image)."""
-        return {name: float(np.median(getattr(self, name))) if self.count else float("nan") for name in STAGES}
+        return {name: float(np.median(getattr(self, name))) if len(self) else float("nan") for name in STAGES}
 
 
 def decode_outputs(
@@ -339,6 +336,7 @@ class _Pipeline:
         self.stop = threading.Event()
         self.errors: list[BaseException] = []
         self.network_ms: float | None = None
+        self.interrupted = False
 
     def _put(self, target: queue.Queue, item: Any) -> None:
         while not self.stop.is_set():
@@ -391,19 +389,32 @@ class _Pipeline:
                 self.stop.set()
                 failed = True
 
-    def run(self, reference_runs: int) -> None:
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        if self.interrupted:  # a second Ctrl-C ends at once
+            raise KeyboardInterrupt
+        self.interrupted = True
+        self.stop.set()
+
+    def _trap(self, signals: Sequence[int]) -> dict[int, Any]:
+        """While the run lasts, ``signals`` only ask it to stop: a KeyboardInterrupt raised inside
+        a queue operation could leave a thread waiting for ever."""
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+        return {signum: signal.signal(signum, self._on_signal) for signum in signals}
+
+    def run(self, reference_runs: int, stop_signals: Sequence[int] = ()) -> None:
         reader = threading.Thread(target=self._read, name="litedet-read", daemon=True)
         sink = threading.Thread(target=self._drain_sink, name="litedet-sink", daemon=True)
+        previous = self._trap(stop_signals)
         reader.start()
         sink.start()
         try:
-            while True:
+            while not self.stop.is_set():
                 try:
                     item = self.to_infer.get(timeout=0.1)
                 except queue.Empty:
-                    if self.stop.is_set() or not reader.is_alive():
-                        if self.to_infer.empty():
-                            break
+                    if not reader.is_alive() and self.to_infer.empty():
+                        break
                     continue
                 if item is _END:
                     break
@@ -414,33 +425,38 @@ class _Pipeline:
                 outputs = self.predictor.infer(batch)
                 infer_ms = (time.perf_counter() - start) * 1e3
                 self.to_sink.put(_Inferred(frame, outputs, info, tuple(batch.shape[2:]), pre_ms, infer_ms))
-                if self.stop.is_set():
-                    break
         finally:
             self.stop.set()
             reader.join(timeout=10.0)
             # every inferred frame reaches the sink before it stops: a kill loses nothing finished
             self.to_sink.put(_END)
             sink.join()
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
         if self.errors:
             raise self.errors[0]
 
-    def run_sequential(self, reference_runs: int) -> None:
+    def run_sequential(self, reference_runs: int, stop_signals: Sequence[int] = ()) -> None:
         """The same stages one after another on the caller's thread (for comparison)."""
-        given = 0
-        for frame in self.source:
-            if self.max_frames is not None and given >= self.max_frames:
-                break
-            start = time.perf_counter()
-            batch, info = self.predictor.preprocess(frame.image)
-            pre_ms = (time.perf_counter() - start) * 1e3
-            if self.network_ms is None and reference_runs > 0:
-                self.network_ms = measure_network_ms(self.predictor, batch, runs=reference_runs)
-            start = time.perf_counter()
-            outputs = self.predictor.infer(batch)
-            infer_ms = (time.perf_counter() - start) * 1e3
-            self.sink(_Inferred(frame, outputs, info, tuple(batch.shape[2:]), pre_ms, infer_ms))
-            given += 1
+        previous = self._trap(stop_signals)
+        try:
+            given = 0
+            for frame in self.source:
+                if self.stop.is_set() or (self.max_frames is not None and given >= self.max_frames):
+                    break
+                start = time.perf_counter()
+                batch, info = self.predictor.preprocess(frame.image)
+                pre_ms = (time.perf_counter() - start) * 1e3
+                if self.network_ms is None and reference_runs > 0:
+                    self.network_ms = measure_network_ms(self.predictor, batch, runs=reference_runs)
+                start = time.perf_counter()
+                outputs = self.predictor.infer(batch)
+                infer_ms = (time.perf_counter() - start) * 1e3
+                self.sink(_Inferred(frame, outputs, info, tuple(batch.shape[2:]), pre_ms, infer_ms))
+                given += 1
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
 
 
 RESULTS_FILE = "detections.jsonl"
@@ -457,6 +473,7 @@ def detect_source(
     results_stream: TextIO | None = None,
     pipeline: bool = True,
     reference_runs: int | None = None,
+    stop_signals: Sequence[int] = (signal.SIGINT,),
 ) -> DetectReport:
     """Run ``predictor`` over every frame of ``source`` (anything ``open_source`` takes).
 
@@ -473,8 +490,9 @@ def detect_source(
     stops after that many frames. ``reference_runs`` times the backend alone on the first
     frame's input that many times (the network-only reference of the FPS ratio; default: for
     videos, streams and more than 20 files). A progress bar is shown for files and videos
-    (known length). Ctrl-C (and SIGTERM under ``litedet detect``) ends the run cleanly: every
-    frame inferred before it is written.
+    (known length). ``stop_signals`` (default Ctrl-C; ``litedet detect`` adds SIGTERM) end the
+    run cleanly when it runs on the main thread: every frame inferred before is written, files
+    are closed and ``report.interrupted`` is set; a second one stops at once.
     """
     from tqdm import tqdm
 
@@ -499,9 +517,10 @@ def detect_source(
         sink = _Sink(predictor, writers, log, results_stream, keep_results, on_result, bar)
         runner = _Pipeline(predictor, opened, sink, max_frames)
         if pipeline:
-            runner.run(reference_runs)
+            runner.run(reference_runs, stop_signals)
         else:
-            runner.run_sequential(reference_runs)
+            runner.run_sequential(reference_runs, stop_signals)
+        interrupted = runner.interrupted
     except KeyboardInterrupt:
         interrupted = True
     finally:
@@ -569,6 +588,7 @@ def detect(
     results_stream: TextIO | None = None,
     pipeline: bool = True,
     reference_runs: int | None = None,
+    stop_signals: Sequence[int] = (signal.SIGINT,),
 ) -> DetectReport:
     """Open ``weights`` (``litedet.runtime.open_backend``) and detect on every frame of ``source``
     (``detect_source`` says what is written and kept); what ``litedet detect`` runs."""
@@ -585,7 +605,7 @@ def detect(
         predictor = Predictor(backend, conf=conf, iou=iou, max_det=max_det, classes=class_ids, agnostic=agnostic)
         return detect_source(
             predictor, opened, save_dir=save_dir, progress=progress, max_frames=max_frames, keep_results=keep_results,
-            results_stream=results_stream, pipeline=pipeline, reference_runs=reference_runs,
+            results_stream=results_stream, pipeline=pipeline, reference_runs=reference_runs, stop_signals=stop_signals,
         )
     finally:
         opened.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -134,3 +135,36 @@ def _file_name(source: str) -> str:
         return f"{Path(base.split('?')[0].rstrip('/')).stem or 'frame'}_{frame}.jpg"
     name = Path(source.split("?")[0].rstrip("/")).name
     return name if Path(name).suffix else f"{name or 'image'}.jpg"
+
+
+class Reservoir:
+    """A uniform random sample of at most ``capacity`` values from a stream of any length
+    (Vitter's algorithm R): medians and percentiles of a run in fixed memory. ``values`` is the
+    sample (one list, updated in place); ``len()`` counts every value seen."""
+
+    def __init__(self, capacity: int = 4096, seed: int = 0) -> None:
+        if capacity < 1:
+            raise ValueError(f"capacity must be >= 1, got {capacity}")
+        self.capacity = capacity
+        self.count = 0
+        self.values: list[float] = []
+        self._random = random.Random(seed)
+
+    def slot(self) -> int | None:
+        """Where the next value goes (an index into ``values``), or None when it is not kept."""
+        index = self.count
+        self.count += 1
+        if index < self.capacity:
+            return index
+        slot = self._random.randrange(self.count)
+        return slot if slot < self.capacity else None
+
+    def add(self, value: float) -> None:
+        slot = self.slot()
+        if slot == len(self.values):
+            self.values.append(value)
+        elif slot is not None:
+            self.values[slot] = value
+
+    def __len__(self) -> int:
+        return self.count

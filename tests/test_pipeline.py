@@ -1,0 +1,255 @@
+"""The pipelined `litedet detect`: same results as the sequential loop, bounded memory, nothing
+lost on SIGTERM / SIGINT / SIGKILL (JSON Lines + a Motion-JPEG AVI that plays when cut short),
+one line for a full disk; the exact fast pre-processing and the size-safe class offset."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from litedet.cli import main
+from litedet.data.sources import LiveSource, open_source
+from litedet.engine import sinks
+from litedet.engine.predictor import Predictor, StageTimes, detect_source
+from litedet.engine.sinks import MJPEGAVIWriter, OutputError, ResultsLog
+from litedet.runtime import open_backend
+
+from conftest import REPO, require_shared
+from test_sources import CameraStub, _frame, _write_video
+
+
+@pytest.fixture(scope="module")
+def tiny_onnx(tmp_path_factory) -> Path:
+    """A random v5lite-e at 64 px exported to ONNX (a child process opens it without torch)."""
+    torch = pytest.importorskip("torch")
+    from litedet.export.api import export_model
+    from litedet.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("v5lite-e", input_size=64).eval()
+    return Path(export_model(model, "onnx", tmp_path_factory.mktemp("onnx"), imgsz=64).path)
+
+
+def _count_frames(path: Path) -> int:
+    capture = cv2.VideoCapture(str(path))
+    assert capture.isOpened(), f"{path} does not open"
+    count = 0
+    while capture.read()[0]:
+        count += 1
+    capture.release()
+    return count
+
+
+def _json_lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+# ------------------------------------------------------------------ the pipeline
+
+
+def test_pipelined_equals_sequential_and_keeps_order(tmp_path, tiny_onnx):
+    video = _write_video(tmp_path / "clip.mp4", 30)
+    backend = open_backend(tiny_onnx, threads=1)
+    seen: list[int] = []
+    piped = detect_source(Predictor(backend, conf=0.01), video, progress=False, on_result=lambda f, d: seen.append(f.index))
+    sequential = detect_source(Predictor(backend, conf=0.01), video, progress=False, pipeline=False)
+    assert seen == list(range(30)) and piped.frames == sequential.frames == 30
+    assert piped.results == sequential.results
+    assert piped.pipelined and not sequential.pipelined
+    assert piped.network_ms is not None and piped.network_ms > 0  # the reference of the FPS ratio
+    assert "x the network-only rate" in "\n".join(piped.summary_lines())
+
+
+def test_results_window_and_max_frames_bound_memory(tmp_path, tiny_onnx):
+    video = _write_video(tmp_path / "clip.mp4", 40)
+    backend = open_backend(tiny_onnx, threads=1)
+    report = detect_source(Predictor(backend), video, progress=False, keep_results=5, max_frames=25)
+    assert report.frames == 25
+    assert [r["source"] for r in report.results] == [f"{video}:{i}" for i in range(20, 25)]
+    assert detect_source(Predictor(backend), video, progress=False, keep_results=0, max_frames=3).results == []
+
+
+def test_stage_times_are_a_bounded_sample():
+    times = StageTimes(capacity=50)
+    for i in range(10_000):
+        times.add(i, 2 * i, 3 * i)
+    assert len(times) == 10_000 and len(times.pre) == len(times.infer) == len(times.post) == 50
+    assert [2 * p for p in times.pre] == times.infer  # one sample: the same frames for every stage
+    assert 2_000 < times.medians()["pre"] < 8_000
+
+
+def test_live_source_in_the_pipeline_drops_stale_frames(tiny_onnx):
+    backend = open_backend(tiny_onnx, threads=1)
+    source = LiveSource("camera0", CameraStub(frames=80, period=0.001))
+    report = detect_source(Predictor(backend), source, progress=False)
+    indices = [int(r["source"].rsplit(":", 1)[1]) for r in report.results]
+    assert indices == sorted(indices) and len(set(indices)) == len(indices)
+    assert report.frames + report.dropped == 80
+
+
+# ------------------------------------------------------------------ output files
+
+
+def test_mjpeg_avi_plays_when_cut_anywhere(tmp_path):
+    path = tmp_path / "clip.avi"
+    writer = MJPEGAVIWriter(path, fps=10)
+    for i in range(12):
+        writer.write(_frame(i))
+    writer.close()
+    assert _count_frames(path) == 12
+    capture = cv2.VideoCapture(str(path))
+    assert capture.get(cv2.CAP_PROP_FPS) == pytest.approx(10) and int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == 12
+    capture.release()
+    # a file cut anywhere (a kill before close: no index, sizes unset) plays its whole frames
+    writer = MJPEGAVIWriter(tmp_path / "killed.avi", fps=10)
+    for i in range(12):
+        writer.write(_frame(i))
+    data = (tmp_path / "killed.avi").read_bytes()
+    writer._file.close()  # simulate the process dying: close() never runs
+    writer._file = None
+    for cut, whole in ((len(data), 12), (len(data) - 10, 11)):
+        (tmp_path / "cut.avi").write_bytes(data[:cut])
+        assert _count_frames(tmp_path / "cut.avi") == whole
+
+
+def test_avi_segments_each_play(tmp_path):
+    writer = MJPEGAVIWriter(tmp_path / "clip.avi", fps=10, segment_bytes=4000)
+    for i in range(20):
+        writer.write(_frame(i))
+    writer.close()
+    assert len(writer.paths) > 1 and writer.paths[1].name == "clip_001.avi"
+    assert sum(_count_frames(p) for p in writer.paths) == 20
+
+
+class _FullDisk:
+    """``open`` for the sinks module whose files accept ``budget`` bytes in all, then ENOSPC."""
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+
+    def __call__(self, path, mode="r", *args, **kwargs):
+        real = open(path, mode, *args, **kwargs)
+        disk = self
+
+        class Limited:
+            def write(self, data):
+                size = len(data)
+                if size > disk.budget:
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                disk.budget -= size
+                return real.write(data)
+
+            def __getattr__(self, name):
+                return getattr(real, name)
+
+        return Limited()
+
+
+def test_full_disk_is_one_line_and_keeps_what_was_written(tmp_path, tiny_onnx, monkeypatch, capsys):
+    video = _write_video(tmp_path / "clip.mp4", 40)
+    out_dir = tmp_path / "out"
+    monkeypatch.setattr(sinks, "open", _FullDisk(30_000), raising=False)
+    code = main(["detect", "--no-progress", "--weights", str(tiny_onnx), "--source", str(video), "--save", str(out_dir)])
+    out, err = capsys.readouterr()
+    assert code == 2
+    (line,) = err.strip().splitlines()
+    assert "no space left on device" in line and str(out_dir / "clip.avi") in line and "kept" in line
+    monkeypatch.undo()
+    lines = _json_lines(out_dir / "detections.jsonl")
+    assert 0 < len(lines) < 40
+    assert _count_frames(out_dir / "clip.avi") >= len(lines)
+
+
+def test_results_log_names_the_path_on_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(sinks, "open", _FullDisk(100), raising=False)
+    log = ResultsLog(tmp_path / "r.jsonl")
+    log.write({"a": 1})
+    with pytest.raises(OutputError, match=r"r\.jsonl: no space left on device; the 1 line\(s\) before are kept"):
+        log.write({"b": "x" * 200})
+    log.close()
+
+
+# ------------------------------------------------------------------ signals
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL], ids=["SIGTERM", "SIGINT", "SIGKILL"])
+def test_a_kill_loses_no_finished_frame(tmp_path, tiny_onnx, signum):
+    video = _write_video(tmp_path / "long.mp4", 4000)
+    out_dir = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    child = subprocess.Popen(
+        [sys.executable, "-m", "litedet", "detect", "--weights", str(tiny_onnx), "--source", str(video), "--save",
+         str(out_dir), "--no-progress", "--threads", "1", "--conf", "0.01"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )
+    results = out_dir / "detections.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and (not results.is_file() or results.read_text().count("\n") < 20):
+        assert child.poll() is None, child.stderr.read()[-2000:]
+        time.sleep(0.05)
+    assert child.poll() is None, "the run ended before the signal"
+    child.send_signal(signum)
+    out, err = child.communicate(timeout=60)
+    lines = _json_lines(results)  # every line whole: nothing half-written
+    assert 20 <= len(lines) < 4000
+    assert [r["source"] for r in lines] == [f"{video}:{i}" for i in range(len(lines))]
+    frames = _count_frames(out_dir / "long.avi")
+    if signum == signal.SIGKILL:
+        assert child.returncode == -signal.SIGKILL
+        assert frames >= len(lines)  # each frame is in the video before its line is written
+    else:
+        assert child.returncode == 0, err[-2000:]
+        assert "interrupted: every finished frame is kept" in out
+        summary = json.loads((out_dir / "summary.json").read_text())
+        assert summary["interrupted"] and summary["frames"] == len(lines) == frames
+
+
+# ------------------------------------------------------------------ exactness on real images
+
+
+def _reference_tensor(image: np.ndarray, config) -> tuple[np.ndarray, object]:
+    """The pre-processing as it was: letterbox, transpose, flip, astype, subtract, divide."""
+    from litedet.data.transforms import letterbox
+
+    spec = config.preprocess
+    boxed, info = letterbox(image, config.input_size, stride=max(config.strides), pad_value=spec.pad_value, center=spec.center)
+    chw = boxed.transpose(2, 0, 1)
+    if spec.rgb:
+        chw = chw[::-1]
+    out = chw.astype(np.float32)
+    out -= np.asarray(spec.mean, np.float32).reshape(3, 1, 1)
+    out /= np.asarray(spec.std, np.float32).reshape(3, 1, 1)
+    return out[None], info
+
+
+def test_fast_preprocessing_is_exact_on_real_images(shared):
+    from litedet.config import ModelConfig, Preprocess
+    from litedet.data.transforms import Preprocessor, preprocess
+
+    folder = require_shared("data", "coco256", "images", "val2017")
+    images = [cv2.imread(str(p)) for p in sorted(folder.glob("*.jpg"))[:12]]
+    specs = [
+        Preprocess(),  # YOLOv5: RGB / 255, pad 114, centred
+        Preprocess(rgb=False, mean=(103.53, 116.28, 123.675), std=(57.375, 57.12, 58.395), center=False),  # NanoDet
+    ]
+    for spec in specs:
+        for size in (320, 416):
+            config = ModelConfig(model="x", num_classes=1, names=["a"], input_size=(size, size), strides=(8, 16, 32), preprocess=spec)
+            fast = Preprocessor(config, buffers=2)
+            for image in images:
+                expected, info = _reference_tensor(image, config)
+                batch, got_info = fast(image)
+                assert got_info == info
+                np.testing.assert_array_equal(batch, expected)
+            batch, _ = preprocess(images[:1], config)
+            np.testing.assert_array_equal(batch, _reference_tensor(images[0], config)[0])
