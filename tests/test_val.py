@@ -242,3 +242,26 @@ def test_yolo_txt_dataset_yaml_scores_like_the_coco_json(imported, capsys):
     summary = json.loads(capsys.readouterr().out)
     assert summary["images"] == 128
     assert abs(summary["map50_95"] - PIPELINE_FIGURES["v5lite-e"][0]) < 0.01
+
+
+def test_val_cli_on_a_split_without_boxes_says_so(tmp_path, capsys):
+    torch = pytest.importorskip("torch")
+    from litedet.models.checkpoint import save_checkpoint_weights
+    from litedet.models.registry import create_model
+
+    for split in ("train", "val"):
+        (tmp_path / "images" / split).mkdir(parents=True)
+        (tmp_path / "labels" / split).mkdir(parents=True)
+        for index in range(2):
+            cv2.imwrite(str(tmp_path / "images" / split / f"{index}.jpg"), np.full((48, 64, 3), 90, np.uint8))
+            (tmp_path / "labels" / split / f"{index}.txt").write_text("")
+    data = tmp_path / "data.yaml"
+    data.write_text("path: .\ntrain: images/train\nval: images/val\nnames: [a]\n")
+    torch.manual_seed(0)
+    model = create_model("v5lite-e", input_size=64, num_classes=1, names=["a"]).eval()
+    weights = save_checkpoint_weights(model, tmp_path / "m.safetensors")
+    assert main(["val", "--weights", str(weights), "--data", str(data), "--no-plots", "--no-progress", "--json"]) == 1
+    captured = capsys.readouterr()
+    assert "-1" not in captured.err and "no ground truth" in captured.err and "hold no ground-truth box" in captured.err
+    summary = json.loads(captured.out)
+    assert summary["map50_95"] is None and summary["images"] == 2 and summary["note"]

@@ -717,7 +717,11 @@ class Trainer:
             result = None
             if (epoch + 1) % config.eval_interval == 0 or epoch + 1 == config.epochs:
                 result = self.evaluate()
-                last_map, last_map50 = result.map50_95, result.map50
+                if getattr(result, "note", ""):  # a val split without boxes: nothing to score
+                    if epoch + 1 == config.eval_interval or epoch == self.start_epoch:
+                        self._log(f"validation: {result.note}")
+                else:
+                    last_map, last_map50 = result.map50_95, result.map50
             try:
                 self._save_weights("last")
                 if last_map is not None and last_map > self.best_fitness:
