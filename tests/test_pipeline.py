@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from litedet.cli import main
-from litedet.data.sources import LiveSource, open_source
+from litedet.data.sources import LiveSource
 from litedet.engine import sinks
 from litedet.engine.predictor import Predictor, StageTimes, detect_source
 from litedet.engine.sinks import MJPEGAVIWriter, OutputError, ResultsLog

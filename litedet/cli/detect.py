@@ -7,6 +7,7 @@ import signal
 import sys
 from typing import Any
 
+from litedet.cli.common import add_model_option, add_progress_option
 from litedet.runtime import ENGINES
 
 # Per-image lines are printed for runs up to this many frames.
@@ -14,11 +15,13 @@ LISTED_FRAMES = 20
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", help="registered model name (e.g. v5lite-s); checked against the weights' config")
+    add_model_option(parser)
     parser.add_argument("--weights", required=True, help=".safetensors, .onnx, OpenVINO .xml or ncnn .param, with its config sidecar")
     parser.add_argument("--source", required=True, help="image, folder, glob, video, camera index (0) or rtsp:// / http:// URL")
     parser.add_argument("--save", metavar="DIR", help="write annotated images, videos (<name>.avi), detections.jsonl and summary.json here")
-    parser.add_argument("--json", action="store_true", help="print every result to stdout as it comes: JSON Lines, one object per image/frame")
+    # JSON Lines, not one document at the end (common.add_json_option): a stream never ends
+    parser.add_argument("--json", action="store_true",
+                        help="print every result to stdout as it comes, JSON Lines (one object per image/frame); human output goes to stderr")
     parser.add_argument("--max-frames", type=int, help="stop after this many images/frames")
     parser.add_argument("--conf", type=float, default=0.25, help="minimum score (default 0.25)")
     parser.add_argument("--iou", type=float, default=0.45, help="NMS IoU threshold (default 0.45)")
@@ -30,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--engine", choices=sorted(ENGINES), help="engine (default: from the weights' suffix)")
     parser.add_argument("--precision", default="fp32", help="fp32 (default), bf16 or fp16 where the engine supports it")
     parser.add_argument("--no-pipeline", action="store_true", help="run the stages one after another (to compare with the pipelined default)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_progress_option(parser)
 
 
 def _interrupt(signum: int, _frame: Any) -> None:

@@ -208,8 +208,13 @@ class _Pending:
     result: Detections | None = None
 
 
+# ``StreamReport.results`` keeps at most this many of the last results (all are in detections.jsonl).
+RESULTS_WINDOW = 1000
+
+
 class _Writer:
-    """Emits results in frame order: a reorder buffer keyed by sequence number."""
+    """Emits results in frame order: a reorder buffer keyed by sequence number; with a save
+    folder, each result goes to ``detections.jsonl`` as it is emitted."""
 
     def __init__(
         self,
@@ -219,17 +224,22 @@ class _Writer:
         on_result: Callable[[Frame, Detections], None] | None,
         keep_results: bool,
     ) -> None:
+        from litedet.engine.results import Reservoir
+        from litedet.engine.sinks import OutputWriter, ResultsLog  # the sinks of `litedet detect`
+
         self.report = report
         self.on_result = on_result
-        self.keep_results = keep_results
+        # bounded for a stream of any length: the last RESULTS_WINDOW results, a latency sample
+        self.results: deque[dict[str, Any]] = deque(maxlen=RESULTS_WINDOW if keep_results else 0)
+        self.latency = Reservoir()
+        report.latency_ms = self.latency.values
         self.next_seq = 0
         self.last_emitted = -1
-        self.writers = None
+        self.writers = self.log = None
         if save_dir is not None:
-            from litedet.engine.predictor import _Writers  # the annotated-output writer of `litedet detect`
-
             save_dir.mkdir(parents=True, exist_ok=True)
-            self.writers = _Writers(save_dir, fps)
+            self.writers = OutputWriter(save_dir, fps)
+            self.log = ResultsLog(save_dir / "detections.jsonl")
 
     def emit_ready(self, pending: dict[int, _Pending]) -> None:
         """Emit every result from ``next_seq`` on that is complete, in order."""
@@ -241,20 +251,25 @@ class _Writer:
                 self.report.in_order = False
             self.last_emitted = self.next_seq
             self.report.frames_done += 1
-            self.report.latency_ms.append((time.perf_counter() - item.read_at) * 1e3)
-            if self.keep_results:
-                self.report.results.append(detections.to_json())
-            if self.writers is not None:
+            self.latency.add((time.perf_counter() - item.read_at) * 1e3)
+            if self.writers is not None:  # the video frame first: a frame in the results file is in the video
                 self.writers.write(item.frame, detections.draw(item.frame.image))
+            if self.log is not None or self.results.maxlen:
+                result = detections.to_json()
+                if self.log is not None:
+                    self.log.write(result)
+                self.results.append(result)
             if self.on_result is not None:
                 self.on_result(item.frame, detections)
             self.next_seq += 1
 
     def close(self) -> list[Path]:
-        if self.writers is None:
+        self.report.results = list(self.results)
+        if self.writers is None or self.log is None:
             return []
         self.writers.close()
-        return list(self.writers.saved)
+        self.log.close()
+        return [*self.writers.saved, self.log.path]
 
 
 def run_stream(
@@ -293,8 +308,10 @@ def run_stream(
 
     ``max_in_flight`` bounds frames read but not yet emitted (default ``2 * workers``);
     ``max_frames`` stops after that many frames. With ``save_dir``: annotated images/videos,
-    ``detections.json`` and ``summary.json``. ``on_result(frame, detections)`` is called in frame
-    order. ``on_start(pool)`` is called once the actors are up (tests use it to reach them).
+    ``detections.jsonl`` (one line per frame, written as it is emitted) and ``summary.json``.
+    ``keep_results`` keeps the last ``RESULTS_WINDOW`` results in ``report.results`` (memory
+    stays bounded). ``on_result(frame, detections)`` is called in frame order. ``on_start(pool)``
+    is called once the actors are up (tests use it to reach them).
     A local Ray listens on 127.0.0.1 only, with the dashboard and metrics export off unless
     ``ray_dashboard`` (see ``litedet.distributed.cluster``).
     """
@@ -331,10 +348,8 @@ def run_stream(
     report.frames_dropped = opened.stats.dropped
     report.frames_read += report.frames_dropped
     if out_dir is not None:
-        json_path = out_dir / "detections.json"
-        write_text_atomic(json_path, json.dumps(report.results) + "\n")
         summary_path = out_dir / "summary.json"
-        report.saved += [json_path, summary_path]
+        report.saved += [summary_path]
         write_text_atomic(summary_path, json.dumps(report.to_dict(), indent=2) + "\n")
     return report
 
