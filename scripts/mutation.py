@@ -2,9 +2,13 @@
 
 Two parts, both run by ``make mutation`` (docs/development.md explains how to read the report):
 
-1. **mutmut** over the functions that matter in each core module (``MODULES``), configured in
-   ``[tool.mutmut]`` of pyproject.toml. mutmut runs each mutant against only the tests that
-   execute the mutated function, so every module is checked against its own tests.
+1. **mutmut** over the functions that matter in each core module (``MODULES``). Each module runs
+   in its own work folder ``runs/mutation/<module>/`` (a copy of the tree whose ``[tool.mutmut]``
+   names only that module's files and its own test files), so mutant generation and mutmut's
+   test-coverage pass stay small; mutmut then runs each mutant against only the tests that
+   execute the mutated function. Results are cached there: a re-run re-checks only mutants of
+   changed functions. ``[tool.mutmut]`` in pyproject.toml is the same set for a plain
+   ``mutmut run`` over everything.
 2. **Bug classes** (``BUG_CLASSES``): hand-written mutants for the silent bugs that once survived
    the suite, several of them in code mutmut cannot mutate (it skips decorated functions such as
    ``@torch.no_grad()`` ones and ``@property``). Each is applied to a scratch copy of the tree
@@ -45,30 +49,55 @@ DEFAULT_REPORT = REPO / "runs" / "mutation" / "survivors.md"
 # function, ``xǁ<Class>ǁ<method>`` for a method). Plot/CLI glue and slow end-to-end paths
 # (``Trainer.fit``, the ORT/NNCF quantize drivers) are left to the bug classes below, which
 # cover their silent-failure modes at a fraction of the cost.
-MODULES: dict[str, list[str]] = {
-    "ops": ["litedet.ops.nms.*", "litedet.ops.boxes.x_box_iou__*", "litedet.ops.boxes.x_box_area__*",
-            "litedet.ops.boxes.x_xywh_to_xyxy__*", "litedet.ops.boxes.x_xyxy_to_xywh__*",
-            "litedet.ops.boxes.x_scale_boxes__*", "litedet.ops.boxes.x_clip_boxes__*",
-            "litedet.ops.decode.x_decode_yolo__*", "litedet.ops.decode.x_sigmoid__*"],
-    "transforms": ["litedet.data.transforms.x_letterbox__*", "litedet.data.transforms.x_stretch__*",
-                   "litedet.data.transforms.x_to_tensor__*"],
-    "datasets": ["litedet.data.datasets.x_read_yolo_labels__*", "litedet.data.datasets.x__check_boxes__*",
-                 "litedet.data.datasets.x_yolo_label_path__*", "litedet.data.datasets.x__parse_names__*"],
-    "loss": ["litedet.engine.loss.xǁYoloLossǁforward__*", "litedet.engine.loss.xǁLossConfigǁ__post_init____*",
-             "litedet.engine.loss.x__xywh_to_xyxy__*"],
-    "conv": ["litedet.layers.conv.x_fuse_model__*", "litedet.layers.conv.x_is_identity_batchnorm__*",
-             "litedet.layers.conv.x_make_divisible__*"],
-    "ncnn_import": ["litedet.models.ncnn_import.x_read_ncnn_param__*", "litedet.models.ncnn_import.x__parse_value__*",
-                    "litedet.models.ncnn_import.xǁ_BinReaderǁ*", "litedet.models.ncnn_import.x__conv_bn_pairs__*"],
-    "quantize": ["litedet.compress.quantize.x_calibration_images__*", "litedet.compress.quantize.x_calibration_batches__*",
-                 "litedet.compress.quantize.x_rewrite_for_int8__*", "litedet.compress.quantize.x__is_depthwise__*",
-                 "litedet.compress.quantize.x__pad_axis__*", "litedet.compress.quantize.x_quantize__*"],
-    "trainer": ["litedet.engine.trainer.xǁTrainerǁ_state__*", "litedet.engine.trainer.xǁTrainerǁ_restore__*",
-                "litedet.engine.trainer.x__rng_state__*", "litedet.engine.trainer.x__set_rng_state__*",
-                "litedet.engine.trainer.x_cosine_factor__*"],
-    "harness": ["litedet.bench.harness.x_summarize__*", "litedet.bench.harness.x__read_cpu__*",
-                "litedet.bench.harness.xǁLoadMonitorǁ*", "litedet.bench.harness.x__less_disturbed__*",
-                "litedet.bench.harness.x__check_counts__*", "litedet.bench.harness.x_throughput__*"],
+@dataclass(frozen=True)
+class Module:
+    """Files mutmut mutates, the test files it runs against them, and the mutant-name globs
+    (``x_<function>`` for a function, ``xǁ<Class>ǁ<method>`` for a method) that are checked."""
+
+    files: tuple[str, ...]
+    tests: tuple[str, ...]
+    patterns: tuple[str, ...]
+
+
+CORE = "tests/test_core_properties.py"
+MODULES: dict[str, Module] = {
+    "ops": Module(("litedet/ops/*.py",), (f"{CORE}::test_per_class_nms_keeps_overlapping_boxes_of_different_classes_at_4k", f"{CORE}::test_nms_threshold_is_inclusive_of_the_iou_bound", f"{CORE}::test_nms_defaults_are_yolov5s", "tests/test_ops.py"),
+                  ("litedet.ops.nms.*", "litedet.ops.boxes.x_box_iou__*", "litedet.ops.boxes.x_box_area__*",
+                   "litedet.ops.boxes.x_xywh_to_xyxy__*", "litedet.ops.boxes.x_xyxy_to_xywh__*",
+                   "litedet.ops.boxes.x_scale_boxes__*", "litedet.ops.boxes.x_clip_boxes__*",
+                   "litedet.ops.decode.x_decode_yolo__*", "litedet.ops.decode.x_sigmoid__*")),
+    "transforms": Module(("litedet/data/transforms.py",), ("tests/test_ops.py", "tests/test_augment.py"),
+                         ("litedet.data.transforms.x_letterbox__*", "litedet.data.transforms.x_stretch__*",
+                          "litedet.data.transforms.x_to_tensor__*")),
+    "datasets": Module(("litedet/data/datasets.py",), (f"{CORE}::test_yolo_label_class_ids_must_be_in_range", "tests/test_datasets.py"),
+                       ("litedet.data.datasets.x_read_yolo_labels__*", "litedet.data.datasets.x__check_boxes__*",
+                        "litedet.data.datasets.x_yolo_label_path__*", "litedet.data.datasets.x__parse_names__*")),
+    "loss": Module(("litedet/engine/loss.py",), (f"{CORE}::test_loss_targets_cover_the_neighbouring_cells", f"{CORE}::test_loss_anchor_ratio_test_and_positive_objectness", "tests/test_loss.py"),
+                   ("litedet.engine.loss.xǁYoloLossǁforward__*", "litedet.engine.loss.xǁLossConfigǁ__post_init____*",
+                    "litedet.engine.loss.x__xywh_to_xyxy__*")),
+    "conv": Module(("litedet/layers/conv.py",), (f"{CORE}::test_fused_conv_equals_conv_then_bn_with_a_tiny_running_variance", f"{CORE}::test_fuse_model_keeps_the_eval_outputs_of_a_detector", f"{CORE}::test_folded_detector_computes_the_random_bn_detector_function",
+                                                 "tests/test_detector.py", "tests/test_backbones.py"),
+                   ("litedet.layers.conv.x_fuse_model__*", "litedet.layers.conv.x_is_identity_batchnorm__*",
+                    "litedet.layers.conv.x_make_divisible__*")),
+    "ncnn_import": Module(("litedet/models/ncnn_import.py",), ("tests/test_import.py",),
+                          ("litedet.models.ncnn_import.x_read_ncnn_param__*", "litedet.models.ncnn_import.x__parse_value__*",
+                           "litedet.models.ncnn_import.xǁ_BinReaderǁ*", "litedet.models.ncnn_import.x__conv_bn_pairs__*")),
+    "quantize": Module(("litedet/compress/quantize.py",), (f"{CORE}::test_int8_calibrated_on_real_images_keeps_outputs_on_held_out_real_images", f"{CORE}::test_calibration_batches_are_the_backend_preprocessing", f"{CORE}::test_openvino_accuracy_control_passes_max_drop_and_the_map_metric",
+                                                         "tests/test_quantize_speed.py", "tests/test_compress.py"),
+                       ("litedet.compress.quantize.x_calibration_images__*", "litedet.compress.quantize.x_calibration_batches__*",
+                        "litedet.compress.quantize.x_rewrite_for_int8__*", "litedet.compress.quantize.x__is_depthwise__*",
+                        "litedet.compress.quantize.x__pad_axis__*", "litedet.compress.quantize.x_quantize__*")),
+    "trainer": Module(("litedet/engine/trainer.py",), (f"{CORE}::test_resume_in_the_middle_of_an_accumulation_window_is_bit_identical", "tests/test_trainer.py"),
+                      ("litedet.engine.trainer.xǁTrainerǁ_state__*", "litedet.engine.trainer.xǁTrainerǁ_restore__*",
+                       "litedet.engine.trainer.x__rng_state__*", "litedet.engine.trainer.x__set_rng_state__*",
+                       "litedet.engine.trainer.x_cosine_factor__*")),
+    "harness": Module(("litedet/bench/harness.py",), (f"{CORE}::test_other_load_is_busy_minus_own_over_wall_times_cpus", f"{CORE}::test_other_load_is_none_when_unreadable_and_clamped", f"{CORE}::test_cpu_snapshot_from_psutil_counts_busy_time_without_idle_iowait_steal_and_guest", f"{CORE}::test_cpu_snapshot_from_proc_stat_without_psutil",
+                                                      f"{CORE}::test_throughput_is_images_per_second_at_the_median", f"{CORE}::test_summarize_statistics_in_milliseconds",
+                                                      f"{CORE}::test_measurement_counts_are_checked", f"{CORE}::test_the_least_disturbed_attempt_is_kept",
+                                                      "tests/test_bench.py"),
+                      ("litedet.bench.harness.x_summarize__*", "litedet.bench.harness.x__read_cpu__*",
+                       "litedet.bench.harness.xǁLoadMonitorǁ*", "litedet.bench.harness.x__less_disturbed__*",
+                       "litedet.bench.harness.x__check_counts__*", "litedet.bench.harness.x_throughput__*")),
 }
 
 
@@ -86,25 +115,32 @@ class BugClass:
 
 BUG_CLASSES = [
     BugClass("per-class NMS: a fixed class offset of a few hundred pixels", "litedet/ops/nms.py",
-             "reshape(-1, 1) * class_offset(boxes)", "reshape(-1, 1) * 512.0", ("tests/test_core_properties.py", "tests/test_ops.py")),
+             "reshape(-1, 1) * class_offset(boxes)", "reshape(-1, 1) * 512.0",
+             (f"{CORE}::test_per_class_nms_keeps_overlapping_boxes_of_different_classes_at_4k",)),
     BugClass("loss targets: neighbour cell when the centre is in the far half", "litedet/engine/loss.py",
-             "left, up = ((centre % 1 < 0.5)", "left, up = ((centre % 1 > 0.5)", ("tests/test_core_properties.py",)),
+             "left, up = ((centre % 1 < 0.5)", "left, up = ((centre % 1 > 0.5)",
+             (f"{CORE}::test_loss_targets_cover_the_neighbouring_cells",)),
     BugClass("resume: the pending accumulated gradients dropped", "litedet/engine/trainer.py",
              "parameter.grad = None if grad is None else grad.to(parameter.device)", "parameter.grad = None",
-             ("tests/test_core_properties.py::test_resume_in_the_middle_of_an_accumulation_window_is_bit_identical",)),
+             (f"{CORE}::test_resume_in_the_middle_of_an_accumulation_window_is_bit_identical",)),
     BugClass("Conv+BN folding without the BN epsilon", "litedet/layers/conv.py",
              "torch.sqrt(bn.running_var + bn.eps)", "torch.sqrt(bn.running_var + 1e-5)",
-             ("tests/test_core_properties.py",)),
+             (f"{CORE}::test_fused_conv_equals_conv_then_bn_with_a_tiny_running_variance",)),
     BugClass("INT8: calibration images at twice the model's input scale", "litedet/compress/quantize.py",
-             "        yield batch\n", "        yield batch * 2.0\n", ("tests/test_core_properties.py",)),
+             "        yield batch\n", "        yield batch * 2.0\n",
+             (f"{CORE}::test_int8_calibrated_on_real_images_keeps_outputs_on_held_out_real_images",)),
     BugClass("NNCF accuracy control ignoring max_drop", "litedet/compress/quantize.py",
-             "max_drop=max_drop, drop_type", "max_drop=0.01, drop_type", ("tests/test_core_properties.py",)),
+             "max_drop=max_drop, drop_type", "max_drop=0.01, drop_type",
+             (f"{CORE}::test_openvino_accuracy_control_passes_max_drop_and_the_map_metric",)),
     BugClass("labels: a negative class id accepted", "litedet/data/datasets.py",
-             "not 0 <= cls < num_classes", "not cls < num_classes", ("tests/test_core_properties.py",)),
+             "not 0 <= cls < num_classes", "not cls < num_classes",
+             (f"{CORE}::test_yolo_label_class_ids_must_be_in_range",)),
     BugClass("bench: other-process load counts this process too", "litedet/bench/harness.py",
-             "share = (self._busy - self._own)", "share = (self._busy)", ("tests/test_core_properties.py",)),
+             "share = (self._busy - self._own)", "share = (self._busy)",
+             (f"{CORE}::test_other_load_is_busy_minus_own_over_wall_times_cpus",)),
     BugClass("bench: other-process load not divided by the CPU count", "litedet/bench/harness.py",
-             "(self._wall * self.cpus) * 100.0", "(self._wall) * 100.0", ("tests/test_core_properties.py",)),
+             "(self._wall * self.cpus) * 100.0", "(self._wall) * 100.0",
+             (f"{CORE}::test_other_load_is_busy_minus_own_over_wall_times_cpus",)),
 ]
 
 
@@ -124,16 +160,41 @@ def _mutmut() -> list[str]:
     return [str(exe)] if exe.exists() else [sys.executable, "-m", "mutmut"]
 
 
-def run_mutmut(patterns: list[str], max_children: int) -> int:
-    command = ["nice", "-n", "15", *_mutmut(), "run", "--max-children", str(max_children), *patterns]
-    print("$", " ".join(command), flush=True)
-    return subprocess.call(command, cwd=REPO, env=_env(), stdout=subprocess.DEVNULL if not os.environ.get("MUTATION_VERBOSE") else None)
+def workdir(module: str) -> Path:
+    return REPO / "runs" / "mutation" / module
 
 
-def load_results() -> dict[str, int | None]:
-    """Mutant name -> mutmut exit code, from the ``mutants/**/*.meta`` files of the last runs."""
+def prepare_workdir(name: str, module: Module) -> Path:
+    """Copy the tree into the module's work folder with a ``[tool.mutmut]`` for this module only."""
+    folder = workdir(name)
+    folder.mkdir(parents=True, exist_ok=True)
+    for part in ("litedet", "tests", "configs"):
+        if (REPO / part).is_dir():
+            shutil.copytree(REPO / part, folder / part, dirs_exist_ok=True,
+                            ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    pyproject = (REPO / "pyproject.toml").read_text()
+    pyproject = pyproject.split("\n[tool.mutmut]")[0].rstrip("\n")
+    quoted = lambda items: "[" + ", ".join(json.dumps(i) for i in items) + "]"  # noqa: E731
+    pyproject += (f"\n\n[tool.mutmut]\nsource_paths = [\"litedet/\"]\nonly_mutate = {quoted(module.files)}\n"
+                  f"pytest_add_cli_args_test_selection = {quoted(module.tests)}\n"
+                  f"pytest_add_cli_args = [\"-p\", \"no:cacheprovider\"]\nprocess_isolation = \"forkserver\"\n")
+    (folder / "pyproject.toml").write_text(pyproject)
+    return folder
+
+
+def run_mutmut(name: str, module: Module, max_children: int) -> int:
+    folder = prepare_workdir(name, module)
+    command = ["nice", "-n", "15", *_mutmut(), "run", "--max-children", str(max_children), *module.patterns]
+    print(f"$ (cd {folder.relative_to(REPO)} && {' '.join(command)})", flush=True)
+    log = folder / "mutmut.log"
+    with log.open("w") as handle:
+        return subprocess.call(command, cwd=folder, env=_env(), stdout=handle, stderr=subprocess.STDOUT)
+
+
+def load_results(name: str) -> dict[str, int | None]:
+    """Mutant name -> mutmut exit code, from the ``mutants/**/*.meta`` files of the module's runs."""
     results: dict[str, int | None] = {}
-    for meta in (REPO / "mutants").rglob("*.py.meta"):
+    for meta in (workdir(name) / "mutants").rglob("*.py.meta"):
         results.update(json.loads(meta.read_text())["exit_code_by_key"])
     return results
 
@@ -144,10 +205,10 @@ def _matches(name: str, patterns: list[str]) -> bool:
     return any(fnmatchcase(name, p) for p in patterns)
 
 
-def mutant_diff(name: str, _cache: dict = {}) -> str:
+def mutant_diff(folder: Path, name: str, _cache: dict = {}) -> str:
     """The lines a mutant changes (``-old`` / ``+new``), from the mutated copy mutmut wrote."""
     module, function = name.rsplit("__mutmut_", 1)[0].rsplit(".", 1)
-    path = REPO / "mutants" / (module.replace(".", "/") + ".py")
+    path = folder / "mutants" / (module.replace(".", "/") + ".py")
     if path not in _cache:
         source = path.read_text()
         tree = ast.parse(source)
@@ -216,19 +277,20 @@ def run_bug_class(bug: BugClass, scratch: Path) -> tuple[str, float]:
 # -------------------------------------------------------------------------------------- report
 
 
-def write_report(path: Path, modules: list[str], results: dict[str, int | None], bugs: list[tuple[BugClass, str, float]],
+def write_report(path: Path, modules: list[str], bugs: list[tuple[BugClass, str, float]],
                  floor: float, seconds: float) -> tuple[float | None, bool]:
     equivalent = load_equivalent()
     used_equivalent: set[str] = set()
     rows, survivors = [], []
     total = Counter()
     for module in modules:
-        names = sorted(n for n in results if _matches(n, MODULES[module]))
+        results = load_results(module)
+        names = sorted(n for n in results if _matches(n, list(MODULES[module].patterns)))
         counts = Counter()
         for name in names:
             status = STATUS.get(results[name], "suspicious")
             if status in ("survived", "no tests", "suspicious"):
-                diff = mutant_diff(name)
+                diff = mutant_diff(workdir(module), name)
                 key = equivalence_key(name, diff)
                 if key in equivalent:
                     used_equivalent.add(key)
@@ -261,13 +323,13 @@ def write_report(path: Path, modules: list[str], results: dict[str, int | None],
                   "| bug class | file | result | seconds |", "| --- | --- | --- | ---: |"]
         lines += [f"| {bug.name} | `{bug.path}` | {status} | {took:.0f} |" for bug, status, took in bugs]
     lines += ["", f"## Survivors ({len(survivors)})", "",
-              "Each: the mutant's name (`mutmut show NAME` prints it, `mutmut apply NAME` writes it into the tree "
-              "to debug a test), then the changed line. Kill it with a test of the property it breaks, or, when "
+              "Each: the mutant's name (`mutmut show NAME` in `runs/mutation/MODULE/` prints it), then the "
+              "changed line. Kill it with a test of the property it breaks, or, when "
               "it cannot change behaviour, add `function | +mutated line  # reason` to scripts/mutation_equivalent.txt.", ""]
     for module, name, status, diff in survivors:
         lines += [f"- `{name}` ({module}, {status})", "  ```diff", *("  " + d for d in diff.splitlines()), "  ```"]
     stale = sorted(set(equivalent) - used_equivalent)
-    if stale and results:
+    if stale and modules:
         lines += ["", "## Equivalent entries that matched no mutant this run (stale, or module not run)", ""]
         lines += [f"- `{key}`" for key in stale]
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -302,10 +364,11 @@ def main(argv: list[str] | None = None) -> int:
                 bugs.append((bug, status, took))
     if not args.report_only:
         for module in modules:
-            print(f"mutmut: {module}", flush=True)
-            run_mutmut(MODULES[module], args.max_children)
-    results = load_results() if (REPO / "mutants").is_dir() else {}
-    overall, bugs_ok = write_report(args.report, modules, results, bugs, args.floor, time.perf_counter() - started)
+            began = time.perf_counter()
+            code = run_mutmut(module, MODULES[module], args.max_children)
+            print(f"mutmut {module}: exit {code} in {time.perf_counter() - began:.0f} s "
+                  f"(log: {(workdir(module) / 'mutmut.log').relative_to(REPO)})", flush=True)
+    overall, bugs_ok = write_report(args.report, modules, bugs, args.floor, time.perf_counter() - started)
     print(f"report: {args.report}")
     if modules:
         print("mutation score: " + ("no mutants checked" if overall is None else f"{overall:.1f} % (floor {args.floor:.0f} %)"))

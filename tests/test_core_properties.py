@@ -88,6 +88,27 @@ def test_nms_threshold_is_inclusive_of_the_iou_bound():
     assert batched_nms(boxes, scores, np.zeros(2), 0.33).tolist() == [0]
 
 
+def test_nms_defaults_are_yolov5s():
+    """Called without options, NMS uses YOLOv5's detect defaults: score > 0.25, IoU > 0.45
+    suppresses, at most 300 detections."""
+    rows = np.zeros((1, 5, 6), np.float32)  # one class
+    rows[0, :, :4] = [[50, 50, 20, 20], [52, 50, 20, 20], [150, 50, 20, 20], [250, 50, 20, 20], [350, 50, 20, 20]]
+    rows[0, :, 4] = [0.9, 0.8, 0.26, 0.24, 0.5]  # objectness; class probability 1
+    rows[0, :, 5] = 1.0
+    kept = non_max_suppression(rows)[0]
+    # box 1 overlaps box 0 at IoU 18*20 / (2*400 - 360) = 0.82: suppressed; 0.24 is below 0.25
+    assert kept[:, 4].tolist() == pytest.approx([0.9, 0.5, 0.26])
+    rows[0, 1, 0] = 57.7  # shifted 7.7 px: IoU 12.3 / 27.7 = 0.444, kept
+    assert len(non_max_suppression(rows)[0]) == 4
+    rows[0, 1, 0] = 57.4  # IoU 12.6 / 27.4 = 0.460, suppressed
+    assert len(non_max_suppression(rows)[0]) == 3
+    many = np.zeros((1, 400, 6), np.float32)
+    many[0, :, 0] = np.arange(400) * 30.0
+    many[0, :, 1:4] = [10, 20, 20]
+    many[0, :, 4:] = 0.9
+    assert len(non_max_suppression(many)[0]) == 300
+
+
 # ----------------------------------------------------------------------------- loss targets
 
 
@@ -310,6 +331,46 @@ def test_cpu_snapshot_from_proc_stat_without_psutil(monkeypatch):
     snapshot = harness._read_cpu()
     assert snapshot.busy == pytest.approx(16.0)  # (1000 + 100 + 400 + 50 + 50) / 100
     assert snapshot.steal == pytest.approx(2.0) and snapshot.own == pytest.approx(2.0)
+
+
+def test_throughput_is_images_per_second_at_the_median():
+    stats = harness.summarize([0.004, 0.005, 0.100])  # median 5 ms
+    assert harness.throughput(8, stats) == pytest.approx(1600.0)
+    assert harness.throughput(1, stats) == pytest.approx(200.0)
+    stats.median_ms = 0.0
+    assert harness.throughput(1, stats) == float("inf")
+
+
+def test_summarize_statistics_in_milliseconds():
+    stats = harness.summarize([0.001, 0.002, 0.003, 0.004, 0.010])
+    assert (stats.median_ms, stats.min_ms, stats.max_ms, stats.n) == (3.0, 1.0, 10.0, 5)
+    assert stats.p90_ms == pytest.approx(7.6)  # linear interpolation between 4 and 10
+    assert stats.mean_ms == pytest.approx(4.0) and stats.total_s == pytest.approx(0.020)
+    assert stats.std_ms == pytest.approx(float(np.std([1, 2, 3, 4, 10], ddof=1)))
+    assert harness.summarize([0.002]).std_ms == 0.0
+
+
+@pytest.mark.parametrize("warmup, min_runs, budget, ok", [(0, 1, None, True), (-1, 1, None, False), (0, 0, None, False),
+                                                          (0, 1, 0.5, True), (0, 1, 0.0, False)])
+def test_measurement_counts_are_checked(warmup, min_runs, budget, ok):
+    if ok:
+        harness._check_counts(warmup, min_runs, budget)
+    else:
+        with pytest.raises(ValueError):
+            harness._check_counts(warmup, min_runs, budget)
+
+
+def test_the_least_disturbed_attempt_is_kept():
+    def stats(load):
+        result = harness.summarize([0.001])
+        result.other_load = load
+        return result
+
+    assert harness._less_disturbed(stats(10.0), stats(20.0))
+    assert not harness._less_disturbed(stats(20.0), stats(10.0))
+    assert not harness._less_disturbed(stats(10.0), stats(10.0))
+    assert harness._less_disturbed(stats(50.0), stats(None))
+    assert not harness._less_disturbed(stats(None), stats(10.0))
 
 
 # ----------------------------------------------------------------------------- INT8 calibration
