@@ -24,7 +24,7 @@ from typing import Any, Union
 import numpy as np
 
 from litedet.config import ModelConfig
-from litedet.data.sources import Source, open_source
+from litedet.data.sources import IMAGE_SUFFIXES, STREAM_SCHEMES, Source, open_source
 from litedet.data.transforms import ensure_bgr
 from litedet.engine.predictor import DetectReport, Predictor, detect_source, resolve_classes
 from litedet.engine.results import Detections
@@ -40,7 +40,7 @@ __all__ = ["Detections", "Model", "SourceLike", "load"]
 # list of any of these.
 SourceLike = Union[str, os.PathLike, int, np.ndarray, Any, Sequence[Any]]
 
-# Above this many video frames, a call that collects every result (images included) says that
+# Above this many results (each keeps its image), a call that collects them all says that
 # ``stream`` would keep memory constant.
 _COLLECT_WARNING_FRAMES = 300
 
@@ -201,8 +201,8 @@ class Model:
         for result in self.stream(source, conf=conf, iou=iou, classes=classes, max_det=max_det, agnostic=agnostic,
                                   max_frames=max_frames):
             results.append(result)
-            if not warned and len(results) > _COLLECT_WARNING_FRAMES and ":" in result.source:
-                LOGGER.warning("keeping %d+ frames and their images in memory; model.stream(...) handles one at a time",
+            if not warned and len(results) > _COLLECT_WARNING_FRAMES:
+                LOGGER.warning("keeping %d+ results and their images in memory; model.stream(...) handles one at a time",
                                _COLLECT_WARNING_FRAMES)
                 warned = True
         return results
@@ -241,7 +241,7 @@ class Model:
         writing overlap on three threads): with ``save_dir``, annotated images and videos,
         ``detections.jsonl`` and ``summary.json`` are written there. Returns the report (frames,
         per-stage milliseconds, FPS, files written, the last ``keep_results`` results as JSON)."""
-        return detect_source(self._predictor, source, save_dir=save_dir, progress=progress, max_frames=max_frames,
+        return detect_source(self._predictor_for(), source, save_dir=save_dir, progress=progress, max_frames=max_frames,
                              keep_results=keep_results)
 
     def _generate(self, predictor: Predictor, parts: list[Any], max_frames: int | None) -> Iterator[Detections]:
@@ -299,9 +299,7 @@ def _is_live(source: Any) -> bool:
         return False
     if isinstance(source, int) or (isinstance(source, str) and source.isdigit()):
         return True
-    if isinstance(source, str) and source.lower().startswith(("rtsp://", "rtmp://", "http://", "https://")):
-        from litedet.data.sources import IMAGE_SUFFIXES
-
+    if isinstance(source, str) and source.lower().startswith(STREAM_SCHEMES):  # as open_source decides
         return not source.split("?", 1)[0].lower().endswith(IMAGE_SUFFIXES)
     return False
 

@@ -234,3 +234,26 @@ def test_real_model_finds_people_in_a_coco_image(tmp_path):
         assert "person" in result.class_names and result.scores.max() > 0.5
         people = model(image, classes=["person"])[0]
         assert set(people.class_names) == {"person"} and len(people) == result.class_names.count("person")
+
+
+def test_http_image_url(files, onnx_model):
+    import functools
+    import http.server
+    import threading
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+    handler = functools.partial(Quiet, directory=str(files["folder"]))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)  # loopback only
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/img1.png"
+        from_url = onnx_model(url)[0]
+        assert from_url.source == url
+        np.testing.assert_array_equal(from_url.boxes, onnx_model(files["folder"] / "img1.png")[0].boxes)
+    finally:
+        server.shutdown()
+        server.server_close()
