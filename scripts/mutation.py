@@ -61,7 +61,9 @@ class Module:
 
 CORE = "tests/test_core_properties.py"
 MODULES: dict[str, Module] = {
-    "ops": Module(("litedet/ops/*.py",), (f"{CORE}::test_per_class_nms_keeps_overlapping_boxes_of_different_classes_at_4k", f"{CORE}::test_nms_threshold_is_inclusive_of_the_iou_bound", f"{CORE}::test_nms_defaults_are_yolov5s", "tests/test_ops.py"),
+    "ops": Module(("litedet/ops/*.py",), (f"{CORE}::test_per_class_nms_keeps_overlapping_boxes_of_different_classes_at_4k", f"{CORE}::test_nms_threshold_is_inclusive_of_the_iou_bound", f"{CORE}::test_nms_defaults_are_yolov5s", f"{CORE}::test_identical_boxes_of_different_classes_never_touch_after_the_class_offset",
+                   f"{CORE}::test_zero_area_boxes_do_not_suppress_each_other", f"{CORE}::test_nms_rejects_mismatched_or_out_of_range_input",
+                   f"{CORE}::test_max_nms_keeps_the_best_candidates", "tests/test_ops.py"),
                   ("litedet.ops.nms.*", "litedet.ops.boxes.x_box_iou__*", "litedet.ops.boxes.x_box_area__*",
                    "litedet.ops.boxes.x_xywh_to_xyxy__*", "litedet.ops.boxes.x_xyxy_to_xywh__*",
                    "litedet.ops.boxes.x_scale_boxes__*", "litedet.ops.boxes.x_clip_boxes__*",

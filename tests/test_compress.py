@@ -43,7 +43,7 @@ def _outputs(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
 
 
 @pytest.mark.parametrize("importance", ["l1", "bn_scale"])
-def test_structured_pruning_removes_channels_and_keeps_outputs(importance):
+def test_structured_pruning_removes_channels_and_keeps_the_head_layout(importance):
     model = _detector("v5lite-s")
     x = torch.randn(1, 3, SIZE, SIZE)
     shapes = [o.shape for o in _outputs(model, x)]

@@ -88,6 +88,44 @@ def test_nms_threshold_is_inclusive_of_the_iou_bound():
     assert batched_nms(boxes, scores, np.zeros(2), 0.33).tolist() == [0]
 
 
+def test_identical_boxes_of_different_classes_never_touch_after_the_class_offset():
+    """At IoU threshold 0 any overlap suppresses: the class offset must move each class wholly
+    past the previous one, whatever the coordinate range (here 0..100 and 0..5000)."""
+    for size in (100.0, 5000.0):
+        boxes = np.array([[0, 0, size, size], [0, 0, size, size], [0, 0, size, size]])
+        assert sorted(batched_nms(boxes, np.array([0.9, 0.8, 0.7]), np.array([0, 1, 2]), 0.0).tolist()) == [0, 1, 2]
+    assert batched_nms(np.zeros((0, 4)), np.zeros(0), np.zeros(0), 0.5).tolist() == []
+
+
+def test_zero_area_boxes_do_not_suppress_each_other():
+    boxes = np.array([[10, 10, 10, 10], [10, 10, 10, 10], [0, 0, 20, 20]], np.float64)
+    assert sorted(batched_nms(boxes, np.array([0.9, 0.8, 0.7]), np.zeros(3), 0.5).tolist()) == [0, 1, 2]
+
+
+def test_nms_rejects_mismatched_or_out_of_range_input():
+    with pytest.raises(ValueError, match="3 boxes and 2 scores"):
+        batched_nms(np.zeros((3, 4)), np.zeros(2), np.zeros(3), 0.5)
+    with pytest.raises(ValueError, match="3 boxes and 2 class ids"):
+        batched_nms(np.zeros((3, 4)), np.zeros(3), np.zeros(2), 0.5)
+    with pytest.raises(ValueError, match="iou_threshold"):
+        batched_nms(np.zeros((1, 4)), np.zeros(1), np.zeros(1), 1.5)
+    with pytest.raises(ValueError, match="prediction must be"):
+        non_max_suppression(np.zeros((4, 6)))
+    with pytest.raises(ValueError, match="conf_threshold"):
+        non_max_suppression(np.zeros((1, 4, 6)), conf_threshold=-0.1)
+    with pytest.raises(ValueError, match="max_det"):
+        non_max_suppression(np.zeros((1, 4, 6)), max_det=0)
+
+
+def test_max_nms_keeps_the_best_candidates():
+    rows = np.zeros((1, 4, 6), np.float32)
+    rows[0, :, :4] = [[50, 50, 20, 20], [150, 50, 20, 20], [250, 50, 20, 20], [350, 50, 20, 20]]
+    rows[0, :, 4] = [0.5, 0.9, 0.6, 0.8]
+    rows[0, :, 5] = 1.0
+    kept = non_max_suppression(rows, 0.25, 0.45, max_nms=2)[0]
+    assert kept[:, 4].tolist() == pytest.approx([0.9, 0.8])
+
+
 def test_nms_defaults_are_yolov5s():
     """Called without options, NMS uses YOLOv5's detect defaults: score > 0.25, IoU > 0.45
     suppresses, at most 300 detections."""
