@@ -497,3 +497,42 @@ def test_local_ray_listens_on_loopback_only_and_leaves_nothing(tiny, ending, tmp
     finally:
         if driver.poll() is None:
             driver.kill()
+
+
+@pytest.mark.slow
+def test_stream_cli_sigterm_ends_like_ctrl_c(tiny, tmp_path):
+    """SIGTERM to `litedet stream --workers 2 --save`: exit 130, every frame done before it is in
+    detections.jsonl, summary.json is written, and no Ray process outlives the driver."""
+    pytest.importorskip("ray")
+    psutil = pytest.importorskip("psutil")
+    import signal
+
+    video = tmp_path / "long.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10, (SIZE, SIZE))
+    for i in range(3000):
+        writer.write(np.full((SIZE, SIZE, 3), i % 250, np.uint8))
+    writer.release()
+    out = tmp_path / "out"
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "litedet", "stream", "--source", str(video), "--weights", str(tiny["weights"]),
+         "--workers", "2", "--save", str(out), "--no-progress"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        results = out / "detections.jsonl"
+        deadline = time.time() + 300
+        while time.time() < deadline and driver.poll() is None and not (results.is_file() and results.stat().st_size > 0):
+            time.sleep(0.2)
+        assert driver.poll() is None, driver.stderr.read()[-2000:]
+        ray_pids = [p.pid for p in psutil.Process(driver.pid).children(recursive=True)]
+        driver.send_signal(signal.SIGTERM)
+        _, err = driver.communicate(timeout=120)
+        assert driver.returncode == 130, err[-2000:]
+        assert "Traceback" not in err
+        summary = json.loads((out / "summary.json").read_text())
+        lines = results.read_text().splitlines()
+        assert 0 < summary["frames_done"] == len(lines) < 3000
+        assert _survivors(psutil, ray_pids, timeout_s=10) == []
+    finally:
+        if driver.poll() is None:
+            driver.kill()

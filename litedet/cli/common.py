@@ -17,7 +17,9 @@ import argparse
 import contextlib
 import json
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -117,3 +119,22 @@ def human_output(json_mode: bool) -> Iterator[None]:
 def print_json(data: Any) -> None:
     """One JSON document on stdout (call it after the ``human_output`` block)."""
     print(json.dumps(data, default=str), flush=True)
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """While the verb works, SIGTERM ends it like Ctrl-C (``KeyboardInterrupt``), so the verb's
+    own clean-up keeps what it has done; the previous handler comes back afterwards. Main thread
+    only (elsewhere a no-op)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -7,7 +7,9 @@ import argparse
 import logging
 import sys
 
-from litedet.cli.common import add_json_option, add_model_option, add_progress_option, human_output, print_json, resolve_model
+from litedet.cli.common import (
+    add_json_option, add_model_option, add_progress_option, human_output, print_json, resolve_model, sigterm_as_interrupt,
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -44,12 +46,18 @@ def run(args: argparse.Namespace) -> int:
         print("litedet stream: --progress is deprecated (the bar is shown unless --no-progress)", file=sys.stderr)
     model = resolve_model(args.weights, args.model)
     with human_output(args.json):
-        report = run_stream(
-            args.source, args.weights, model=model, workers=args.workers, address=args.address, engine=args.engine,
-            threads_per_worker=args.threads_per_worker, imgsz=args.imgsz, conf=args.conf, iou=args.iou,
-            max_in_flight=args.max_in_flight, max_frames=args.max_frames, save_dir=args.save,
-            keep_results=False, progress=not args.no_progress, ray_dashboard=args.ray_dashboard,
-        )
+        # SIGTERM ends the run like Ctrl-C: frames already done are written, Ray is shut down.
+        try:
+            with sigterm_as_interrupt():
+                report = run_stream(
+                    args.source, args.weights, model=model, workers=args.workers, address=args.address,
+                    engine=args.engine, threads_per_worker=args.threads_per_worker, imgsz=args.imgsz, conf=args.conf,
+                    iou=args.iou, max_in_flight=args.max_in_flight, max_frames=args.max_frames, save_dir=args.save,
+                    keep_results=False, progress=not args.no_progress, ray_dashboard=args.ray_dashboard,
+                )
+        except KeyboardInterrupt:  # while the model or the workers were starting: nothing to keep
+            print("litedet stream: interrupted before the first frame", file=sys.stderr)
+            return 130
         for line in report.summary_lines():
             print(line)
     if args.json:

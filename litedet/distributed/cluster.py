@@ -3,7 +3,9 @@
 A cluster litedet starts itself (no ``address``) is **local**: every Ray process (GCS, raylet,
 workers, agents, metrics servers) listens on 127.0.0.1 only, the dashboard and the agents'
 Prometheus export are off unless asked for (``dashboard=True``, still bound to 127.0.0.1), and the
-cluster is stopped when the run ends, when the driver exits (``atexit``) or gets SIGTERM/SIGINT.
+cluster is stopped when the run ends, when the driver exits (``atexit``) or gets SIGTERM/SIGINT
+(a SIGTERM handler the application installed before is kept; otherwise Ray's turns SIGTERM into
+``SystemExit``).
 If the driver is SIGKILLed, Ray's reaper stops the GCS and raylet and a small watchdog
 (``litedet.distributed.watchdog``) stops the agents and workers Ray would leave running for a
 minute.
@@ -17,6 +19,8 @@ from __future__ import annotations
 import atexit
 import ipaddress
 import logging
+import signal
+import threading
 from typing import Any
 
 LOGGER = logging.getLogger(__name__)
@@ -54,6 +58,10 @@ def start_local_ray(num_cpus: int, resources: dict[str, float] | None = None, da
 
     driver = psutil.Process()
     before = {p.pid for p in driver.children()}
+    # ray.init replaces the SIGTERM handler (with sys.exit); a handler the application set itself,
+    # such as `litedet stream`'s "SIGTERM ends the run like Ctrl-C", is put back afterwards.
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    sigterm_handler = signal.getsignal(signal.SIGTERM) if in_main_thread else None
     saved = getattr(ray_constants, "ENABLE_RAY_CLUSTER", True)
     ray_constants.ENABLE_RAY_CLUSTER = False
     try:
@@ -69,6 +77,8 @@ def start_local_ray(num_cpus: int, resources: dict[str, float] | None = None, da
         )
     finally:
         ray_constants.ENABLE_RAY_CLUSTER = saved
+    if callable(sigterm_handler):
+        signal.signal(signal.SIGTERM, sigterm_handler)
     from litedet.distributed.watchdog import spawn_watchdog
 
     _watchdogs.append(spawn_watchdog([p for p in driver.children() if p.pid not in before]))
