@@ -89,6 +89,13 @@ def test_bad_data_yaml_is_one_line(capsys, in_tmp, text, needle):
     _assert_one_line(code, err, "train", f"{data}:", needle)
 
 
+def test_bad_recipe_yaml_is_one_line(capsys, in_tmp):
+    recipe = in_tmp / "recipe.yaml"
+    recipe.write_text("model: v5lite-e\nsteps:\n  - prune: !!python/object/new:dict {}\n")
+    code, err = _run(capsys, "compress", "--recipe", str(recipe), "--check")
+    _assert_one_line(code, err, "compress", f"{recipe}:3:", "!!python/object/new:dict", "not allowed")
+
+
 @pytest.mark.slow  # a fresh interpreter imports torch: ~15 s on a loaded 2-core machine
 def test_yaml_error_through_a_real_process(tmp_path):
     config = tmp_path / "exp.yaml"

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
-import yaml
+from litedet.errors import load_yaml
 
 LOGGER = logging.getLogger(__name__)
 
@@ -342,10 +342,7 @@ def load_recipe(path: str | os.PathLike) -> Recipe:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"recipe not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ValueError(f"{path}: not valid YAML ({err})") from None
+    data = load_yaml(path, "recipe")  # one line naming file:line for syntax errors and !!python tags
     return parse_recipe(data, str(path))
 
 
