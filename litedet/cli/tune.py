@@ -33,6 +33,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="runs/tune", help="output folder: report.md, front.json, pareto.png, best/, cache/ (default runs/tune)")
     parser.add_argument("--runs", type=int, default=100, help="timed runs per candidate after warm-up (default 100)")
     parser.add_argument("--warmup", type=int, default=10, help="untimed warm-up runs per candidate (default 10)")
+    parser.add_argument("--latency-budget", type=float, metavar="SECONDS",
+                        help="cap on the interleaved timing (each timing attempt); stops early once spent, at least 10 runs each")
+    parser.add_argument("--max-attempts", type=int, default=2,
+                        help="timings per candidate while other processes disturb it (1: flag only, never repeat)")
     parser.add_argument("--whole-front", action="store_true",
                         help="also score front candidates over the budget (the whole Pareto front)")
     parser.add_argument("--remeasure", action="store_true", help="re-time every candidate instead of reusing cached latencies")
@@ -51,7 +55,8 @@ def run(args: argparse.Namespace) -> int:
         args.weights, data=args.data, images=args.images, annotations=args.annotations, calib=args.calib,
         budget_ms=args.budget_ms, min_fps=args.min_fps, budget_peer=args.budget_peer, imgsz=args.imgsz,
         engines=args.engines, precisions=args.precisions, threads=args.threads, peers=args.peers, out_dir=args.out,
-        runs=args.runs, warmup=args.warmup, whole_front=args.whole_front, remeasure=args.remeasure,
+        runs=args.runs, warmup=args.warmup, latency_budget_s=args.latency_budget, max_attempts=args.max_attempts,
+        whole_front=args.whole_front, remeasure=args.remeasure,
         val_limit=args.val_limit, load_threshold=args.load_threshold, progress=not args.no_progress, command=command,
     )
     if args.json:
