@@ -536,3 +536,41 @@ def test_stream_cli_sigterm_ends_like_ctrl_c(tiny, tmp_path):
     finally:
         if driver.poll() is None:
             driver.kill()
+
+
+def test_start_local_ray_asks_for_loopback_and_no_metrics(monkeypatch):
+    """Fast check of what start_local_ray asks of ray.init (the slow test checks the sockets):
+    node IP 127.0.0.1 with Ray's 'no cluster' switch on only during init, dashboard and metrics
+    export off, and a SIGTERM handler the application set kept across ray.init."""
+    ray = pytest.importorskip("ray")
+    pytest.importorskip("psutil")
+    import signal
+
+    from ray._private import ray_constants
+
+    from litedet.distributed import cluster
+
+    seen = {}
+
+    def fake_init(**kwargs):
+        seen.update(kwargs, cluster_switch=ray_constants.ENABLE_RAY_CLUSTER)
+        signal.signal(signal.SIGTERM, lambda *_: None)  # as ray.init does
+
+    def handler(*_):
+        pass
+
+    monkeypatch.setattr(ray, "init", fake_init)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray.util, "get_node_ip_address", lambda: "127.0.0.1")
+    before = ray_constants.ENABLE_RAY_CLUSTER
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        cluster.start_local_ray(2)
+        assert signal.getsignal(signal.SIGTERM) is handler
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        cluster.shutdown_ray(ray)
+    assert seen["_node_ip_address"] == "127.0.0.1" and seen["cluster_switch"] is False
+    assert ray_constants.ENABLE_RAY_CLUSTER == before
+    assert seen["include_dashboard"] is False and seen["_system_config"] == {"enable_metrics_collection": False}
+    assert seen["dashboard_host"] == "127.0.0.1"
