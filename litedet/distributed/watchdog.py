@@ -18,7 +18,6 @@ import select
 import signal
 import subprocess
 import sys
-import time
 
 import psutil
 
