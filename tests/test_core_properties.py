@@ -23,7 +23,7 @@ from litedet.bench import harness
 from litedet.data.datasets import read_yolo_labels
 from litedet.engine.loss import YoloLoss
 from litedet.layers.conv import fuse_conv_bn, fuse_model
-from litedet.ops.nms import batched_nms, non_max_suppression
+from litedet.ops.nms import batched_nms, nms, non_max_suppression
 
 # ----------------------------------------------------------------------------- test helpers
 
@@ -78,6 +78,25 @@ def test_per_class_nms_keeps_overlapping_boxes_of_different_classes_at_4k(x):
     assert kept[0, 4] == pytest.approx(0.9) and kept[0, 5] == 3.0  # by descending score
     agnostic = non_max_suppression(rows, conf_threshold=0.25, iou_threshold=0.45, agnostic=True)[0]
     assert len(agnostic) == 1 and agnostic[0, 5] == 3.0
+
+
+@pytest.mark.parametrize("iou_threshold", [0.0, 0.45])
+def test_per_class_nms_on_a_4k_image_equals_nms_run_per_class(iou_threshold):
+    """80 random boxes of 6 classes anywhere on a 3840x2160 image, up to 1500 px wide: per-class
+    NMS keeps exactly what NMS run on each class alone keeps (a fixed class offset smaller than
+    the image lets a box of one class suppress a box of another lying one offset away)."""
+    rng = np.random.default_rng(4)
+    xy = rng.uniform(0, [3840, 2160], (80, 2))
+    wh = rng.uniform(20, 1500, (80, 2))
+    boxes = np.concatenate([xy, np.minimum(xy + wh, [3840, 2160])], axis=1)
+    scores = rng.permutation(80).astype(np.float32) / 80
+    classes = rng.integers(0, 6, 80)
+    expected = []
+    for cls in range(6):
+        index = np.flatnonzero(classes == cls)
+        expected += index[nms(boxes[index], scores[index], iou_threshold)].tolist()
+    expected.sort(key=lambda i: -scores[i])
+    assert batched_nms(boxes, scores, classes, iou_threshold).tolist() == expected
 
 
 def test_nms_threshold_is_inclusive_of_the_iou_bound():
@@ -197,6 +216,55 @@ def test_loss_anchor_ratio_test_and_positive_objectness():
     assert positives == {(0, 4, 4), (0, 3, 4), (0, 4, 3)}  # centre 4.4: own cell, up and left
 
 
+def _bce(logits: torch.Tensor, target: torch.Tensor, pos_weight: float) -> torch.Tensor:
+    log_p, log_not_p = torch.nn.functional.logsigmoid(logits), torch.nn.functional.logsigmoid(-logits)
+    return -(pos_weight * target * log_p + (1 - target) * log_not_p).mean()
+
+
+def _ciou(p: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Complete IoU of (cx, cy, w, h) boxes (Zheng et al. 2020, eq. 10-11)."""
+    p1, p2, t1, t2 = p[:, :2] - p[:, 2:] / 2, p[:, :2] + p[:, 2:] / 2, t[:, :2] - t[:, 2:] / 2, t[:, :2] + t[:, 2:] / 2
+    inter = (torch.min(p2, t2) - torch.max(p1, t1)).clamp(min=0).prod(1)
+    union = p[:, 2:].prod(1) + t[:, 2:].prod(1) - inter
+    iou = inter / union
+    enclose = (torch.max(p2, t2) - torch.min(p1, t1)).pow(2).sum(1)
+    rho = (p[:, :2] - t[:, :2]).pow(2).sum(1)
+    v = 4 / torch.pi ** 2 * (torch.atan(t[:, 2] / t[:, 3]) - torch.atan(p[:, 2] / p[:, 3])).pow(2)
+    alpha = v / (1 - iou + v)
+    return iou - rho / enclose - alpha * v
+
+
+def test_loss_value_matches_the_yolov5_formulas_written_out():
+    """One level (8x8, one 16 px anchor), two images, one box of class 1 in image 1, label
+    smoothing 0.1, positive weights 1.5 (class) and 2 (objectness): the total and each term equal
+    the YOLOv5 loss computed here by hand from its definition."""
+    from litedet.engine.loss import LossConfig
+
+    config = LossConfig(label_smoothing=0.1, cls_pw=1.5, obj_pw=2.0)
+    loss = YoloLoss(2, strides=[8], anchors=[[[16.0, 16.0]]], imgsz=64, config=config)
+    generator = torch.Generator().manual_seed(0)
+    maps = torch.randn(2, 7, 8, 8, generator=generator)
+    cx, cy = 3.3, 5.7
+    targets = torch.tensor([[1, 1, cx / 8, cy / 8, 2 / 8, 2 / 8]])
+    total, items = loss([maps], targets)
+
+    cells = sorted(_reference_cells(cx, cy, 8, 8))
+    picked = torch.stack([maps[1, :, gy, gx] for gx, gy, _, _ in cells])
+    pred = torch.cat([picked[:, :2].sigmoid() * 2 - 0.5, (picked[:, 2:4].sigmoid() * 2) ** 2 * 2.0], 1)
+    target_box = torch.tensor([[ox, oy, 2.0, 2.0] for _, _, ox, oy in cells])
+    ciou = _ciou(pred, target_box)
+    box = (1 - ciou).mean()
+    target_obj = torch.zeros(2, 8, 8)
+    for (gx, gy, _, _), value in zip(cells, ciou.clamp(min=0)):
+        target_obj[1, gy, gx] = value
+    obj = _bce(maps[:, 4], target_obj, 2.0) * 4.0  # level weight of a single level
+    cls = _bce(picked[:, 5:], torch.tensor([[0.05, 0.95]]).expand(len(cells), 2), 1.5)
+    gains = torch.tensor([0.05 * 3, 1.0 * (64 / 640) ** 2 * 3, 0.5 * 2 / 80 * 3])
+    expected = torch.stack([box, obj, cls]) * gains
+    torch.testing.assert_close(items, expected, rtol=1e-4, atol=1e-7)
+    torch.testing.assert_close(total, expected.sum() * 2, rtol=1e-4, atol=1e-7)  # times the batch size
+
+
 # ----------------------------------------------------------------------------- Conv+BN folding
 
 
@@ -226,6 +294,46 @@ def test_fuse_model_keeps_the_eval_outputs_of_a_detector():
     assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
     after = _raw_maps(model, x)
     assert np.abs(after - before).max() <= 1e-4 * np.abs(before).max()
+
+
+def test_fuse_model_leaves_batchnorms_without_running_statistics():
+    """A BatchNorm that normalises by batch statistics even in eval mode cannot be folded."""
+    from litedet.layers.conv import ConvBnAct
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4, track_running_stats=False), nn.ReLU(),
+                          ConvBnAct(4, 4, 1)).eval()
+    conv = model[0]
+    fuse_model(model)
+    assert isinstance(model[1], nn.BatchNorm2d) and model[0] is conv
+    assert isinstance(model[3].bn, nn.Identity) and model[3].conv.bias is not None
+
+
+def test_identity_batchnorm_is_recognised_exactly():
+    from litedet.layers.conv import is_identity_batchnorm
+
+    def identity() -> nn.BatchNorm2d:
+        bn = nn.BatchNorm2d(3).eval()
+        bn.running_var.fill_(1 - bn.eps)
+        bn.bias.data = torch.tensor([0.5, -1.0, 2.0])  # a folded bias is allowed
+        return bn
+
+    assert is_identity_batchnorm(identity())
+    for change in ("mean", "var", "weight"):
+        bn = identity()
+        {"mean": bn.running_mean, "var": bn.running_var, "weight": bn.weight.data}[change][1] += 0.01
+        assert not is_identity_batchnorm(bn), change
+    assert not is_identity_batchnorm(nn.BatchNorm2d(3, track_running_stats=False))
+    assert not is_identity_batchnorm(nn.BatchNorm2d(3, affine=False))
+
+
+@pytest.mark.parametrize("value, divisor, expected", [(24.0, 8, 24), (10.0, 8, 16), (3.0, 8, 8), (20.0, 8, 24),
+                                                      (19.9, 8, 24), (17.0, 8, 16), (116 * 0.5, 8, 56), (7.0, 4, 8)])
+def test_make_divisible_rounds_to_the_nearest_multiple_without_losing_ten_percent(value, divisor, expected):
+    from litedet.layers.conv import make_divisible
+
+    assert make_divisible(value, divisor) == expected
+    with pytest.raises(ValueError, match="divisor"):
+        make_divisible(value, 0)
 
 
 # ----------------------------------------------------------------------------- resume mid-window
@@ -369,6 +477,61 @@ def test_cpu_snapshot_from_proc_stat_without_psutil(monkeypatch):
     snapshot = harness._read_cpu()
     assert snapshot.busy == pytest.approx(16.0)  # (1000 + 100 + 400 + 50 + 50) / 100
     assert snapshot.steal == pytest.approx(2.0) and snapshot.own == pytest.approx(2.0)
+
+
+def test_load_monitor_edge_cases(monkeypatch):
+    """stop() without start() is harmless; a reading that fails at stop() makes the figure
+    unknown rather than wrong; a machine whose CPU count is unknown counts as one CPU."""
+    monkeypatch.setattr(harness.os, "cpu_count", lambda: None)
+    monitor = harness.LoadMonitor()
+    assert monitor.cpus == 1 and monitor.available
+    monitor.stop()
+    assert monitor.other_load is None
+    readings = iter([_snapshot(0.0, 0.0, 0.0, 0.0), None])
+    monkeypatch.setattr(harness, "_read_cpu", lambda: next(readings))
+    monitor.start()
+    monitor.stop()
+    assert not monitor.available and monitor.other_load is None and monitor.steal is None
+    readings = iter([_snapshot(0.0, 0.0, 0.0, 0.0), _snapshot(2.0, 1.0, 0.5, 0.0)])
+    monitor = harness.LoadMonitor()
+    with monitor:
+        pass
+    assert monitor.other_load == pytest.approx(50.0) and monitor.steal == pytest.approx(25.0)  # one CPU
+
+
+def test_cpu_snapshot_without_iowait_and_steal_fields(monkeypatch):
+    """psutil on macOS/Windows has no iowait or steal: busy is everything but idle."""
+    fields = dict(user=10.0, nice=1.0, system=4.0, idle=50.0)
+    cpu_times = types.SimpleNamespace(**fields, _fields=tuple(fields))
+    proc_times = types.SimpleNamespace(user=1.0, system=0.0, children_user=0.0, children_system=0.0)
+    fake = types.SimpleNamespace(cpu_times=lambda: cpu_times, Process=lambda: types.SimpleNamespace(cpu_times=lambda: proc_times))
+    monkeypatch.setitem(__import__("sys").modules, "psutil", fake)
+    snapshot = harness._read_cpu()
+    assert snapshot.busy == pytest.approx(15.0) and snapshot.steal == 0.0 and snapshot.own == pytest.approx(1.0)
+
+
+def test_cpu_snapshot_from_an_old_proc_stat_and_an_unreadable_one(monkeypatch):
+    import builtins
+    import io
+    import sys
+
+    monkeypatch.setitem(sys.modules, "psutil", None)
+    real_open = builtins.open
+    stat = {"text": "cpu  1000 100 400 5000 300 50 50\n"}  # a kernel without the steal column
+
+    def fake_open(path, *args, **kwargs):
+        if path != "/proc/stat":
+            return real_open(path, *args, **kwargs)
+        if stat["text"] is None:
+            raise OSError("no /proc")
+        return io.StringIO(stat["text"])
+
+    monkeypatch.setattr(builtins, "open", fake_open)
+    monkeypatch.setattr(harness.os, "sysconf", lambda name: 100)
+    snapshot = harness._read_cpu()
+    assert snapshot.busy == pytest.approx(16.0) and snapshot.steal == 0.0
+    stat["text"] = None
+    assert harness._read_cpu() is None
 
 
 def test_throughput_is_images_per_second_at_the_median():
