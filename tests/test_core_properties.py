@@ -414,6 +414,55 @@ def test_yolo_label_class_ids_must_be_in_range(tmp_path, line, ok):
             read_yolo_labels(label, 3, (100, 200))
 
 
+def test_label_boxes_are_clipped_and_degenerate_ones_dropped_with_counts():
+    """Boxes are clipped to the image (counted when they stuck out by more than half a pixel) and
+    boxes narrower or lower than ``min_box_size`` after clipping are dropped (counted)."""
+    from litedet.data.datasets import LabelStats, _check_boxes
+
+    boxes = np.array([[10, 10, 50, 40],        # inside
+                      [-0.4, 5, 30, 60.4],     # rounding: clipped silently
+                      [-20, -5, 30, 70],       # sticks out: clipped and counted
+                      [90, 10, 130, 20],       # 10 px left inside at x 90..100
+                      [99.5, 10, 120, 20],     # 0.5 px wide after clipping: degenerate
+                      [10, 10, 11, 30]], np.float32)
+    stats = LabelStats()
+    kept, classes = _check_boxes(boxes, np.arange(6), (60, 100), 1.0, stats)
+    assert classes.tolist() == [0, 1, 2, 3, 5] and kept.dtype == np.float32 and classes.dtype == np.int64
+    np.testing.assert_allclose(kept[2], [0, 0, 30, 60])
+    np.testing.assert_allclose(kept[3], [90, 10, 100, 20])
+    assert (stats.clipped, stats.degenerate) == (3, 1)
+    stats = LabelStats()
+    _, classes = _check_boxes(boxes, np.arange(6), (60, 100), 2.0, stats)
+    assert classes.tolist() == [0, 1, 2, 3] and stats.degenerate == 2
+    empty, none = _check_boxes(np.zeros((0, 4)), np.zeros(0), (60, 100), 1.0, LabelStats())
+    assert empty.shape == (0, 4) and none.shape == (0,)
+
+
+@pytest.mark.parametrize("image, label", [("d/images/train/a.jpg", "d/labels/train/a.txt"),
+                                          ("images/x/images/b.png", "images/x/labels/b.txt"),
+                                          ("d/pics/c.jpg", "d/pics/c.txt")])
+def test_yolo_label_path_replaces_the_last_images_folder(image, label):
+    from litedet.data.datasets import yolo_label_path
+
+    assert yolo_label_path(Path(image)) == Path(label)
+
+
+@pytest.mark.parametrize("raw, names", [(["a", "b"], ["a", "b"]), ({0: "a", 1: "b"}, ["a", "b"]),
+                                        ({"1": "b", "0": "a"}, ["a", "b"]), ((3, "x"), ["3", "x"])])
+def test_class_names_as_list_or_mapping(raw, names):
+    from litedet.data.datasets import _parse_names
+
+    assert _parse_names(raw, "d.yaml") == names
+
+
+@pytest.mark.parametrize("raw", [{0: "a", 2: "c"}, {1: "a"}, {"x": "a"}, "a b", [["a"]], {0: "a", "0": "b"}])
+def test_bad_class_names_are_one_line_errors(raw):
+    from litedet.data.datasets import _parse_names
+
+    with pytest.raises(ValueError, match="d.yaml: 'names'"):
+        _parse_names(raw, "d.yaml")
+
+
 # ----------------------------------------------------------------------------- bench load figure
 
 
