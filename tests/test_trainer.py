@@ -458,3 +458,20 @@ def test_stale_temp_files_go_and_a_full_disk_is_one_line(tiny_data, tmp_path, mo
                        f"last good checkpoint: {tmp_path / 'full' / 'last.pt'}")
     assert load_training_state(tmp_path / "full" / "last.pt")["epoch"] == 1
     assert not list((tmp_path / "full").glob(".*.tmp"))
+
+
+def test_save_period_in_time_writes_mid_epoch_checkpoints(tiny_data, tmp_path, monkeypatch):
+    calls = {"n": 0}
+    original = trainer_module.YoloLoss.forward
+
+    def crash(self, outputs, targets):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("simulated kill")
+        return original(self, outputs, targets)
+
+    monkeypatch.setattr(trainer_module.YoloLoss, "forward", crash)
+    with pytest.raises(RuntimeError, match="simulated kill"):  # a period shorter than a batch: a save after each
+        train(TrainConfig(data=str(tiny_data), out=str(tmp_path), save_period="0.001s", **TINY))
+    state = load_training_state(tmp_path / "last.pt")
+    assert (state["epoch"], state["epoch_step"], state["step"]) == (0, 2, 2)
