@@ -36,9 +36,9 @@ LOGGER = logging.getLogger(__name__)
 __all__ = ["Detections", "Model", "SourceLike", "load"]
 
 # What ``Model.__call__`` takes: a path, folder, glob, video, URL or camera index; a BGR image
-# array ([H, W, 3] uint8, as ``cv2.imread`` gives; [N, H, W, 3] for several); a PIL image; or a
-# list of any of these.
-SourceLike = Union[str, os.PathLike, int, np.ndarray, Any, Sequence[Any]]
+# array ([H, W, 3] uint8, as ``cv2.imread`` gives; [N, H, W, 3] for several); a PIL image (not
+# named here, so the API imports no PIL); or a list of any of these.
+SourceLike = Union[str, os.PathLike, int, np.ndarray, Sequence[Any]]
 
 # Above this many results (each keeps its image), a call that collects them all says that
 # ``stream`` would keep memory constant.

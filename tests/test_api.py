@@ -191,6 +191,20 @@ def test_errors_say_what_is_wrong(files, onnx_model, tmp_path):
         onnx_model(files["video"], max_frames=0)
 
 
+def test_device_errors_name_the_device(files):
+    with pytest.raises(ValueError, match="onnxruntime: unknown device 'tpu'"):
+        litedet.load(files["onnx"], device="tpu")
+    with pytest.raises(ValueError, match="torch: unknown device 'bogus'"):
+        litedet.load(files["weights"], device="bogus")
+    import torch
+
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="sees no CUDA device"):
+            litedet.load(files["weights"], device="cuda")
+    with litedet.load(files["onnx"], device="cpu", threads=1) as model:
+        assert model.backend.session.get_providers() == ["CPUExecutionProvider"]
+
+
 def test_open_source_honours_max_frames_for_videos_and_folders(files):
     with open_source(files["video"], max_frames=3) as source:
         assert source.total == 3 and len(list(source)) == 3

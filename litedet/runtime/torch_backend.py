@@ -38,7 +38,12 @@ class TorchBackend(Backend):
             raise ValueError(f"torch precision must be one of {PRECISIONS}, got {precision!r}")
         if threads is not None:
             torch.set_num_threads(int(threads))
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        try:
+            self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        except RuntimeError:
+            raise ValueError(f"torch: unknown device {device!r}; use cpu, cuda or cuda:N") from None
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"torch: device {device!r} asked for, but this torch sees no CUDA device; use device 'cpu'")
         if precision == "fp16" and self.device.type != "cuda":
             raise ValueError("torch fp16 needs CUDA; use bf16 or fp32 on the CPU")
         model_name = model or (config.model if config is not None else None)
