@@ -353,6 +353,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report", type=Path, default=DEFAULT_REPORT, help=f"Markdown report (default {DEFAULT_REPORT.relative_to(REPO)})")
     parser.add_argument("--bug-classes-only", action="store_true", help="only the hand-written bug classes")
     parser.add_argument("--no-bug-classes", action="store_true", help="skip the hand-written bug classes")
+    parser.add_argument("--bug-class", default="", metavar="TEXT", help="only the bug classes whose name contains TEXT")
     parser.add_argument("--report-only", action="store_true", help="no runs: report the results of the last runs")
     args = parser.parse_args(argv)
     modules = [m.strip() for m in args.modules.split(",") if m.strip()]
@@ -366,7 +367,16 @@ def main(argv: list[str] | None = None) -> int:
     if not args.report_only and not args.no_bug_classes:
         with tempfile.TemporaryDirectory(prefix="litedet-mutation-") as tmp:
             _scratch_copy(Path(tmp))
-            for bug in BUG_CLASSES:
+            # The tests must pass on the unmutated code, or every "killed" below means nothing.
+            chosen = [bug for bug in BUG_CLASSES if args.bug_class in bug.name]
+            baseline = sorted({test for bug in chosen for test in bug.tests})
+            code = subprocess.call(["nice", "-n", "15", sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                                    *baseline], cwd=tmp, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            if code != 0:
+                print(f"the bug-class tests fail on the unmutated tree (pytest exit {code}): "
+                      f"run pytest {' '.join(baseline)}", file=sys.stderr)
+                return 1
+            for bug in chosen:
                 status, took = run_bug_class(bug, Path(tmp))
                 print(f"bug class {status:>8}  {took:5.0f} s  {bug.name}", flush=True)
                 bugs.append((bug, status, took))
