@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 LITEDET := $(VENV)/bin/litedet
 export LITEDET_SHARED ?= $(abspath ../shared)
 
-.PHONY: setup demo test test-all docs clean mutation
+.PHONY: setup demo test test-all docs clean mutation arm64-check
 
 setup: $(VENV)/.installed
 
@@ -31,6 +31,11 @@ docs: setup
 # fails below a 90 % score or when a known bug class survives. Slow: not part of `make test`.
 mutation: setup
 	$(PY) scripts/mutation.py $(MUTATION_ARGS)
+
+# The runtime on 64-bit ARM (Raspberry Pi) under QEMU: detections equal x86 (docs/raspberry-pi.md).
+# Exit 77 = skipped (this machine cannot run it; the reason is printed). Caches in .cache/arm64.
+arm64-check: setup
+	bash scripts/arm64_check.sh $(ARM64_ARGS)
 
 clean:
 	rm -rf $(VENV) runs build site *.egg-info .pytest_cache

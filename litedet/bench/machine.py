@@ -60,29 +60,73 @@ class MachineInfo:
         return self.peak_gflops.get(int(threads))
 
 
-def cpu_model() -> str:
-    """The CPU's marketing name (``/proc/cpuinfo`` on Linux, ``platform.processor()`` elsewhere)."""
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+# ARM's "CPU part" numbers (implementer 0x41) as /proc/cpuinfo gives them on ARM Linux, where
+# there is no "model name" line: Raspberry Pi 3/Zero 2 = A53, Pi 4 = A72, Pi 5 = A76.
+ARM_CORES = {
+    0xD03: "Cortex-A53", 0xD04: "Cortex-A35", 0xD05: "Cortex-A55", 0xD07: "Cortex-A57", 0xD08: "Cortex-A72",
+    0xD09: "Cortex-A73", 0xD0A: "Cortex-A75", 0xD0B: "Cortex-A76", 0xD0C: "Neoverse-N1", 0xD0D: "Cortex-A77",
+    0xD40: "Neoverse-V1", 0xD41: "Cortex-A78", 0xD44: "Cortex-X1", 0xD46: "Cortex-A510", 0xD47: "Cortex-A710",
+    0xD48: "Cortex-X2", 0xD49: "Neoverse-N2", 0xD4D: "Cortex-A715", 0xD4E: "Cortex-X3", 0xD4F: "Neoverse-V2",
+    0xD80: "Cortex-A520", 0xD81: "Cortex-A720", 0xD82: "Cortex-X4",
+}
+# SIMD features that decide an engine's kernels: x86 "flags" and ARM "Features" names. On ARM,
+# asimdhp = fp16 arithmetic (ncnn's fp16 paths), asimddp / i8mm = int8 dot products.
+SIMD_FLAGS = (
+    "avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_int8",
+    "neon", "asimd", "asimdhp", "asimddp", "i8mm", "bf16", "sve", "sve2", "sme",
+)
 
 
-def cpu_flags() -> list[str]:
-    """The SIMD features that matter for inference engines, as the kernel reports them."""
-    wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_int8", "neon", "asimd")
+def _cpuinfo_blocks(path: str | os.PathLike) -> list[dict[str, str]]:
+    """/proc/cpuinfo as one {key: value} dict per blank-line separated block ([] when unreadable)."""
     try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith(("flags", "Features")):
-                    present = set(line.split(":", 1)[1].split())
-                    return [flag for flag in wanted if flag in present]
+        with open(path, errors="replace") as handle:
+            text = handle.read()
     except OSError:
-        pass
+        return []
+    blocks = []
+    for chunk in text.split("\n\n"):
+        fields = {}
+        for line in chunk.splitlines():
+            key, sep, value = line.partition(":")
+            if sep:
+                fields[key.strip()] = value.strip()
+        if fields:
+            blocks.append(fields)
+    return blocks
+
+
+def cpu_model(cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> str:
+    """The CPU's name: x86 ``model name``; on ARM, where that line is absent, the board (``Model``,
+    e.g. a Raspberry Pi) and its cores by ``CPU part`` ("Raspberry Pi 4 Model B Rev 1.5 (4x
+    Cortex-A72)"); else ``platform.processor()`` or the architecture."""
+    board = ""
+    cores: dict[str, int] = {}
+    for fields in _cpuinfo_blocks(cpuinfo):
+        if fields.get("model name"):
+            return fields["model name"]
+        board = fields.get("Model", board)
+        if "CPU part" in fields:
+            implementer, part = fields.get("CPU implementer", "").lower(), fields["CPU part"]
+            try:
+                name = ARM_CORES.get(int(part, 16)) if implementer in ("", "0x41") else None
+            except ValueError:
+                name = None
+            name = name or f"ARM core {implementer or '?'}/{part}"
+            cores[name] = cores.get(name, 0) + 1
+    core_text = " + ".join(f"{count}x {name}" for name, count in cores.items())
+    if board and core_text:
+        return f"{board} ({core_text})"
+    return board or core_text or platform.processor() or platform.machine()
+
+
+def cpu_flags(cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> list[str]:
+    """The SIMD features that matter for inference engines, as the kernel reports them (x86
+    ``flags``, ARM ``Features``); [] where /proc/cpuinfo is absent."""
+    for fields in _cpuinfo_blocks(cpuinfo):
+        present = set((fields.get("flags") or fields.get("Features") or "").split())
+        if present:
+            return [flag for flag in SIMD_FLAGS if flag in present]
     return []
 
 

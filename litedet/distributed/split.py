@@ -29,7 +29,6 @@ import dataclasses
 import json
 import logging
 import os
-import platform
 import re
 import socket
 import time
@@ -39,6 +38,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
+from litedet.bench.machine import cpu_model
 from litedet.config import ModelConfig, write_text_atomic
 from litedet.runtime.base import Backend
 
@@ -331,16 +331,6 @@ def load_profile(path: str | os.PathLike) -> DeviceProfile:
     return DeviceProfile.from_dict(data, source=str(path))
 
 
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def _median_ms(fn: Any, warmup: int, repeats: int) -> float:
     for _ in range(warmup):
         fn()
@@ -464,7 +454,7 @@ def profile_device(
         cuts=cuts,
         total_ms=round(total, 4),
         host=host,
-        cpu=_cpu_name(),
+        cpu=cpu_model(),
         repeats=repeats,
     )
 
