@@ -155,6 +155,7 @@ def evaluate_coco(
         # YOLOv5 loader: INTER_AREA when shrinking, INTER_LINEAR when enlarging
         shrink = min(target[0] / image.shape[0], target[1] / image.shape[1]) < 1
         predictor.interpolation = shrink_interpolation if shrink else cv2.INTER_LINEAR
+        predictor.preprocessor.interpolation = predictor.interpolation  # what the resize actually uses
         (detections,) = predictor.predict([image], [str(path)])
         return detections.boxes, detections.scores, detections.class_ids
 
