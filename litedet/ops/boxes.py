@@ -52,11 +52,10 @@ def box_iou(boxes1: np.ndarray, boxes2: np.ndarray) -> np.ndarray:
 
 def clip_boxes(boxes: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """Clip xyxy boxes [..., 4] to an image of ``shape`` (height, width); returns a new array."""
-    boxes = _check_boxes(boxes).copy()
+    boxes = _check_boxes(boxes)
     height, width = shape[:2]
-    boxes[..., [0, 2]] = boxes[..., [0, 2]].clip(0, width)
-    boxes[..., [1, 3]] = boxes[..., [1, 3]].clip(0, height)
-    return boxes
+    limits = np.array([width, height, width, height], dtype=boxes.dtype if boxes.dtype.kind in "fi" else np.float64)
+    return np.minimum(np.maximum(boxes, 0), limits)
 
 
 def scale_boxes(
@@ -76,6 +75,6 @@ def scale_boxes(
     gain_w, gain_h = (ratio, ratio) if np.isscalar(ratio) else ratio
     if gain_w <= 0 or gain_h <= 0:
         raise ValueError(f"letterbox ratio must be > 0, got {ratio}")
-    boxes[..., [0, 2]] = (boxes[..., [0, 2]] - pad[0]) / gain_w
-    boxes[..., [1, 3]] = (boxes[..., [1, 3]] - pad[1]) / gain_h
+    boxes -= np.array([pad[0], pad[1], pad[0], pad[1]], dtype=np.float32)
+    boxes /= np.array([gain_w, gain_h, gain_w, gain_h], dtype=np.float32)
     return clip_boxes(boxes, original_shape)

@@ -59,7 +59,9 @@ def decode_yolo(
         raise ValueError(f"min_objectness must be in [0, 1), got {min_objectness}")
     # sigmoid(t) > p  <=>  t > log(p / (1 - p)); compare logits, no sigmoid on dropped rows
     min_logit = None if not min_objectness else float(np.log(min_objectness / (1.0 - min_objectness)))
-    decoded = []
+    # Gather the (surviving) rows of every level first, then one sigmoid and one decode for all:
+    # the same float32 arithmetic per element as level by level, with a few numpy calls in all.
+    logits, grids, sizes, steps = [], [], [], []
     for level, (raw, level_anchors, stride) in enumerate(zip(outputs, anchors, strides)):
         raw = np.asarray(raw, dtype=np.float32)
         level_anchors = np.asarray(level_anchors, dtype=np.float32).reshape(-1, 2)
@@ -74,14 +76,18 @@ def decode_yolo(
         if min_logit is None:
             anchor_index, cell = np.divmod(np.arange(num_anchors * height * width), height * width)
         else:
-            anchor_index, cell = np.nonzero((maps[:, :, 4, :] > min_logit).any(axis=0))
+            keep = maps[:, :, 4, :] > min_logit
+            anchor_index, cell = np.nonzero(keep[0] if batch == 1 else keep.any(axis=0))
         # rows [B, K, 5+nc], anchor-major then cell (row-major): YOLOv5's Detect order
-        rows = sigmoid(maps[:, anchor_index, :, cell].transpose(1, 0, 2))
-        grid = np.stack([cell % width, cell // width], axis=-1).astype(np.float32)  # (gx, gy)
-        xy = (rows[..., 0:2] * 2.0 - 0.5 + grid) * float(stride)
-        wh = (rows[..., 2:4] * 2.0) ** 2 * level_anchors[anchor_index]
-        decoded.append(np.concatenate([xy, wh, rows[..., 4:]], axis=-1))
-    return np.concatenate(decoded, axis=1)
+        logits.append(maps.transpose(1, 3, 0, 2)[anchor_index, cell].transpose(1, 0, 2))
+        grids.append(np.stack([cell % width, cell // width], axis=-1))  # (gx, gy)
+        sizes.append(level_anchors[anchor_index])
+        steps.append(np.full((len(cell), 1), stride, dtype=np.float32))
+    rows = sigmoid(np.concatenate(logits, axis=1))
+    grid = np.concatenate(grids).astype(np.float32)
+    xy = (rows[..., 0:2] * 2.0 - 0.5 + grid) * np.concatenate(steps)
+    wh = (rows[..., 2:4] * 2.0) ** 2 * np.concatenate(sizes)
+    return np.concatenate([xy, wh, rows[..., 4:]], axis=-1)
 
 
 # SSD box-coder variances for centre and size (SSD reference implementation, torchvision).

@@ -37,9 +37,9 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float, max_keep: i
     while order.size and len(keep) < limit:
         best, rest = order[0], order[1:]
         keep.append(int(best))
-        top_left = np.maximum(boxes[best, :2], boxes[rest, :2])
-        bottom_right = np.minimum(boxes[best, 2:], boxes[rest, 2:])
-        inter = np.prod(np.clip(bottom_right - top_left, 0, None), axis=1)
+        # np.maximum(x, 0) and w * h: what np.clip and np.prod compute, without their wrappers
+        size = np.maximum(np.minimum(boxes[best, 2:], boxes[rest, 2:]) - np.maximum(boxes[best, :2], boxes[rest, :2]), 0.0)
+        inter = size[:, 0] * size[:, 1]
         union = areas[best] + areas[rest] - inter
         iou = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
         order = rest[iou <= iou_threshold]
