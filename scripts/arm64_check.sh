@@ -91,7 +91,7 @@ problems: list[str] = []
 if sorted(reference) != sorted(candidate):
     problems.append(f"images differ: {sorted(reference)} vs {sorted(candidate)}")
 worst_box = worst_score = 0.0
-matched = 0
+matched = at_threshold = 0
 for image in sorted(set(reference) & set(candidate)):
     unused = list(candidate[image])
     for det in reference[image]:
@@ -107,16 +107,19 @@ for image in sorted(set(reference) & set(candidate)):
             matched += 1
             worst_box = max(worst_box, best_err)
             worst_score = max(worst_score, abs(best["score"] - det["score"]))
-        elif det["score"] < args.conf + args.score_tol and best is None:
-            continue  # at the threshold: the other side may drop it within the score tolerance
+        elif det["score"] < args.conf + args.score_tol and (best is None or best_err > args.box_tol):
+            at_threshold += 1  # the other side may drop it within the score tolerance
         else:
             found = "none" if best is None else f"{best['box']} score {best['score']} (box off by {best_err:.2f} px)"
             problems.append(f"{image}: {det['class_name']} {det['box']} score {det['score']}: closest {found}")
     for other in unused:
-        if other["score"] >= args.conf + args.score_tol:
+        if other["score"] < args.conf + args.score_tol:
+            at_threshold += 1
+        else:
             problems.append(f"{image}: extra {other['class_name']} {other['box']} score {other['score']}")
 total = sum(len(d) for d in reference.values())
-print(f"{matched}/{total} detections matched over {len(reference)} images; "
+print(f"{matched}/{total} detections matched over {len(reference)} images"
+      + (f" ({at_threshold} within the score tolerance of --conf {args.conf} on one side only)" if at_threshold else "") + "; "
       f"largest box difference {worst_box:.2f} px (tolerance {args.box_tol}), "
       f"largest score difference {worst_score:.4f} (tolerance {args.score_tol})")
 for line in problems:

@@ -1,5 +1,5 @@
-"""64-bit ARM (Raspberry Pi): CPU probes on a faked aarch64 /proc/cpuinfo, and the comparison and
-skip logic of scripts/arm64_check.sh. The full check (litedet detect under QEMU on an arm64 Debian
+"""64-bit ARM (Raspberry Pi): CPU probes on a faked aarch64 /proc/cpuinfo, the camera inputs a Pi
+uses, and the comparison and skip logic of scripts/arm64_check.sh. The full check (litedet detect under QEMU on an arm64 Debian
 root) is the slow test at the end and `make arm64-check`."""
 
 from __future__ import annotations
@@ -10,9 +10,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from litedet.bench.machine import cpu_flags, cpu_model
+from litedet.data import sources
+from litedet.data.sources import open_source
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "arm64_check.sh"
@@ -72,6 +75,56 @@ def test_cpu_model_x86_and_missing_file(tmp_path):
     missing = tmp_path / "absent"
     assert cpu_model(missing)  # platform's answer, never empty
     assert cpu_flags(missing) == []
+
+
+class _OneFrameCamera:
+    """A capture with one frame; records what it was opened with."""
+
+    def __init__(self, spec) -> None:
+        self.spec, self.given = spec, False
+
+    def isOpened(self) -> bool:  # noqa: N802 - OpenCV's name
+        return True
+
+    def read(self):
+        if self.given:
+            return False, None
+        self.given = True
+        return True, np.zeros((48, 64, 3), np.uint8)
+
+    def get(self, prop_id: int) -> float:
+        return 30.0
+
+    def release(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("spec", [
+    "/dev/video0",  # a USB webcam (V4L2 device node: a character device, not a file)
+    "libcamerasrc ! video/x-raw,width=640,height=480 ! videoconvert ! video/x-raw,format=BGR ! appsink drop=true",
+    "tcp://127.0.0.1:8888",  # rpicam-vid --listen -o tcp://0.0.0.0:8888
+    "udp://0.0.0.0:5000",
+])
+def test_raspberry_pi_camera_inputs_are_live_sources(spec):
+    opened = []
+
+    def factory(arg):
+        opened.append(_OneFrameCamera(arg))
+        return opened[-1]
+
+    source = open_source(spec, capture_factory=factory)
+    try:
+        assert source.live and opened[0].spec == spec
+        assert [frame.image.shape for frame in source] == [(48, 64, 3)]
+    finally:
+        source.close()
+
+
+def test_gstreamer_pipeline_without_gstreamer_names_the_problem(monkeypatch):
+    monkeypatch.setattr(sources, "_opencv_has_gstreamer", lambda: False)
+    with pytest.raises(ValueError, match="built without GStreamer"):
+        open_source("libcamerasrc ! videoconvert ! appsink")
+    assert not sources.is_gstreamer_pipeline("clip.mp4") and not sources.is_gstreamer_pipeline("a ! b")
 
 
 def _compare(tmp_path: Path, reference, candidate, *options: str) -> subprocess.CompletedProcess:

@@ -33,7 +33,8 @@ LOGGER = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".m4v", ".mpg", ".mpeg", ".wmv", ".webm", ".gif", ".ts")
-STREAM_SCHEMES = ("rtsp://", "rtmp://", "http://", "https://")
+# tcp:// and udp:// carry e.g. a Raspberry Pi camera's H.264 from `rpicam-vid --listen -o tcp://0.0.0.0:8888`.
+STREAM_SCHEMES = ("rtsp://", "rtmp://", "http://", "https://", "tcp://", "udp://")
 
 
 @dataclass
@@ -355,14 +356,24 @@ def _collect_dir(path: Path) -> list[Path]:
     return sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES + VIDEO_SUFFIXES)
 
 
+def is_gstreamer_pipeline(spec: str) -> bool:
+    """True for a GStreamer pipeline description that hands frames to OpenCV (``... ! appsink``)."""
+    return " ! " in spec and "appsink" in spec
+
+
+def _opencv_has_gstreamer() -> bool:
+    return cv2.videoio_registry.hasBackend(cv2.CAP_GSTREAMER)
+
+
 def open_source(
     source: str | int | os.PathLike,
     max_frames: int | None = None,
     capture_factory: Callable[[str | int], Capture] | None = None,
 ) -> Source:
-    """Open ``source``: an image or video file, a folder, a glob, a camera index (``0``) or an
-    ``rtsp://`` / ``rtmp://`` / ``http(s)://`` URL (a URL ending in an image suffix is fetched as
-    one image; any other URL is a stream).
+    """Open ``source``: an image or video file, a folder, a glob, a camera index (``0``), a V4L2
+    device (``/dev/video0``), a GStreamer pipeline ending in ``appsink`` (needs an OpenCV built
+    with GStreamer) or an ``rtsp://`` / ``rtmp://`` / ``http(s)://`` / ``tcp://`` / ``udp://`` URL
+    (an http(s) URL ending in an image suffix is fetched as one image; any other URL is a stream).
 
     ``max_frames`` ends the source after that many frames (files, videos, cameras and streams
     alike). ``capture_factory`` opens cameras and streams (default ``cv2.VideoCapture``), e.g. a
@@ -375,6 +386,15 @@ def open_source(
     if isinstance(spec, int) or (isinstance(spec, str) and spec.isdigit()):
         index = int(spec)
         return LiveSource(f"camera{index}", factory(index), max_frames)
+    if spec.startswith("/dev/video") or is_gstreamer_pipeline(spec):
+        # A V4L2 device node (a character device, not a file) or a GStreamer pipeline ending in
+        # appsink (e.g. libcamerasrc on a Raspberry Pi): both are live captures.
+        if capture_factory is None and is_gstreamer_pipeline(spec) and not _opencv_has_gstreamer():
+            raise ValueError(
+                f"cannot open the GStreamer pipeline {spec!r}: this OpenCV ({cv2.__version__}) is built without "
+                "GStreamer (as are the opencv-python wheels from PyPI); use an OpenCV with GStreamer (Debian's "
+                "python3-opencv), a V4L2 device (/dev/video0) or a tcp:// / rtsp:// stream")
+        return LiveSource(spec, factory(spec), max_frames)
     if spec.lower().startswith(STREAM_SCHEMES):
         path_part = spec.split("?", 1)[0].lower()
         if spec.lower().startswith(("http://", "https://")) and path_part.endswith(IMAGE_SUFFIXES):
