@@ -206,9 +206,10 @@ def _onnx_input_name(model: Path) -> str:
 # conv and the 255-channel heads all miss this: the depthwise convs ran 3.3x SLOWER in INT8
 # than in fp32 and the stem 2.3x slower. In addition ORT's NHWC layout pass cannot push its
 # layout transposes through the Reshape-Transpose-Reshape channel shuffle, leaving 5-D uint8
-# transposes (2.5 ms for one of them). The rewrites below fix all three without changing what
-# the model computes: zero channels are added (their weights are zero, so every real output is
-# bit-identical) and the shuffle becomes one Gather of the channels.
+# transposes (2.5 ms for one of them). The exporter now folds the shuffles into the weights (no
+# transpose, no gather: ``litedet.layers.shuffle``); the rewrites below fix the kernel choice
+# without changing what the model computes: zero channels are added (their weights are zero, so
+# every real output is bit-identical).
 
 SHUFFLE_PERM = [0, 2, 1, 3, 4]
 ELEMENTWISE_ACTIVATIONS = ("Relu", "Clip", "LeakyRelu")
@@ -218,14 +219,13 @@ ELEMENTWISE_ACTIVATIONS = ("Relu", "Clip", "LeakyRelu")
 class Int8Rewrites:
     """What ``rewrite_for_int8`` changed (counts), and the nodes it added that must stay float."""
 
-    shuffles: int = 0
     depthwise_padded: int = 0
     outputs_padded: int = 0
     inputs_padded: int = 0
     keep_float: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"shuffles_to_gather": self.shuffles, "depthwise_padded_to_16": self.depthwise_padded,
+        return {"depthwise_padded_to_16": self.depthwise_padded,
                 "conv_outputs_padded_to_4": self.outputs_padded, "image_channels_padded_to_4": self.inputs_padded}
 
 
@@ -303,41 +303,11 @@ def _insert_before(graph: Any, anchor: Any, nodes: Sequence[Any]) -> None:
         graph.node.insert(position + offset, node)
 
 
-def _shuffles_to_gather(graph: Any) -> int:
-    """Reshape [N, g, C/g, H, W] -> Transpose(0, 2, 1, 3, 4) -> Reshape [N, C, H, W] (the channel
-    shuffle of ShuffleNet, Zhang et al. 2018, §3.1) -> one Gather of the channels on axis 1."""
-    from onnx import helper
-
-    g = _Graph(graph)
-    removed, count = [], 0
-    for transpose in list(graph.node):
-        if transpose.op_type != "Transpose" or list(_attribute(transpose, "perm", [])) != SHUFFLE_PERM:
-            continue
-        first = g.producer.get(transpose.input[0])
-        users = g.consumers.get(transpose.output[0], [])
-        if first is None or first.op_type != "Reshape" or len(users) != 1 or users[0].op_type != "Reshape":
-            continue
-        second = users[0]
-        if not g.only_consumer(first.output[0], transpose):
-            continue
-        shape5, shape4 = g.array(first.input[1]), g.array(second.input[1])
-        if shape5 is None or shape4 is None or len(shape5) != 5 or len(shape4) != 4:
-            continue
-        groups, per_group = int(shape5[1]), int(shape5[2])
-        channels = groups * per_group
-        if groups < 1 or per_group < 1 or int(shape4[1]) not in (channels, -1):
-            continue
-        # output channel k * groups + j reads input channel j * per_group + k
-        indices = np.arange(channels, dtype=np.int64).reshape(groups, per_group).T.reshape(-1)
-        name = transpose.name.rpartition("/")[0] + "/ChannelShuffleGather" if "/" in transpose.name else f"{transpose.name}_gather"
-        g.add_initializer(name + "_indices", indices)
-        _insert_before(graph, second, [helper.make_node("Gather", [first.input[0], name + "_indices"], [second.output[0]],
-                                                         name=name, axis=1)])
-        removed += [first, transpose, second]
-        count += 1
-    for node in removed:
-        graph.node.remove(node)
-    return count
+def _count_channel_shuffles(graph: Any) -> int:
+    """Reshape -> Transpose(0, 2, 1, 3, 4) -> Reshape channel shuffles left in a graph. litedet's
+    exporter folds them into the weights (``litedet.layers.shuffle.fold_shuffle_stage``); a graph
+    exported elsewhere may still carry them."""
+    return sum(1 for node in graph.node if node.op_type == "Transpose" and list(_attribute(node, "perm", [])) == SHUFFLE_PERM)
 
 
 def _is_depthwise(g: _Graph, node: Any) -> bool:
@@ -449,16 +419,20 @@ def _drop_unused(graph: Any) -> None:
 
 def rewrite_for_int8(model: Any, depthwise_align: int = 16, channel_align: int = 4) -> Int8Rewrites:
     """Exact rewrites of a float ONNX model (in place) so that ONNX Runtime's INT8 CPU kernels take
-    their fast paths once it is quantized (see the comment above): channel shuffles become one
-    Gather, depthwise convs get ``depthwise_align`` channels, dense convs ``channel_align`` output
-    channels (sliced back) and the image ``channel_align`` channels. Outputs are unchanged."""
+    their fast paths once it is quantized (see the comment above): depthwise convs get
+    ``depthwise_align`` channels, dense convs ``channel_align`` output channels (sliced back) and
+    the image ``channel_align`` channels. Outputs are unchanged. Channel shuffles are not touched
+    here: ``litedet export`` folds them away; a graph that still has some gets a warning."""
     opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
     if opset < 11:
         raise ValueError(f"INT8 graph rewrites need ONNX opset >= 11 (Pad/Slice with inputs), the model has {opset}; "
                          f"re-export it or pass rewrite=False")
     graph = model.graph
     result = Int8Rewrites()
-    result.shuffles = _shuffles_to_gather(graph)
+    shuffles = _count_channel_shuffles(graph)
+    if shuffles:
+        LOGGER.warning("the graph has %d Reshape-Transpose-Reshape channel shuffles, which keep INT8 layout "
+                       "transposes; export it with litedet (litedet export) to fold them into the weights", shuffles)
     result.depthwise_padded = _pad_depthwise(graph, depthwise_align)
     result.outputs_padded = _pad_conv_outputs(graph, channel_align)
     result.keep_float = _pad_image_channels(graph, channel_align)
