@@ -818,8 +818,11 @@ def _goal_notes(rows: Sequence[dict[str, Any]], choice: Choice, peer: str) -> li
 def _machine(threads: Sequence[int], budget_source: str) -> dict[str, Any]:
     from litedet.bench.machine import cpu_flags, cpu_model, engine_versions
 
+    # OpenMP waiting (ncnn's libgomp) changes ncnn's latency on a busy machine by an order of magnitude
+    environment = {name: os.environ[name] for name in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_NUM_THREADS")
+                   if name in os.environ}
     return {"cpu": cpu_model(), "cpu_flags": cpu_flags(), "logical_cpus": os.cpu_count(), "threads": list(threads),
-            "engines": engine_versions(), "budget": budget_source}
+            "engines": engine_versions(), "budget": budget_source, "environment": environment}
 
 
 # ------------------------------------------------------------------------------ outputs
@@ -871,7 +874,8 @@ def markdown_report(result: TuneResult, command: str | None = None) -> str:
         lines += [f"Command: `{command}`", ""]
     m = result.machine
     lines += [f"Machine: {m.get('cpu')} ({m.get('logical_cpus')} logical CPUs), threads {m.get('threads')}; "
-              f"engines {', '.join(f'{k} {v}' for k, v in m.get('engines', {}).items())}.", "",
+              f"engines {', '.join(f'{k} {v}' for k, v in m.get('engines', {}).items())}"
+              + "".join(f"; {k}={v}" for k, v in m.get("environment", {}).items()) + ".", "",
               f"Budget: **{budget:.2f} ms** end to end ({m.get('budget')}).", ""]
     if result.choice.row is not None:
         lines += [f"**Choice:** {result.choice.message}.", ""]
