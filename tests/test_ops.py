@@ -309,3 +309,13 @@ def test_predictor_dynamic_backend_pads_to_stride_only():
     backend = OneBoxBackend(config, centre=(40.0, 40.0), size=(16.0, 16.0), class_id=0, dynamic=True)
     Predictor(backend).predict(np.zeros((480, 270, 3), np.uint8))
     assert backend.inputs == [(1, 3, 320, 192)]
+
+
+def test_batched_nms_keeps_classes_apart_at_any_coordinate():
+    # With a fixed class offset (YOLOv5's 7680) this class-1 box lands exactly on the class-0 box
+    # and suppresses it; the offset must grow with the coordinates.
+    boxes = np.array([[10000, 0, 10100, 100], [2320, 0, 2420, 100], [10010, 0, 10100, 100]], np.float64)
+    scores = np.array([0.8, 0.9, 0.7])
+    assert sorted(batched_nms(boxes, scores, np.array([0, 1, 0]), 0.5).tolist()) == [0, 1]
+    assert sorted(batched_nms(boxes * 100, scores, np.array([0, 1, 0]), 0.5).tolist()) == [0, 1]
+    assert batched_nms(np.zeros((0, 4)), np.zeros(0), np.zeros(0), 0.5).tolist() == []
