@@ -77,6 +77,20 @@ def test_cpu_model_x86_and_missing_file(tmp_path):
     assert cpu_flags(missing) == []
 
 
+def test_machine_info_without_a_peak_kernel_describes_the_machine(monkeypatch):
+    """A Pi with litedet[runtime] only (no torch, threadpoolctl or onnx) has no kernel to measure
+    the fp32 peak with: `litedet bench` must still describe the machine instead of failing."""
+    from litedet.bench import machine
+
+    def no_kernel(threads, *args, **kwargs):
+        raise RuntimeError("no peak kernel could run")
+
+    monkeypatch.setattr(machine, "measure_peak_gflops", no_kernel)
+    info = machine.machine_info(threads=(1, 2), measure=True)
+    assert info.peak_gflops == {} and info.peak_for(1) is None
+    assert info.peak_method.startswith("not measured") and info.cpu_model
+
+
 class _OneFrameCamera:
     """A capture with one frame; records what it was opened with."""
 
