@@ -271,3 +271,25 @@ def test_http_image_url(files, onnx_model):
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", ["openvino", "ncnn"])
+def test_openvino_and_ncnn_files_open_the_same_way(files, onnx_model, fmt, tmp_path):
+    """Every engine file litedet writes opens with load and detects what the ONNX file does
+    (slow: an OpenVINO or ncnn export)."""
+    pytest.importorskip(fmt)
+    from litedet.engine.predictor import Predictor
+    from litedet.export.api import export_model
+
+    path = export_model(files["weights"], fmt, tmp_path).path
+    with litedet.load(path, threads=1) as model:
+        assert model.engine == fmt and model.names == onnx_model.names
+        for image in sorted(files["folder"].iterdir()):
+            a, b = model(image)[0], onnx_model(image)[0]
+            assert len(a) > 0 and a.image_shape == b.image_shape
+            # The same network: the raw maps agree. (The biased head scores every anchor about
+            # alike, so NMS survivors may differ between engines on float noise; maps do not.)
+            batch = Predictor(model.backend).preprocess(a.image)[0].copy()
+            for ours, reference in zip(model.backend.run(batch), onnx_model.backend.run(batch)):
+                np.testing.assert_allclose(ours, reference, atol=2e-3, rtol=1e-3)
