@@ -153,6 +153,34 @@ def test_coco_json(workdir, content):
     assert len(dataset.samples) == 1 and np.isfinite(dataset.samples[0].boxes).all()
 
 
+# ---- split lists: VOC ids (.txt) and csv, YOLO image lists (.txt) ---------------------------------
+
+
+@FUZZ
+@given(content=st.one_of(st.text(max_size=120), st.binary(max_size=60),
+                         st.lists(st.sampled_from(["filename,x", "a.png,1", "a", "\0", '"a', "# c", "b.jpg"]), max_size=5)
+                         .map("\n".join)),
+       kind=st.sampled_from(["voc.txt", "voc.csv", "yolo.txt"]))
+def test_split_lists(workdir, content, kind):
+    fmt, suffix = kind.split(".")
+    listing = _write(workdir / f"split.{suffix}", content)
+    data = workdir / "lists.yaml"
+    if fmt == "voc":
+        (workdir / "annotations").mkdir(exist_ok=True)
+        config = {"format": "voc", "path": str(workdir), "images": "images", "annotations": "annotations",
+                  "train": listing.name, "val": listing.name, "names": ["a"]}
+    else:
+        config = {"path": str(workdir), "train": listing.name, "val": listing.name, "names": ["a"]}
+    data.write_text(yaml.safe_dump(config))
+    try:
+        dataset = load_data_config(data).load_split("train")
+    except (UserError, FileNotFoundError) as err:
+        assert "\n" not in str(err)
+        assert str(listing) in str(err) or str(data) in str(err), str(err)
+        return
+    assert all(sample.image.is_file() for sample in dataset.samples)
+
+
 # ---- dataset YAML --------------------------------------------------------------------------------
 
 

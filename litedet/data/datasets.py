@@ -414,8 +414,14 @@ def _list_images(entry: Path) -> list[Path]:
         return sorted(p for p in entry.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     # A .txt list of image paths, relative to the list's folder when not absolute.
     images = []
-    for line in entry.read_text().splitlines():
+    try:
+        text = entry.read_text()
+    except UnicodeDecodeError as err:
+        raise UserError(f"{entry}: not a list of image paths (not UTF-8 text: {err.reason} at byte {err.start})") from None
+    for number, line in enumerate(text.splitlines(), start=1):
         line = line.strip()
+        if "\0" in line:
+            raise UserError(f"{entry}:{number}: a NUL character in an image path")
         if line and not line.startswith("#"):
             image = Path(line)
             images.append(image if image.is_absolute() else (entry.parent / image))
@@ -619,14 +625,17 @@ def _load_coco(entries: list[tuple[Path, Path]], names: list[str], min_box_size:
 def _read_split_list(path: Path) -> list[str]:
     """Image stems from a VOC ImageSets-style .txt (one id per line) or a csv with a ``filename``
     column (first occurrence order, duplicates removed)."""
-    if path.suffix.lower() == ".csv":
-        with open(path, newline="") as handle:
-            reader = csv.DictReader(handle)
-            if reader.fieldnames is None or "filename" not in reader.fieldnames:
-                raise UserError(f"{path}: a split csv needs a 'filename' column, got {reader.fieldnames}")
-            stems = [Path(row["filename"]).stem for row in reader if row.get("filename")]
-    else:
-        stems = [line.split()[0] for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
+    try:
+        if path.suffix.lower() == ".csv":
+            with open(path, newline="") as handle:
+                reader = csv.DictReader(handle)
+                if reader.fieldnames is None or "filename" not in reader.fieldnames:
+                    raise UserError(f"{path}: a split csv needs a 'filename' column, got {reader.fieldnames}"[:300])
+                stems = [Path(row["filename"]).stem for row in reader if isinstance(row.get("filename"), str) and row["filename"]]
+        else:
+            stems = [line.split()[0] for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
+    except (csv.Error, UnicodeDecodeError) as err:
+        raise UserError(f"{path}: not a split list ({err})") from None
     return list(dict.fromkeys(stems))
 
 
