@@ -7,7 +7,6 @@ import json
 import re
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
@@ -19,6 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_table_is_read_from_pyproject():
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     table = extras_table()
     for extra, requirements in project["optional-dependencies"].items():
