@@ -36,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--latency-budget", type=float, metavar="SECONDS",
                         help="cap on the interleaved timing (each timing attempt); stops early once spent, at least 10 runs each")
     parser.add_argument("--max-attempts", type=int, default=2,
-                        help="timings per candidate while other processes disturb it (1: flag only, never repeat)")
+                        help="timings per candidate while other processes disturb it (1: flag only, never repeat; default 2)")
     parser.add_argument("--whole-front", action="store_true",
                         help="also score front candidates over the budget (the whole Pareto front)")
     parser.add_argument("--remeasure", action="store_true", help="re-time every candidate instead of reusing cached latencies")
