@@ -188,9 +188,24 @@ def test_peak_gflops_is_positive_and_rejects_bad_threads():
     from litedet.bench.machine import measure_peak_gflops
 
     gflops, method = measure_peak_gflops(1, n=256, repeats=2)
-    assert gflops > 0 and "n=256" in method
+    assert gflops > 0 and method.startswith("best of ")
     with pytest.raises(ValueError):
         measure_peak_gflops(0)
+
+
+def test_peak_kernels_span_several_libraries_and_peak_is_raised_to_the_observed():
+    from litedet.bench.machine import MachineInfo, measure_peak_kernels, raise_peak_to_observed
+
+    kernels = measure_peak_kernels(1, repeats=1, budget_s=0.05, sizes=(128, 256))
+    assert len({label.split()[0] for label in kernels}) >= 2 and all(v > 0 for v in kernels.values())
+    machine = MachineInfo("cpu", 2, 1, 1.0, "linux", "3", peak_gflops={1: 100.0, 2: 200.0})
+    rows = [{"model": "a", "engine": "onnxruntime", "threads": 1, "achieved_gflops": 150.0, "peak_share": 1.5},
+            {"model": "b", "engine": "ncnn", "threads": 1, "achieved_gflops": 75.0, "peak_share": 0.75},
+            {"model": "a", "engine": "onnxruntime", "threads": 2, "achieved_gflops": 100.0, "peak_share": 0.5},
+            {"model": "a", "engine": "onnxruntime", "threads": 1, "achieved_gflops": None, "peak_share": None}]
+    notes = raise_peak_to_observed(machine, rows)
+    assert machine.peak_gflops == {1: 150.0, 2: 200.0} and len(notes) == 1 and "150.0" in notes[0]
+    assert [r["peak_share"] for r in rows] == [1.0, 0.5, 0.5, None]
 
 
 # --------------------------------------------------------------------------- peers

@@ -420,7 +420,7 @@ def benchmark(
     Exports are cached in ``cache_dir`` (default ``runs/bench/cache``) and reused by later runs.
     """
     from litedet.bench.energy import open_energy_meter
-    from litedet.bench.machine import machine_info
+    from litedet.bench.machine import machine_info, raise_peak_to_observed
     from litedet.bench.report import write_report
 
     models = _split_csv(models)
@@ -520,6 +520,7 @@ def benchmark(
         for key, result in stats.items():
             subject = by_key[key]
             rows.append(_row(subject, mode, size_batch, result, _peak(machine, subject, device)))
+    notes += raise_peak_to_observed(machine, rows, device)
     paths = write_report(rows, out, machine.to_dict(), notes, map_results, command) if out is not None else {}
     return BenchmarkResult(rows, notes, machine.to_dict(), paths)
 
