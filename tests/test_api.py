@@ -194,6 +194,10 @@ def test_errors_say_what_is_wrong(files, onnx_model, tmp_path):
         onnx_model([])
     with pytest.raises(ValueError, match="max_frames must be >= 1"):
         onnx_model(files["video"], max_frames=0)
+    from litedet.engine.predictor import Predictor
+
+    with pytest.raises(ValueError, match=r"use litedet.load\(weights\)\(source\)"):
+        Predictor(onnx_model.backend).predict(str(files["video"]))
 
 
 def test_device_errors_name_the_device(files):

@@ -144,6 +144,9 @@ class Predictor:
 
     def predict(self, images: Sequence[np.ndarray] | np.ndarray, sources: Sequence[str] | None = None) -> list[Detections]:
         """Detections for each BGR image (one backend call per image)."""
+        if isinstance(images, (str, Path)) or (isinstance(images, (list, tuple)) and images and isinstance(images[0], (str, Path))):
+            raise ValueError("Predictor.predict takes BGR image arrays; for paths, folders, videos and URLs "
+                             "use litedet.load(weights)(source)")
         if isinstance(images, np.ndarray) and images.ndim == 3:
             images = [images]
         if sources is not None and len(sources) != len(images):
