@@ -114,6 +114,7 @@ def test_yaml_error_through_a_real_process(tmp_path):
     ("nan 0.5 0.5 0.2 0.2", "non-finite"),
     ("inf 0.5 0.5 0.2 0.2", "non-finite"),
     ("0 0.5 0.5 inf 0.2", "non-finite"),
+    ("0 0.5 0.5 1e300 0.2", "beyond 1e+09"),
     ("-1 0.5 0.5 0.2 0.2", "class id -1 is not in 0..1"),
     ("2 0.5 0.5 0.2 0.2", "class id 2 is not in 0..1"),
     ("0.5 0.5 0.5 0.2 0.2", "class id 0.5 is not in 0..1"),

@@ -8,8 +8,9 @@ keys are errors) and ``DataConfig.load_split`` reads one split, checking every l
   and counted;
 - an unknown class id (negative, >= the number of names, fractional), or a YOLO label line
   without exactly 5 numbers, is an error naming the file and the line;
-- a non-finite value (``nan``, ``inf``) in a label is an error: every such line of the split is
-  counted and the error names the first (file:line) and the count;
+- a non-finite value (``nan``, ``inf``) or one beyond ``COORDINATE_LIMIT`` (1e9) in a label is an
+  error: every such line of the split is counted and the error names the first (file:line) and
+  the count;
 - a box repeated exactly within one image (same class, same coordinates) is dropped and counted;
 - a missing or empty YOLO label file makes the image a background image (no boxes); a YOLO label
   file without an image is counted as an orphan; a split without a single box is warned about;
@@ -64,6 +65,8 @@ from litedet.errors import UserError, load_yaml
 
 LOGGER = logging.getLogger(__name__)
 
+# Larger label values are data errors, and would overflow the float32 boxes to inf.
+COORDINATE_LIMIT = 1e9
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 FORMATS = ("yolo", "coco", "voc")
 SPLITS = ("train", "val", "test")
@@ -225,7 +228,8 @@ class DataConfig:
         stats = dataset.stats
         if stats.nonfinite:
             raise UserError(
-                f"{stats.nonfinite[0]}: a label has a non-finite value (nan or inf); {len(stats.nonfinite)} such "
+                f"{stats.nonfinite[0]}: a label has a non-finite value (nan or inf) or one beyond "
+                f"{COORDINATE_LIMIT:g}; {len(stats.nonfinite)} such "
                 f"label(s) in split '{split}' of {self.source}; fix or delete them"
             )
         if not dataset.samples:
@@ -360,6 +364,11 @@ def _iter_progress(items: Sequence[Any], progress: bool, desc: str) -> Iterable[
     return tqdm(items, desc=desc, unit="img", leave=False)
 
 
+def _usable(values: Sequence[float]) -> bool:
+    """Every label value finite and within +-COORDINATE_LIMIT."""
+    return all(math.isfinite(v) and abs(v) <= COORDINATE_LIMIT for v in values)
+
+
 def _check_boxes(boxes: np.ndarray, classes: np.ndarray, size: tuple[int, int], min_box_size: float,
                  stats: LabelStats) -> tuple[np.ndarray, np.ndarray]:
     """Clip to the image (counted) and drop degenerate boxes (counted)."""
@@ -455,9 +464,9 @@ def read_yolo_labels(label_file: Path, num_classes: int, size: tuple[int, int],
             values = [float(v) for v in fields]
         except ValueError:
             raise UserError(f"{label_file}:{number}: not numbers: {line.strip()[:80]!r}") from None
-        if not all(math.isfinite(v) for v in values):
+        if not _usable(values):
             if stats is None:
-                raise UserError(f"{label_file}:{number}: non-finite value in {line.strip()[:80]!r}; labels need finite numbers")
+                raise UserError(f"{label_file}:{number}: non-finite or out-of-range value in {line.strip()[:80]!r}")
             stats.nonfinite.append(f"{label_file}:{number}")
             continue
         cls = values[0]
@@ -556,7 +565,7 @@ def _coco_bbox(annotation: dict[str, Any], path: Path, number: int) -> list[floa
         raise UserError(f"{path}: annotation #{number} (id {annotation.get('id')!r}) needs 'bbox' [x, y, w, h], "
                         f"got {bbox!r}"[:300])
     values = [float(v) for v in bbox]
-    return values if all(math.isfinite(v) for v in values) else None
+    return values if _usable(values) else None
 
 
 def _load_coco(entries: list[tuple[Path, Path]], names: list[str], min_box_size: float, progress: bool) -> DetectionDataset:
@@ -669,7 +678,7 @@ def read_voc_xml(path: Path, names: list[str], stats: LabelStats | None = None,
             coords = [float(box.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax")]  # type: ignore[union-attr, arg-type]
         except (AttributeError, TypeError, ValueError):
             raise UserError(f"{path}:{line}: object #{index} has no valid bndbox xmin/ymin/xmax/ymax") from None
-        if not all(math.isfinite(v) for v in coords):
+        if not _usable(coords):
             if stats is None:
                 raise UserError(f"{path}:{line}: object #{index} has a non-finite bndbox {coords}")
             stats.nonfinite.append(f"{path}:{line}")
