@@ -170,6 +170,11 @@ def export_qat_onnx(
     return _export_fast(model, out_dir, stem, calibration, num_images)
 
 
+def _weight_key(weight: np.ndarray) -> bytes:
+    """A conv's weights as a key that survives a permutation of its rows and columns."""
+    return np.sort(weight.astype(np.float32).ravel()).tobytes()
+
+
 def _export_fast(model: nn.Module, out_dir: Path, stem: str, calibration: str | os.PathLike | Sequence[np.ndarray] | None,
                  num_images: int) -> Path:
     import onnx
@@ -189,7 +194,9 @@ def _export_fast(model: nn.Module, out_dir: Path, stem: str, calibration: str | 
         num_images = len(calib)
     ranges_by_module = learned_ranges(model)
     float_model = strip_fake_quant(copy.deepcopy(model)).eval()
-    by_weight = {module.weight.detach().cpu().numpy().astype(np.float32).tobytes(): name
+    # Matched by their weight values, sorted: the export may reorder a conv's rows and columns
+    # (ShuffleNetV2 shuffles folded into the weights) but not change its input's range.
+    by_weight = {_weight_key(module.weight.detach().cpu().numpy()): name
                  for name, module in float_model.named_modules() if isinstance(module, nn.Conv2d) and name in ranges_by_module}
     with tempfile.TemporaryDirectory(prefix="litedet-qat-") as tmp:
         exported = Path(export_model(float_model, "onnx", tmp, stem=stem).path)
@@ -201,7 +208,7 @@ def _export_fast(model: nn.Module, out_dir: Path, stem: str, calibration: str | 
         for node in graph.node:
             if node.op_type != "Conv" or node.input[1] not in weights:
                 continue
-            name = by_weight.get(numpy_helper.to_array(weights[node.input[1]]).astype(np.float32).tobytes())
+            name = by_weight.get(_weight_key(numpy_helper.to_array(weights[node.input[1]])))
             if name is None:
                 continue
             matched += 1
