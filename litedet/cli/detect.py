@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 from typing import Any
@@ -56,6 +57,9 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:  # before the first frame (loading the model): nothing to keep
         print("litedet detect: interrupted before the first frame", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `--json | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     finally:
         signal.signal(signal.SIGTERM, previous)
     # stdout carries only the JSON Lines with --json; human text goes to stderr then.
