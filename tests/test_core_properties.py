@@ -491,7 +491,7 @@ def test_other_load_is_none_when_unreadable_and_clamped(monkeypatch):
     monitor = harness.LoadMonitor()
     monitor.start()
     monitor.stop()
-    assert monitor.other_load is None and monitor.steal is None
+    assert monitor.available is False and monitor.other_load is None and monitor.steal is None
     readings = iter([_snapshot(0.0, 0.0, 0.0, 5.0), _snapshot(1.0, 1.0, 0.0, 6.5)])  # own > busy: rounding
     monkeypatch.setattr(harness, "_read_cpu", lambda: next(readings))
     monitor = harness.LoadMonitor()
@@ -540,7 +540,7 @@ def test_load_monitor_edge_cases(monkeypatch):
     monkeypatch.setattr(harness, "_read_cpu", lambda: next(readings))
     monitor.start()
     monitor.stop()
-    assert not monitor.available and monitor.other_load is None and monitor.steal is None
+    assert monitor.available is False and monitor.other_load is None and monitor.steal is None
     readings = iter([_snapshot(0.0, 0.0, 0.0, 0.0), _snapshot(2.0, 1.0, 0.5, 0.0)])
     monitor = harness.LoadMonitor()
     with monitor:
@@ -587,6 +587,8 @@ def test_throughput_is_images_per_second_at_the_median():
     stats = harness.summarize([0.004, 0.005, 0.100])  # median 5 ms
     assert harness.throughput(8, stats) == pytest.approx(1600.0)
     assert harness.throughput(1, stats) == pytest.approx(200.0)
+    stats.median_ms = 0.5  # sub-millisecond calls are real figures, not "too fast to time"
+    assert harness.throughput(1, stats) == pytest.approx(2000.0)
     stats.median_ms = 0.0
     assert harness.throughput(1, stats) == float("inf")
 
@@ -600,13 +602,15 @@ def test_summarize_statistics_in_milliseconds():
     assert harness.summarize([0.002]).std_ms == 0.0
 
 
-@pytest.mark.parametrize("warmup, min_runs, budget, ok", [(0, 1, None, True), (-1, 1, None, False), (0, 0, None, False),
-                                                          (0, 1, 0.5, True), (0, 1, 0.0, False)])
-def test_measurement_counts_are_checked(warmup, min_runs, budget, ok):
-    if ok:
+@pytest.mark.parametrize("warmup, min_runs, budget, error", [(0, 1, None, None), (-1, 1, None, "warmup must be >= 0, got -1"),
+                                                             (0, 0, None, "min_runs must be >= 1, got 0"), (0, 1, 0.5, None),
+                                                             (0, 1, 0.0, "budget_s must be > 0 seconds, got 0.0")])
+def test_measurement_counts_are_checked(warmup, min_runs, budget, error):
+    """Bad counts are refused with a message naming the option and the value given."""
+    if error is None:
         harness._check_counts(warmup, min_runs, budget)
     else:
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match=error):
             harness._check_counts(warmup, min_runs, budget)
 
 
