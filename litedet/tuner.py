@@ -154,10 +154,12 @@ class TuneCandidate:
     precision: str
     threads: int
     peer: str | None = None  # peer name as given to --peers
+    label: str = ""  # how rows name the checkpoint when two share a model name (default: ``name``)
 
     @property
     def key(self) -> str:
-        return f"{self.name}@{self.imgsz} {self.engine} {self.precision} t{self.threads}"
+        key = f"{self.label or self.name}@{self.imgsz} {self.engine} {self.precision} t{self.threads}"
+        return f"{key} (published)" if self.kind == "peer" else key
 
     @property
     def network(self) -> tuple[str, int]:
@@ -197,15 +199,19 @@ def enumerate_candidates(
         if unrun and (precision != "bf16" or bf16):
             notes.append(f"{precision} runs on {', '.join(e for e in PRECISION_ENGINES[precision] if e in engines) or 'none of the chosen engines'}"
                          f" only; not on {', '.join(unrun)}")
-    candidates = []
-    for path in weights:
-        path = Path(path)
+    paths = [Path(p) for p in weights]
+    for path in paths:
         if not path.is_file():
             raise FileNotFoundError(f"--weights file not found: {path}")
         if path.suffix != ".safetensors":
             raise ValueError(f"{path}: tune needs a litedet checkpoint (.safetensors + sidecar) to export at every "
                              f"size; import published weights first with `litedet import`")
-        config = find_config(path)
+    if len({p.resolve() for p in paths}) < len(paths):
+        raise ValueError(f"a checkpoint is given twice in --weights: {[str(p) for p in paths]}")
+    configs = {path: find_config(path) for path in paths}
+    models = [c.model for c in configs.values() if c is not None]
+    candidates = []
+    for path, config in configs.items():
         if config is None:
             raise FileNotFoundError(f"{path}: no model config beside it; import or train it with litedet")
         stride = max(config.strides) if config.strides else 1
@@ -213,6 +219,8 @@ def enumerate_candidates(
         if off:
             notes.append(f"{path.name}: sizes {off} skipped (not multiples of its stride {stride})")
         tag = file_hash(path, sidecar_path(path))
+        # two checkpoints of one architecture (imported and fine-tuned, say) are told apart by file
+        label = f"{config.model}[{path.stem}]" if models.count(config.model) > 1 else ""
         for size in (s for s in sizes if s % stride == 0):
             for engine in engines:
                 for precision in precisions:
@@ -220,7 +228,7 @@ def enumerate_candidates(
                         continue
                     for count in threads:
                         candidates.append(TuneCandidate("litedet", config.model, str(path), tag, size, engine,
-                                                        precision, count))
+                                                        precision, count, label=label))
     return candidates
 
 
@@ -610,7 +618,7 @@ class TuneResult:
 
 
 def _row(c: TuneCandidate) -> dict[str, Any]:
-    return {"key": c.key, "kind": c.kind, "model": c.name, "imgsz": c.imgsz, "engine": c.engine,
+    return {"key": c.key, "kind": c.kind, "model": c.label or c.name, "imgsz": c.imgsz, "engine": c.engine,
             "precision": c.precision, "threads": c.threads, "weights": c.weights, "weights_tag": c.weights_tag,
             "peer": c.peer, "median_ms": None, "p90_ms": None, "n": None, "other_load": None, "disturbed": None,
             "measured_at": None, "map50_95": None, "map50": None, "accuracy": "not scored", "on_front": False,

@@ -310,3 +310,23 @@ def test_dataset_yaml_scores_val_and_calibrates_on_train(tmp_path):
     again = resolve_data(Path(__file__).resolve().parents[1] / "configs" / "data" / "coco256.yaml", None, None, None,
                          tmp_path, limit=8)
     assert again.tag != data.tag  # a different number of scored images is a different cache key
+
+
+def test_keys_are_unique_across_checkpoints_and_peers(tmp_path, checkpoint):
+    import shutil
+
+    from litedet.config import sidecar_path
+    from litedet.tuner import peer_candidates
+
+    other = tmp_path / "finetuned.safetensors"
+    shutil.copy(checkpoint, other)
+    shutil.copy(sidecar_path(checkpoint), sidecar_path(other))
+    found = enumerate_candidates([checkpoint, other], [64], ["onnxruntime"], ["fp32"], [1], bf16=False)
+    assert [c.key for c in found] == ["v5lite-e[tiny]@64 onnxruntime fp32 t1", "v5lite-e[finetuned]@64 onnxruntime fp32 t1"]
+    with pytest.raises(ValueError, match="given twice"):
+        enumerate_candidates([checkpoint, checkpoint], [64], ["onnxruntime"], ["fp32"], [1], bf16=False)
+    require_shared("weights", "yolov5-lite", "v5lite-e.ncnn.param")
+    peers = peer_candidates(["v5lite-ncnn"], [2], [])
+    mine = enumerate_candidates([checkpoint], [320], ["ncnn"], ["fp32"], [2], bf16=False)
+    assert mine[0].key == "v5lite-e@320 ncnn fp32 t2"
+    assert "v5lite-e@320 ncnn fp32 t2 (published)" in [c.key for c in peers]  # a peer never shadows a candidate
