@@ -264,7 +264,7 @@ def plot_latency(rows: Sequence[dict[str, Any]], path: str | os.PathLike) -> Pat
                     bar.set_alpha(0.35)
                     bar.set_hatch("//")
                 if flag or (limit and y > limit):
-                    ax.annotate(f"{y:.0f}{'!' if flag else ''}{' ^' if limit and y > limit else ''}",
+                    ax.annotate(f"{y:.3g}{'!' if flag else ''}{' ^' if limit and y > limit else ''}",
                                 (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom",
                                 fontsize=6)
         if limit:
@@ -277,7 +277,7 @@ def plot_latency(rows: Sequence[dict[str, Any]], path: str | os.PathLike) -> Pat
     if any_disturbed:
         fig.text(0.01, 0.005, "hatched, !: measured under other load (disturbed); ^: beyond the axis, value written",
                  fontsize=7)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.04 if any_disturbed else 0, 1, 1))
     path = Path(path)
     fig.savefig(path, dpi=110)
     plt.close(fig)
