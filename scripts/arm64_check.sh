@@ -12,7 +12,7 @@
 #   5. runs `litedet detect` in the arm64 root under the emulator on real COCO val2017 images
 #      (as PNGs at the model's input scale, see step 5 below): ONNX Runtime and ncnn fp32 on a
 #      Cortex-A72 (Raspberry Pi 4), ncnn fp16 on a Cortex-A76 (Raspberry Pi 5, fp16 arithmetic),
-#      and litedet's CPU probes on ARM;
+#      litedet's CPU probes on ARM and a `litedet bench` smoke run (emulated timings not shown);
 #   6. compares each run with the same wheel's detections on x86: fp32 must be equal (same classes,
 #      boxes within 1 px, scores within 0.005); ncnn fp16 arithmetic must agree with x86 fp32
 #      (same objects and classes, boxes within 3 px, scores within 0.1).
@@ -295,6 +295,8 @@ if [[ ! -f "$MODELS/model.onnx" || ! -f "$MODELS/model_ncnn.param" ]]; then
         run_logged "export-$format" x86_litedet export --model v5lite-s --weights "$MODELS/v5lite-s.safetensors" --format "$format" -o "$MODELS" \
             || fail "litedet export --format $format failed: see $LOG/export-$format.log"
     done
+    # Exports of older wheels are of no more use.
+    find "$CACHE/models" -mindepth 1 -maxdepth 1 ! -name "$KEY" -exec rm -rf {} +
 else
     say "reusing the exports in $MODELS (same wheel contents)"
 fi
@@ -398,6 +400,31 @@ then
 else
     tail -n 15 "$LOG/probe.log" | sed 's/^/    /' >&2
     summary+=("FAIL  CPU probes on cortex-a72 (see $LOG/probe.log)")
+    status=1
+fi
+
+# --- 7. litedet bench on ARM ----------------------------------------------------------------
+# A smoke run of the device benchmark on the exported ncnn file (3 timed runs): it must describe
+# the ARM machine and write its report. Timings under emulation mean nothing and are not shown.
+if (arm_python -m litedet bench --models v5lite-s@416 --engines ncnn --weights "v5lite-s=$MODELS/model_ncnn.param" \
+        --threads 1 --runs 3 --warmup 1 --max-attempts 1 --out "$OUT/bench" --cache "$OUT/bench-cache") >"$LOG/bench.log" 2>&1 \
+    && bench_line=$("$PYTHON" - "$OUT/bench/results.json" <<'PY'
+import json
+import sys
+
+data = json.load(open(sys.argv[1]))
+rows = data["rows"] if isinstance(data, dict) else data
+machine = data.get("machine", {}) if isinstance(data, dict) else {}
+ok = [r for r in rows if r.get("engine") == "ncnn" and r.get("median_ms")]
+if not ok:
+    sys.exit("no ncnn row with a latency in the report")
+print(f"{len(ok)} ncnn row(s); machine {machine.get('cpu_model', '?')!r}")
+PY
+); then
+    summary+=("OK    litedet bench on cortex-a72 (ncnn, smoke run, timings not shown): $bench_line")
+else
+    tail -n 15 "$LOG/bench.log" | sed 's/^/    /' >&2
+    summary+=("FAIL  litedet bench on cortex-a72 (see $LOG/bench.log)")
     status=1
 fi
 

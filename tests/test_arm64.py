@@ -91,6 +91,23 @@ def test_machine_info_without_a_peak_kernel_describes_the_machine(monkeypatch):
     assert info.peak_method.startswith("not measured") and info.cpu_model
 
 
+def test_bench_report_without_matplotlib_writes_the_tables(tmp_path, monkeypatch):
+    """On a Pi with the runtime extras there is no matplotlib: the report is written without PNGs."""
+    import importlib.util
+
+    from litedet.bench import report
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else real_find_spec(name, *a))
+    row = {"model": "v5lite-s", "variant": "v5lite-s", "kind": "litedet", "engine": "ncnn", "threads": 4, "imgsz": 416,
+           "batch": 1, "mode": "network", "median_ms": 90.0, "p90_ms": 95.0, "gflops": 1.66, "params": 1640000,
+           "other_load": 1.0, "disturbed": False}
+    paths = report.write_report([row], tmp_path, machine={"cpu_model": "Raspberry Pi 5 Model B Rev 1.0 (4x Cortex-A76)"})
+    assert set(paths) == {"markdown", "json"} and not list(tmp_path.glob("*.png"))
+    assert "Cortex-A76" in paths["markdown"].read_text()
+    assert json.loads(paths["json"].read_text())["rows"][0]["engine"] == "ncnn"
+
+
 class _OneFrameCamera:
     """A capture with one frame; records what it was opened with."""
 

@@ -14,7 +14,9 @@ entry without ``imgsz`` applies to every input size.
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import logging
 import math
 import os
 from collections import defaultdict
@@ -22,6 +24,8 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from litedet.config import write_text_atomic
+
+logger = logging.getLogger(__name__)
 
 # Keys every row carries (``--json`` prints rows with at least these).
 REQUIRED_KEYS = ("model", "engine", "threads", "imgsz", "batch", "median_ms", "p90_ms", "gflops", "params")
@@ -325,7 +329,8 @@ def plot_pareto(rows: Sequence[dict[str, Any]], results: Sequence[dict[str, Any]
 def write_report(rows: Sequence[dict[str, Any]], out_dir: str | os.PathLike, machine: dict[str, Any] | None = None,
                  notes: Sequence[str] = (), map_results: Sequence[dict[str, Any]] | None = None,
                  command: str | None = None) -> dict[str, Path]:
-    """Write ``report.md``, ``results.json`` (rows + machine + notes) and the PNG plots."""
+    """Write ``report.md``, ``results.json`` (rows + machine + notes) and the PNG plots (when
+    matplotlib is installed: a device with only the runtime extras gets the tables alone)."""
     validate_rows(rows)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -333,6 +338,10 @@ def write_report(rows: Sequence[dict[str, Any]], out_dir: str | os.PathLike, mac
     write_text_atomic(paths["markdown"], markdown_report(rows, machine, notes, command))
     payload = {"machine": machine or {}, "notes": list(notes), "command": command, "rows": list(rows)}
     write_text_atomic(paths["json"], json.dumps(payload, indent=2, default=str) + "\n")
+    if importlib.util.find_spec("matplotlib") is None:
+        logger.warning("no PNG plots: matplotlib is not installed (pip install matplotlib); %s has every figure",
+                       paths["markdown"])
+        return paths
     if rows:
         paths["latency_png"] = plot_latency(rows, out / "latency.png")
     if map_results:
