@@ -316,7 +316,9 @@ def write_report(path: Path, modules: list[str], bugs: list[tuple[BugClass, str,
 
     overall = score(total)
     lines = ["# Mutation testing: survivors report", "",
-             f"`python scripts/mutation.py` in {seconds / 60:.1f} min; floor {floor:.0f} % of non-equivalent mutants killed.",
+             (f"`python scripts/mutation.py` in {seconds / 60:.1f} min" if seconds >= 1 else
+              "`python scripts/mutation.py --report-only`: the results of the last runs")
+             + f"; floor {floor:.0f} % of non-equivalent mutants killed.",
              "Score = (killed + timeout) / (killed + timeout + survived + no tests + suspicious); equivalent "
              "mutants (scripts/mutation_equivalent.txt) and unchecked ones are not counted.", "",
              "| module | mutants | killed | timeout | survived | no tests | equivalent | not checked | score |",
@@ -382,6 +384,14 @@ def main(argv: list[str] | None = None) -> int:
                 status, took = run_bug_class(bug, Path(tmp))
                 print(f"bug class {status:>8}  {took:5.0f} s  {bug.name}", flush=True)
                 bugs.append((bug, status, took))
+    bug_file = REPO / "runs" / "mutation" / "bug_classes.json"
+    if bugs:  # kept, so that --report-only shows them too
+        bug_file.parent.mkdir(parents=True, exist_ok=True)
+        bug_file.write_text(json.dumps([{"name": b.name, "status": st, "seconds": round(t, 1)} for b, st, t in bugs], indent=1))
+    elif args.report_only and bug_file.is_file():
+        by_name = {bug.name: bug for bug in BUG_CLASSES}
+        bugs = [(by_name[row["name"]], row["status"], row["seconds"]) for row in json.loads(bug_file.read_text())
+                if row["name"] in by_name]
     if not args.report_only:
         for module in modules:
             began = time.perf_counter()
