@@ -500,6 +500,12 @@ def test_other_load_is_none_when_unreadable_and_clamped(monkeypatch):
     assert monitor.other_load == 0.0
 
 
+def _clock_ticks(name: str) -> int:
+    if name != "SC_CLK_TCK":
+        raise ValueError(f"unknown sysconf name {name!r}")
+    return 100
+
+
 def test_cpu_snapshot_from_psutil_counts_busy_time_without_idle_iowait_steal_and_guest(monkeypatch):
     fields = dict(user=10.0, nice=1.0, system=4.0, idle=50.0, iowait=3.0, irq=0.5, softirq=0.5, steal=2.0,
                   guest=7.0, guest_nice=1.0)
@@ -521,7 +527,7 @@ def test_cpu_snapshot_from_proc_stat_without_psutil(monkeypatch):
     real_open = builtins.open
     stat = "cpu  1000 100 400 5000 300 50 50 200 0 0\ncpu0 1 2 3 4\n"
     monkeypatch.setattr(builtins, "open", lambda path, *a, **k: io.StringIO(stat) if path == "/proc/stat" else real_open(path, *a, **k))
-    monkeypatch.setattr(harness.os, "sysconf", lambda name: 100)
+    monkeypatch.setattr(harness.os, "sysconf", _clock_ticks)
     monkeypatch.setattr(harness.os, "times", lambda: types.SimpleNamespace(user=1.0, system=0.5, children_user=0.25, children_system=0.25))
     snapshot = harness._read_cpu()
     assert snapshot.busy == pytest.approx(16.0)  # (1000 + 100 + 400 + 50 + 50) / 100
@@ -546,6 +552,8 @@ def test_load_monitor_edge_cases(monkeypatch):
     with monitor:
         pass
     assert monitor.other_load == pytest.approx(50.0) and monitor.steal == pytest.approx(25.0)  # one CPU
+    monitor.stop()  # a second stop() adds nothing (no reading is taken)
+    assert monitor.other_load == pytest.approx(50.0)
 
 
 def test_cpu_snapshot_without_iowait_and_steal_fields(monkeypatch):
@@ -576,9 +584,11 @@ def test_cpu_snapshot_from_an_old_proc_stat_and_an_unreadable_one(monkeypatch):
         return io.StringIO(stat["text"])
 
     monkeypatch.setattr(builtins, "open", fake_open)
-    monkeypatch.setattr(harness.os, "sysconf", lambda name: 100)
+    monkeypatch.setattr(harness.os, "sysconf", _clock_ticks)
     snapshot = harness._read_cpu()
     assert snapshot.busy == pytest.approx(16.0) and snapshot.steal == 0.0
+    stat["text"] = "cpu  1000 100 400 5000 300 50 50 200\n"  # steal, no guest columns
+    assert harness._read_cpu().steal == pytest.approx(2.0)
     stat["text"] = None
     assert harness._read_cpu() is None
 
