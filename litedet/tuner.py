@@ -861,11 +861,14 @@ def deploy_commands(best: Path, c: TuneCandidate, data: TuneData) -> list[str]:
     import shlex
 
     precision = f" --precision {c.precision}" if c.precision == "bf16" else ""
+    # ncnn was timed with this OpenMP waiting; run it the same way (see docs/tune.md)
+    wait = os.environ.get("OMP_WAIT_POLICY")
+    env = f"OMP_WAIT_POLICY={wait} " if wait and c.engine == "ncnn" else ""
     source = data.first_image().parent
-    commands = [f"litedet detect --weights {shlex.quote(str(best))} --threads {c.threads}{precision} "
+    commands = [f"{env}litedet detect --weights {shlex.quote(str(best))} --threads {c.threads}{precision} "
                 f"--source {shlex.quote(str(source))}"]
     if c.precision != "bf16" and c.engine != "torch":
-        commands.append(f"litedet bench --models {c.name} --weights {c.name}={shlex.quote(str(best))} "
+        commands.append(f"{env}litedet bench --models {c.name} --weights {c.name}={shlex.quote(str(best))} "
                         f"--engines {c.engine} --threads {c.threads} --end-to-end --peers nanodet-plus")
     return commands
 

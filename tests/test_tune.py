@@ -330,3 +330,19 @@ def test_keys_are_unique_across_checkpoints_and_peers(tmp_path, checkpoint):
     mine = enumerate_candidates([checkpoint], [320], ["ncnn"], ["fp32"], [2], bf16=False)
     assert mine[0].key == "v5lite-e@320 ncnn fp32 t2"
     assert "v5lite-e@320 ncnn fp32 t2 (published)" in [c.key for c in peers]  # a peer never shadows a candidate
+
+
+def test_ncnn_commands_carry_the_openmp_waiting_they_were_timed_with(monkeypatch, tmp_path, tiny_coco):
+    from litedet.tuner import TuneData, deploy_commands
+
+    images, annotations = tiny_coco
+    data = TuneData(images, annotations, "tag", None)
+    ncnn = TuneCandidate("litedet", "v5lite-s", "w.safetensors", "t", 512, "ncnn", "fp32", 2)
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    assert deploy_commands(tmp_path / "model_ncnn.param", ncnn, data)[0].startswith("litedet detect")
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
+    commands = deploy_commands(tmp_path / "model_ncnn.param", ncnn, data)
+    assert all(c.startswith("OMP_WAIT_POLICY=PASSIVE litedet ") for c in commands) and len(commands) == 2
+    bf16 = TuneCandidate("litedet", "v5lite-s", "w.safetensors", "t", 512, "openvino", "bf16", 2)
+    (only,) = deploy_commands(tmp_path / "model_openvino.xml", bf16, data)  # bench opens engine files at fp32
+    assert only.startswith("litedet detect") and "--precision bf16" in only
