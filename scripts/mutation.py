@@ -98,7 +98,7 @@ MODULES: dict[str, Module] = {
                        "litedet.engine.trainer.x_cosine_factor__*")),
     "harness": Module(("litedet/bench/harness.py",), (f"{CORE}::test_other_load_is_busy_minus_own_over_wall_times_cpus", f"{CORE}::test_other_load_is_none_when_unreadable_and_clamped", f"{CORE}::test_cpu_snapshot_from_psutil_counts_busy_time_without_idle_iowait_steal_and_guest", f"{CORE}::test_cpu_snapshot_from_proc_stat_without_psutil",
                                                       f"{CORE}::test_throughput_is_images_per_second_at_the_median", f"{CORE}::test_summarize_statistics_in_milliseconds",
-                                                      f"{CORE}::test_measurement_counts_are_checked", f"{CORE}::test_the_least_disturbed_attempt_is_kept",
+                                                      f"{CORE}::test_summarize_edge_cases_and_messages", f"{CORE}::test_measurement_counts_are_checked", f"{CORE}::test_the_least_disturbed_attempt_is_kept",
                                                       f"{CORE}::test_load_monitor_edge_cases", f"{CORE}::test_cpu_snapshot_without_iowait_and_steal_fields",
                                                       f"{CORE}::test_cpu_snapshot_from_an_old_proc_stat_and_an_unreadable_one",
                                                       "tests/test_bench.py"),

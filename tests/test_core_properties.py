@@ -586,7 +586,7 @@ def test_cpu_snapshot_from_an_old_proc_stat_and_an_unreadable_one(monkeypatch):
     monkeypatch.setattr(builtins, "open", fake_open)
     monkeypatch.setattr(harness.os, "sysconf", _clock_ticks)
     snapshot = harness._read_cpu()
-    assert snapshot.busy == pytest.approx(16.0) and snapshot.steal == 0.0
+    assert snapshot.busy == pytest.approx(16.0) and snapshot.steal == 0.0 and isinstance(snapshot.wall, float)
     stat["text"] = "cpu  1000 100 400 5000 300 50 50 200\n"  # steal, no guest columns
     assert harness._read_cpu().steal == pytest.approx(2.0)
     stat["text"] = None
@@ -610,6 +610,17 @@ def test_summarize_statistics_in_milliseconds():
     assert stats.mean_ms == pytest.approx(4.0) and stats.total_s == pytest.approx(0.020)
     assert stats.std_ms == pytest.approx(float(np.std([1, 2, 3, 4, 10], ddof=1)))
     assert harness.summarize([0.002]).std_ms == 0.0
+
+
+def test_summarize_edge_cases_and_messages():
+    """Two timings have a standard deviation; a 0 ms timing (a coarse clock) is valid; bad input
+    is refused with a message saying what was wrong."""
+    assert harness.summarize([0.001, 0.003]).std_ms == pytest.approx(2 ** 0.5)
+    assert harness.summarize([0.0, 0.002]).min_ms == 0.0
+    with pytest.raises(ValueError, match=r"^no timings to summarize \(0 runs\); raise min_runs or the time budget$"):
+        harness.summarize([])
+    with pytest.raises(ValueError, match=r"^timings must be finite and >= 0, got min=-1\.0 max=2\.0$"):
+        harness.summarize([-0.001, 0.002])
 
 
 @pytest.mark.parametrize("warmup, min_runs, budget, error", [(0, 1, None, None), (-1, 1, None, "warmup must be >= 0, got -1"),
