@@ -249,11 +249,15 @@ say "arm64 root ready: Python $(cat "$LOG/python.log") for aarch64 (Debian bookw
 say "building litedet's wheel"
 rm -rf "$CACHE/dist"
 # With the .venv's setuptools first (no download; it builds wheels itself), else in an isolated
-# environment from PyPI.
-"$PYTHON" -c "import build" 2>/dev/null || fail "the 'build' package is missing from $PYTHON: run 'make setup' (dev extra)"
-run_logged wheel "$PYTHON" -m build --wheel --no-isolation --skip-dependency-check --outdir "$CACHE/dist" "$REPO" \
-    || run_logged wheel "$PYTHON" -m build --wheel --outdir "$CACHE/dist" "$REPO" \
-    || fail "wheel build failed: see $LOG/wheel.log"
+# environment from PyPI; pip's own wheel builder where `build` (dev extra) is not installed.
+if "$PYTHON" -c "import build" 2>/dev/null; then
+    run_logged wheel "$PYTHON" -m build --wheel --no-isolation --skip-dependency-check --outdir "$CACHE/dist" "$REPO" \
+        || run_logged wheel "$PYTHON" -m build --wheel --outdir "$CACHE/dist" "$REPO" \
+        || fail "wheel build failed: see $LOG/wheel.log"
+else
+    run_logged wheel "$PYTHON" -m pip wheel -q --no-deps --no-build-isolation -w "$CACHE/dist" "$REPO" \
+        || fail "wheel build failed: see $LOG/wheel.log"
+fi
 WHEEL=$(ls "$CACHE"/dist/litedet-*.whl 2>/dev/null | head -n 1)
 [[ -n "$WHEEL" ]] || fail "no wheel in $CACHE/dist"
 # The wheel's RECORD lists a hash of every file in it: the key for the exports made from it.
