@@ -265,6 +265,24 @@ def test_loss_value_matches_the_yolov5_formulas_written_out():
     torch.testing.assert_close(total, expected.sum() * 2, rtol=1e-4, atol=1e-7)  # times the batch size
 
 
+@pytest.mark.parametrize("field", ["box", "obj", "cls", "cls_pw", "obj_pw"])
+def test_loss_config_allows_zero_gains_and_names_a_negative_one(field):
+    from litedet.engine.loss import LossConfig
+
+    assert getattr(LossConfig(**{field: 0.0}), field) == 0.0  # a zero gain switches a term off
+    with pytest.raises(ValueError, match=rf"^loss\.{field} must be >= 0, got -0\.5$"):
+        LossConfig(**{field: -0.5})
+
+
+def test_loss_config_label_smoothing_range():
+    from litedet.engine.loss import LossConfig
+
+    assert LossConfig(label_smoothing=0.0).label_smoothing == 0.0
+    for bad in (1.0, 1.5, -0.1):
+        with pytest.raises(ValueError, match=rf"^loss\.label_smoothing must be in \[0, 1\), got {bad}$"):
+            LossConfig(label_smoothing=bad)
+
+
 # ----------------------------------------------------------------------------- Conv+BN folding
 
 
