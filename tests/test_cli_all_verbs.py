@@ -185,6 +185,7 @@ def test_compress_recipe_check_and_run(tiny, tmp_path, capsys):
     recipe.write_text(f"model: {tiny['weights']}\nout: {tmp_path / 'out'}\n"
                       f"steps:\n  - prune: {{ratio: 0.25, method: l1}}\n")
     assert main(["compress", "--recipe", str(recipe), "--check"]) == 0
+    assert "1 steps OK: prune" in capsys.readouterr().out
     assert main(["compress", "--recipe", str(recipe), "--no-report", "--no-progress", "--json"]) == 0
     payload = json.loads(capsys.readouterr().out)
     exported = Path(payload["exported"])

@@ -68,8 +68,8 @@ def test_int8_output_opens_in_val_detect_and_bench(recipe_run, tmp_path, capsys)
     assert scores["images"] > 0 and 0 <= scores["map50_95"] <= 1
     image = sorted(Path(images).glob("*.jpg"))[0]
     assert main(["detect", "--weights", int8, "--source", str(image), "--json", "--threads", "1"]) == 0
-    detections = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert detections[0]["source"].endswith(image.name)
+    lines = capsys.readouterr().out.strip().splitlines()  # JSON Lines: one object per image
+    assert len(lines) == 1 and json.loads(lines[0])["source"].endswith(image.name)
     code = main(["bench", "--models", f"v5lite-e@{SIZE}", "--engines", "onnxruntime", "--threads", "1",
                  "--weights", f"v5lite-e={int8}", "--runs", "3", "--warmup", "1", "--out", str(tmp_path / "bench"),
                  "--json"])

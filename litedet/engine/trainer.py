@@ -745,6 +745,9 @@ class Trainer:
         if interrupted:
             self._log(f"interrupted ({signal.Signals(stop.signal).name}) at epoch {self.step // batches + 1}, "
                       f"batch {self.step % batches} (step {self.step}); resumable checkpoint {checkpoint}")
+        if dataset.skipped:
+            self._log(f"skipped {dataset.skipped} unreadable training image load(s) (each replaced by the next "
+                      f"readable sample; the warnings above name them)")
         self._plot_results()
         best = self.out / "best.safetensors"
         last = self.out / "last.safetensors"

@@ -64,6 +64,44 @@ def _plain_units(backbone: nn.Module) -> bool:
     return True
 
 
+def _dense_convs(branch: nn.Module) -> list[nn.Conv2d]:
+    """The dense convs of a branch in order, leaving out a squeeze-excite's own 1x1 convs."""
+    found: list[nn.Conv2d] = []
+    for child in branch.children():
+        if isinstance(child, SqueezeExcite):
+            continue
+        if isinstance(child, nn.Conv2d):
+            if child.groups == 1:
+                found.append(child)
+        else:
+            found.extend(_dense_convs(child))
+    return found
+
+
+def _standard_widths(backbone: nn.Module) -> bool:
+    """True when every ShuffleNetV2 unit has the widths its routing assumes (branches of half the
+    unit's output each, a stride-1 unit reading the other half). Channel-pruned units break this:
+    their shuffle is not a fixed half/half interleave any more, so they are exported unfolded."""
+    for unit in backbone.modules():
+        if not isinstance(unit, ShuffleV2Block):
+            continue
+        half = unit.out_channels // 2
+        convs2 = _dense_convs(unit.branch2)
+        # the output permutation goes into the branch's last conv: it must be a direct layer of
+        # the branch (a low-rank factorised conv nests it one level deeper)
+        if not convs2 or convs2[-1].out_channels != half or convs2[-1] not in list(unit.branch2):
+            return False
+        if unit.stride == 1:
+            if unit.in_channels != unit.out_channels or convs2[0].in_channels != unit.in_channels - half:
+                return False
+        else:
+            convs1 = _dense_convs(unit.branch1) if unit.branch1 is not None else []
+            if (not convs1 or convs1[-1].out_channels != half or convs1[-1] not in list(unit.branch1)
+                    or convs2[0].in_channels != unit.in_channels):
+                return False
+    return True
+
+
 @torch.no_grad()
 def fold_channel_shuffles(model: nn.Module) -> int:
     """Fold the channel shuffles of a ShuffleNetV2 backbone into weights, in place.
@@ -78,6 +116,8 @@ def fold_channel_shuffles(model: nn.Module) -> int:
     neck = getattr(model, "neck", None)
     if not isinstance(backbone, ShuffleNetV2) or not _plain_units(backbone):
         return 0  # e.g. QAT's fake-quantized convs: their per-channel quantizers would need permuting too
+    if not _standard_widths(backbone):
+        return 0  # channel-pruned units: exported with their shuffles
     removed = 0
     feature_stages = list(backbone.out_indices) if backbone.features_only else []
     pan_reads = neck is not None and len(feature_stages) == 3 and _neck_consumers(neck, 0) is not None
@@ -99,8 +139,11 @@ def fold_channel_shuffles(model: nn.Module) -> int:
             continue
         if stage_index in feature_stages:
             if pan_reads:
-                for module, offset in _neck_consumers(neck, feature_stages.index(stage_index)):
-                    permute_input_channels(module, order, offset)
+                for module, _ in _neck_consumers(neck, feature_stages.index(stage_index)):
+                    # the backbone map is the last input of the PAN's concat; read the offset off
+                    # the conv itself (a channel-pruned neck is narrower than its config says)
+                    reader = _dense_convs(module)[0]
+                    permute_input_channels(module, order, reader.in_channels - len(order))
             else:  # a reader we do not know: put the channels back in true order (one Gather)
                 stage.append(RestoreChannelOrder(order))
                 order = None
