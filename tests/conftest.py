@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -123,3 +125,31 @@ def folded_detector(name: str = "v5lite-e", size: int = 64, seed: int = 0, **kwa
                 bn.running_var.fill_(1 - bn.eps)
                 bn.weight.fill_(1.0)
     return model
+
+
+# A tiny training run: settings and an 8 + 2 image YOLO dataset (trainer and resume tests).
+TINY = dict(model="v5lite-e", epochs=2, batch=2, imgsz=64, workers=0, progress=False, nbs=4, warmup_epochs=1,
+            eval_interval=2, cache=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    """8 train + 2 val images (96x72) with 1-2 boxes each, YOLO format, classes [a, b]."""
+    root = tmp_path_factory.mktemp("tiny")
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 8), ("val", 2)):
+        (root / "images" / split).mkdir(parents=True)
+        (root / "labels" / split).mkdir(parents=True)
+        for index in range(count):
+            image = np.full((72, 96, 3), 40, np.uint8)
+            lines = []
+            for box in range(1 + index % 2):
+                w, h = (int(v) for v in rng.integers(16, 40, 2))
+                x, y = int(rng.integers(0, 96 - w)), int(rng.integers(0, 72 - h))
+                image[y:y + h, x:x + w] = (200, 60 + 100 * box, 30)
+                lines.append(f"{box} {(x + w / 2) / 96:.5f} {(y + h / 2) / 72:.5f} {w / 96:.5f} {h / 72:.5f}")
+            cv2.imwrite(str(root / "images" / split / f"{index}.jpg"), image)
+            (root / "labels" / split / f"{index}.txt").write_text("\n".join(lines) + "\n")
+    data = root / "data.yaml"
+    data.write_text("path: .\ntrain: images/train\nval: images/val\nnames: [a, b]\n")
+    return data

@@ -18,7 +18,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import folded_detector, random_bn_detector, require_shared, structured_images
+from conftest import TINY, folded_detector, random_bn_detector, require_shared, structured_images
 from litedet.bench import harness
 from litedet.data.datasets import read_yolo_labels
 from litedet.engine.loss import YoloLoss
@@ -355,33 +355,6 @@ def test_make_divisible_rounds_to_the_nearest_multiple_without_losing_ten_percen
 
 
 # ----------------------------------------------------------------------------- resume mid-window
-
-
-TINY = dict(model="v5lite-e", epochs=2, batch=2, imgsz=64, workers=0, progress=False, nbs=4, warmup_epochs=1,
-            eval_interval=2, cache=True)
-
-
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory) -> Path:
-    """8 train + 2 val images (96x72) with 1-2 boxes each, YOLO format, classes [a, b]."""
-    root = tmp_path_factory.mktemp("tiny")
-    rng = np.random.default_rng(0)
-    for split, count in (("train", 8), ("val", 2)):
-        (root / "images" / split).mkdir(parents=True)
-        (root / "labels" / split).mkdir(parents=True)
-        for index in range(count):
-            image = np.full((72, 96, 3), 40, np.uint8)
-            lines = []
-            for box in range(1 + index % 2):
-                w, h = (int(v) for v in rng.integers(16, 40, 2))
-                x, y = int(rng.integers(0, 96 - w)), int(rng.integers(0, 72 - h))
-                image[y:y + h, x:x + w] = (200, 60 + 100 * box, 30)
-                lines.append(f"{box} {(x + w / 2) / 96:.5f} {(y + h / 2) / 72:.5f} {w / 96:.5f} {h / 72:.5f}")
-            cv2.imwrite(str(root / "images" / split / f"{index}.jpg"), image)
-            (root / "labels" / split / f"{index}.txt").write_text("\n".join(lines) + "\n")
-    data = root / "data.yaml"
-    data.write_text("path: .\ntrain: images/train\nval: images/val\nnames: [a, b]\n")
-    return data
 
 
 def test_resume_in_the_middle_of_an_accumulation_window_is_bit_identical(tiny_data, tmp_path):
