@@ -23,6 +23,9 @@ LOOPBACK = ("127.0.0.1", "::ffff:127.0.0.1", "::1")
 
 
 def driver(weights: str, source: str, frames: int) -> None:
+    """Stream SOURCE with 2 Ray workers; print one JSON line with the Ray processes and their
+    listening sockets once the workers are up, and one with the frames done at the end (the
+    tests run this too)."""
     from litedet.distributed.stream import run_stream
 
     def on_start(pool) -> None:
@@ -36,7 +39,8 @@ def driver(weights: str, source: str, frames: int) -> None:
                 pass
         print(json.dumps({"pids": [p.pid for p in procs], "listening": listening}), flush=True)
 
-    run_stream(source, weights, workers=2, on_start=on_start, keep_results=False, max_frames=frames)
+    report = run_stream(source, weights, workers=2, on_start=on_start, keep_results=False, max_frames=frames)
+    print(json.dumps({"done": report.frames_done}), flush=True)
 
 
 def alive(pids: list[int]) -> list[int]:

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -424,28 +425,9 @@ def test_watchdog_stops_the_tree_when_the_driver_pipe_closes():
             root.kill()
 
 
-_DRIVER = textwrap.dedent(
-    """
-    import json, sys
-    import psutil
-    from litedet.distributed.stream import run_stream
-
-    def on_start(pool):
-        listening = []
-        procs = psutil.Process().children(recursive=True)
-        for proc in procs:
-            try:
-                listening += [[proc.pid, c.laddr.ip, c.laddr.port] for c in proc.net_connections(kind="inet")
-                              if c.status == psutil.CONN_LISTEN]
-            except psutil.Error:
-                pass
-        print(json.dumps({"pids": [p.pid for p in procs], "listening": listening}), flush=True)
-
-    report = run_stream(sys.argv[1], sys.argv[2], workers=2, on_start=on_start, keep_results=False,
-                        max_frames=int(sys.argv[3]))
-    print(json.dumps({"done": report.frames_done}), flush=True)
-    """
-)
+# The driver of scripts/ray_orphans.py: streams with 2 Ray workers and prints their pids and
+# listening sockets, then the frames done.
+RAY_ORPHANS = Path(__file__).resolve().parents[1] / "scripts" / "ray_orphans.py"
 
 LOOPBACK = ("127.0.0.1", "::ffff:127.0.0.1", "::1")
 
@@ -469,8 +451,6 @@ def test_local_ray_listens_on_loopback_only_and_leaves_nothing(tiny, ending, tmp
     psutil = pytest.importorskip("psutil")
     import signal
 
-    script = tmp_path / "driver.py"
-    script.write_text(_DRIVER)
     video = tiny["video"]
     if ending == "sigkill":  # a source that does not run out before the kill
         video = tmp_path / "long.avi"
@@ -478,7 +458,7 @@ def test_local_ray_listens_on_loopback_only_and_leaves_nothing(tiny, ending, tmp
         for i in range(1000):
             writer.write(np.full((SIZE, SIZE, 3), i % 250, np.uint8))
         writer.release()
-    driver = subprocess.Popen([sys.executable, str(script), str(video), str(tiny["weights"]), str(10**6)],
+    driver = subprocess.Popen([sys.executable, str(RAY_ORPHANS), "--driver", str(tiny["weights"]), str(video), str(10**6)],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         line = driver.stdout.readline()
