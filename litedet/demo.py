@@ -3,7 +3,7 @@
 With the shared folder present (``LITEDET_SHARED``, default ``../shared`` beside the repo): import
 the published YOLOv5-Lite-s ncnn weights into ``runs/demo/v5lite-s.safetensors`` (once), export
 them to ONNX (the deployment path; ``--engine torch`` skips this), detect on
-``data/video/pets2009_vtest_480x360.mp4`` with ONNX Runtime and write the annotated video, ``detections.json``,
+``data/video/pets2009_vtest_480x360.mp4`` with ONNX Runtime and write the annotated video (Motion-JPEG ``.avi``), ``detections.jsonl``,
 ``summary.json`` and ``summary.txt`` (per-stage median ms and FPS) into ``runs/demo/``. Without it,
 say what to pass instead and exit 0.
 """
