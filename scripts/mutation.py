@@ -22,6 +22,7 @@ reason``) are equivalent to the original and are not counted.
     python scripts/mutation.py                      # everything (slow: see docs/development.md)
     python scripts/mutation.py --modules ops,loss   # some modules
     python scripts/mutation.py --bug-classes-only   # the hand-written bug classes (minutes)
+    python scripts/mutation.py --modules ops --recheck  # only last run's survivors, after new tests
     python scripts/mutation.py --report-only        # rewrite the report from the last run
 """
 
@@ -192,9 +193,22 @@ def prepare_workdir(name: str, module: Module) -> Path:
     return folder
 
 
-def run_mutmut(name: str, module: Module, max_children: int) -> int:
+def recheck_names(name: str, module: Module) -> list[str]:
+    """The mutants of ``name`` that the last run left alive (survived, no tests, suspicious) or
+    did not check: after new tests, only these need running again (adding tests cannot revive a
+    killed mutant)."""
+    results = load_results(name)
+    return sorted(n for n, code in results.items() if _matches(n, list(module.patterns))
+                  and STATUS.get(code, "suspicious") in ("survived", "no tests", "suspicious", "not checked"))
+
+
+def run_mutmut(name: str, module: Module, max_children: int, recheck: bool = False) -> int:
+    names = recheck_names(name, module) if recheck else []
+    if recheck and not names:
+        print(f"mutmut {name}: nothing left to re-check", flush=True)
+        return 0
     folder = prepare_workdir(name, module)
-    command = ["nice", "-n", "15", *_mutmut(), "run", "--max-children", str(max_children), *module.patterns]
+    command = ["nice", "-n", "15", *_mutmut(), "run", "--max-children", str(max_children), *(names or module.patterns)]
     print(f"$ (cd {folder.relative_to(REPO)} && {' '.join(command)})", flush=True)
     log = folder / "mutmut.log"
     with log.open("w") as handle:
@@ -358,6 +372,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bug-classes-only", action="store_true", help="only the hand-written bug classes")
     parser.add_argument("--no-bug-classes", action="store_true", help="skip the hand-written bug classes")
     parser.add_argument("--bug-class", default="", metavar="TEXT", help="only the bug classes whose name contains TEXT (comma-separated: any of them)")
+    parser.add_argument("--recheck", action="store_true",
+                        help="re-run only the mutants the last run left alive or unchecked (after writing tests for them)")
     parser.add_argument("--report-only", action="store_true", help="no runs: report the results of the last runs")
     args = parser.parse_args(argv)
     modules = [m.strip() for m in args.modules.split(",") if m.strip()]
@@ -396,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.report_only:
         for module in modules:
             began = time.perf_counter()
-            code = run_mutmut(module, MODULES[module], args.max_children)
+            code = run_mutmut(module, MODULES[module], args.max_children, args.recheck)
             print(f"mutmut {module}: exit {code} in {time.perf_counter() - began:.0f} s "
                   f"(log: {(workdir(module) / 'mutmut.log').relative_to(REPO)})", flush=True)
     overall, bugs_ok = write_report(args.report, modules, bugs, args.floor, time.perf_counter() - started)

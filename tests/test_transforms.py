@@ -217,3 +217,19 @@ def test_preprocessor_resize_mode_equals_stretch_then_to_tensor(shape):
     batch, infos = preprocess([image], config)
     np.testing.assert_array_equal(batch, expected)
     assert infos == [expected_info]
+
+
+@pytest.mark.parametrize("buffers", [1, 2, 3])
+def test_preprocessor_reused_for_images_of_changing_shape_leaves_no_stale_pixels(buffers):
+    """A fixed-size input with images of other shapes in turn (a folder of photos): the reused
+    buffer is refilled only where the padding moved, and must equal a fresh letterbox each time."""
+    config = _config()
+    spec = config.preprocess
+    transform = Preprocessor(config, buffers=buffers)
+    shapes = [(40, 30), (30, 80), (64, 96), (17, 23), (96, 20), (40, 30), (20, 96)]
+    for step, shape in enumerate(shapes * 2):
+        image = _image(*shape, seed=step)
+        boxed, expected_info = letterbox(image, config.input_size, stride=32, pad_value=spec.pad_value, center=spec.center)
+        batch, info = transform(image)
+        np.testing.assert_array_equal(batch, to_tensor(boxed, spec.rgb, spec.mean, spec.std)[None])
+        assert info == expected_info

@@ -227,11 +227,21 @@ class Preprocessor:
         index = local.next
         local.next = (index + 1) % self.buffers
         entry = ring[index]
-        if entry is None or entry[0] != geometry:
+        if entry is not None and entry[0] == geometry:
+            return entry[1]
+        if entry is None or entry[1].shape[2:] != (geometry.height, geometry.width):
             buffer = np.empty((1, 3, geometry.height, geometry.width), dtype=np.float32)
             buffer[0] = self.pad.reshape(3, 1, 1)
-            ring[index] = entry = (geometry, buffer)
-        return entry[1]
+        else:  # same size, new placement (images of another shape): refill only the pad strips
+            buffer = entry[1]
+            pad = self.pad.reshape(3, 1, 1)
+            bottom, right = geometry.top + geometry.resized_h, geometry.left + geometry.resized_w
+            buffer[0, :, :geometry.top] = pad
+            buffer[0, :, bottom:] = pad
+            buffer[0, :, geometry.top:bottom, :geometry.left] = pad
+            buffer[0, :, geometry.top:bottom, right:] = pad
+        ring[index] = (geometry, buffer)
+        return buffer
 
     def __call__(self, image: np.ndarray) -> tuple[np.ndarray, LetterboxInfo]:
         image = ensure_bgr(image)
