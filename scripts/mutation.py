@@ -258,7 +258,7 @@ def load_equivalent() -> dict[str, str]:
         for number, line in enumerate(EQUIVALENT_FILE.read_text().splitlines(), start=1):
             if not line.strip() or line.lstrip().startswith("#"):
                 continue
-            key, _, reason = line.partition("  # ")
+            key, _, reason = line.rpartition("  # ")  # the last one: a mutated line may hold a comment
             if "|" not in key or not reason.strip():
                 raise SystemExit(f"{EQUIVALENT_FILE}:{number}: expected 'function | +mutated line  # reason'")
             equivalent[key.strip()] = reason.strip()
