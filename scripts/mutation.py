@@ -83,10 +83,10 @@ MODULES: dict[str, Module] = {
                     "litedet.engine.loss.x__xywh_to_xyxy__*")),
     "conv": Module(("litedet/layers/conv.py",), (f"{CORE}::test_fused_conv_equals_conv_then_bn_with_a_tiny_running_variance", f"{CORE}::test_fuse_model_keeps_the_eval_outputs_of_a_detector", f"{CORE}::test_folded_detector_computes_the_random_bn_detector_function", f"{CORE}::test_fuse_model_leaves_batchnorms_without_running_statistics",
                                                  f"{CORE}::test_identity_batchnorm_is_recognised_exactly", f"{CORE}::test_make_divisible_rounds_to_the_nearest_multiple_without_losing_ten_percent",
-                                                 "tests/test_detector.py", "tests/test_backbones.py"),
+                                                 "tests/test_detector.py", "tests/test_backbones.py", "tests/test_fuse.py"),
                    ("litedet.layers.conv.x_fuse_model__*", "litedet.layers.conv.x_is_identity_batchnorm__*",
                     "litedet.layers.conv.x_make_divisible__*")),
-    "ncnn_import": Module(("litedet/models/ncnn_import.py",), ("tests/test_import.py",),
+    "ncnn_import": Module(("litedet/models/ncnn_import.py",), ("tests/test_import.py", "tests/test_ncnn_reader.py"),
                           ("litedet.models.ncnn_import.x_read_ncnn_param__*", "litedet.models.ncnn_import.x__parse_value__*",
                            "litedet.models.ncnn_import.xǁ_BinReaderǁ*", "litedet.models.ncnn_import.x__conv_bn_pairs__*")),
     "quantize": Module(("litedet/compress/quantize.py",), (f"{CORE}::test_int8_calibrated_on_real_images_keeps_outputs_on_held_out_real_images", f"{CORE}::test_calibration_batches_are_the_backend_preprocessing", f"{CORE}::test_openvino_accuracy_control_passes_max_drop_and_the_map_metric",
@@ -235,9 +235,13 @@ def mutant_diff(folder: Path, name: str, _cache: dict = {}) -> str:
     path = folder / "mutants" / (module.replace(".", "/") + ".py")
     if path not in _cache:
         source = path.read_text()
-        tree = ast.parse(source)
-        _cache[path] = {node.name: ast.get_source_segment(source, node) for node in ast.walk(tree)
-                        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))}
+        lines = source.splitlines()
+        # whole lines by line numbers: ast.get_source_segment re-splits the file on every call,
+        # far too slow for a mutated file of thousands of functions
+        _cache[path] = {node.name: "\n".join(lines[node.lineno - 1:node.end_lineno])
+                        for node in ast.parse(source).body if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
+                        for node in ([node] if not isinstance(node, ast.ClassDef) else
+                                     [n for n in node.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))])}
     functions = _cache[path]
     mutated_name = name.rsplit(".", 1)[1]
     original, mutated = functions.get(function + "__mutmut_orig"), functions.get(mutated_name)
