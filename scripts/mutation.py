@@ -45,6 +45,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 EQUIVALENT_FILE = REPO / "scripts" / "mutation_equivalent.txt"
 DEFAULT_REPORT = REPO / "runs" / "mutation" / "survivors.md"
+TIMEOUT_MULTIPLIER = 3.0  # mutmut's CPU-time limit per mutant: (test seconds + 1) x this x 2
 
 # The functions that matter per module, as mutmut mutant-name globs (``x_<function>`` for a
 # function, ``xǁ<Class>ǁ<method>`` for a method). Plot/CLI glue and slow end-to-end paths
@@ -188,7 +189,10 @@ def prepare_workdir(name: str, module: Module) -> Path:
     quoted = lambda items: "[" + ", ".join(json.dumps(i) for i in items) + "]"  # noqa: E731
     pyproject += (f"\n\n[tool.mutmut]\nsource_paths = [\"litedet/\"]\nonly_mutate = {quoted(module.files)}\n"
                   f"pytest_add_cli_args_test_selection = {quoted(module.tests)}\n"
-                  f"pytest_add_cli_args = [\"-p\", \"no:cacheprovider\"]\nprocess_isolation = \"forkserver\"\n")
+                  f"pytest_add_cli_args = [\"-p\", \"no:cacheprovider\"]\nprocess_isolation = \"forkserver\"\n"
+                  # a mutant is a timeout after 6x (not mutmut's 30x) the CPU time its tests take
+                  # unmutated: endless loops in the .bin reader otherwise cost minutes each
+                  f"timeout_multiplier = {TIMEOUT_MULTIPLIER}\n")
     (folder / "pyproject.toml").write_text(pyproject)
     return folder
 
