@@ -144,16 +144,19 @@ def read_ncnn_param(path: str | os.PathLike) -> list[NcnnLayer]:
         text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError:
         raise _not_a_model(path, "binary data where an ncnn .param text file was expected") from None
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    # (physical line number, text) of the non-blank lines: ncnn skips blank lines, errors name the file's line
+    numbered = [(no, line.strip()) for no, line in enumerate(text.splitlines(), start=1) if line.strip()]
+    lines = [line for _, line in numbered]
     if not lines or lines[0] != str(NCNN_MAGIC):
         first = lines[0][:40] if lines else ""
         raise _not_a_model(path, f"first line {first!r}, expected the ncnn magic {NCNN_MAGIC}")
     try:
         layer_count, _blob_count = (int(v) for v in lines[1].split())
     except (IndexError, ValueError):
-        raise _not_a_model(path, "line 2 must be 'layer_count blob_count'") from None
+        header_no = numbered[1][0] if len(numbered) > 1 else 2
+        raise _not_a_model(path, f"line {header_no} must be 'layer_count blob_count'") from None
     layers: list[NcnnLayer] = []
-    for line_no, line in enumerate(lines[2:], start=3):
+    for line_no, line in numbered[2:]:
         fields = line.split()
         try:
             layer_type, name, n_in, n_out = fields[0], fields[1], int(fields[2]), int(fields[3])
