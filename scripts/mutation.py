@@ -59,6 +59,7 @@ class Module:
     files: tuple[str, ...]
     tests: tuple[str, ...]
     patterns: tuple[str, ...]
+    deselect: tuple[str, ...] = ()  # slow tests of those files that add no kill (pytest --deselect)
 
 
 CORE = "tests/test_core_properties.py"
@@ -94,7 +95,10 @@ MODULES: dict[str, Module] = {
                                                          "tests/test_quantize_speed.py", "tests/test_compress.py"),
                        ("litedet.compress.quantize.x_calibration_images__*", "litedet.compress.quantize.x_calibration_batches__*",
                         "litedet.compress.quantize.x_rewrite_for_int8__*", "litedet.compress.quantize.x__is_depthwise__*",
-                        "litedet.compress.quantize.x__pad_axis__*", "litedet.compress.quantize.x_quantize__*")),
+                        "litedet.compress.quantize.x__pad_axis__*", "litedet.compress.quantize.x_quantize__*"),
+                       # 30 s of QAT training per surviving mutant; the rewrites it also runs are
+                       # checked by test_static_int8_with_and_without_rewrites in seconds
+                       ("tests/test_quantize_speed.py::test_qat_fast_export_uses_learned_ranges_and_rewrites",)),
     "trainer": Module(("litedet/engine/trainer.py",), (f"{CORE}::test_resume_in_the_middle_of_an_accumulation_window_is_bit_identical", "tests/test_trainer.py"),
                       ("litedet.engine.trainer.xǁTrainerǁ_state__*", "litedet.engine.trainer.xǁTrainerǁ_restore__*",
                        "litedet.engine.trainer.x__rng_state__*", "litedet.engine.trainer.x__set_rng_state__*",
@@ -189,7 +193,8 @@ def prepare_workdir(name: str, module: Module) -> Path:
     quoted = lambda items: "[" + ", ".join(json.dumps(i) for i in items) + "]"  # noqa: E731
     pyproject += (f"\n\n[tool.mutmut]\nsource_paths = [\"litedet/\"]\nonly_mutate = {quoted(module.files)}\n"
                   f"pytest_add_cli_args_test_selection = {quoted(module.tests)}\n"
-                  f"pytest_add_cli_args = [\"-p\", \"no:cacheprovider\"]\nprocess_isolation = \"forkserver\"\n"
+                  f"pytest_add_cli_args = {quoted(['-p', 'no:cacheprovider', *(a for t in module.deselect for a in ('--deselect', t))])}\n"
+                  f"process_isolation = \"forkserver\"\n"
                   # a mutant is a timeout after 6x (not mutmut's 30x) the CPU time its tests take
                   # unmutated: endless loops in the .bin reader otherwise cost minutes each
                   f"timeout_multiplier = {TIMEOUT_MULTIPLIER}\n")
