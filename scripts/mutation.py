@@ -92,14 +92,14 @@ MODULES: dict[str, Module] = {
                           ("litedet.models.ncnn_import.x_read_ncnn_param__*", "litedet.models.ncnn_import.x__parse_value__*",
                            "litedet.models.ncnn_import.xǁ_BinReaderǁ*", "litedet.models.ncnn_import.x__conv_bn_pairs__*")),
     "quantize": Module(("litedet/compress/quantize.py",), (f"{CORE}::test_int8_calibrated_on_real_images_keeps_outputs_on_held_out_real_images", f"{CORE}::test_calibration_batches_are_the_backend_preprocessing", f"{CORE}::test_openvino_accuracy_control_passes_max_drop_and_the_map_metric",
-                                                         "tests/test_quantize_speed.py", "tests/test_compress.py"),
+                                                         "tests/test_quantize_speed.py", "tests/test_compress.py", "tests/test_quantize_contracts.py"),
                        ("litedet.compress.quantize.x_calibration_images__*", "litedet.compress.quantize.x_calibration_batches__*",
                         "litedet.compress.quantize.x_rewrite_for_int8__*", "litedet.compress.quantize.x__is_depthwise__*",
                         "litedet.compress.quantize.x__pad_axis__*", "litedet.compress.quantize.x_quantize__*"),
                        # 30 s of QAT training per surviving mutant; the rewrites it also runs are
                        # checked by test_static_int8_with_and_without_rewrites in seconds
                        ("tests/test_quantize_speed.py::test_qat_fast_export_uses_learned_ranges_and_rewrites",)),
-    "trainer": Module(("litedet/engine/trainer.py",), (f"{CORE}::test_resume_in_the_middle_of_an_accumulation_window_is_bit_identical", "tests/test_trainer.py"),
+    "trainer": Module(("litedet/engine/trainer.py",), (f"{CORE}::test_resume_in_the_middle_of_an_accumulation_window_is_bit_identical", "tests/test_trainer.py", "tests/test_trainer_state.py"),
                       ("litedet.engine.trainer.xǁTrainerǁ_state__*", "litedet.engine.trainer.xǁTrainerǁ_restore__*",
                        "litedet.engine.trainer.x__rng_state__*", "litedet.engine.trainer.x__set_rng_state__*",
                        "litedet.engine.trainer.x_cosine_factor__*")),
