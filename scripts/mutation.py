@@ -212,16 +212,20 @@ def recheck_names(name: str, module: Module) -> list[str]:
 
 
 def run_mutmut(name: str, module: Module, max_children: int, recheck: bool = False) -> int:
-    names = recheck_names(name, module) if recheck else []
-    if recheck and not names:
-        print(f"mutmut {name}: nothing left to re-check", flush=True)
-        return 0
+    """mutmut on the module's functions in its work folder. mutmut itself re-runs only mutants
+    without a result (new, or of functions whose code changed); ``recheck`` then also re-runs the
+    ones the last run left alive, against the tests written since."""
+    alive = recheck_names(name, module) if recheck else []
     folder = prepare_workdir(name, module)
-    command = ["nice", "-n", "15", *_mutmut(), "run", "--max-children", str(max_children), *(names or module.patterns)]
-    print(f"$ (cd {folder.relative_to(REPO)} && {' '.join(command)})", flush=True)
     log = folder / "mutmut.log"
+    code = 0
     with log.open("w") as handle:
-        return subprocess.call(command, cwd=folder, env=_env(), stdout=handle, stderr=subprocess.STDOUT)
+        for targets in ([list(module.patterns)] + ([alive] if alive else [])):
+            command = ["nice", "-n", "15", *_mutmut(), "run", "--max-children", str(max_children), *targets]
+            shown = command if len(targets) < 12 else [*command[:-len(targets)], f"<{len(targets)} mutants left alive>"]
+            print(f"$ (cd {folder.relative_to(REPO)} && {' '.join(shown)})", flush=True)
+            code = subprocess.call(command, cwd=folder, env=_env(), stdout=handle, stderr=subprocess.STDOUT) or code
+    return code
 
 
 def load_results(name: str) -> dict[str, int | None]:
