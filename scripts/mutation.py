@@ -45,7 +45,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 EQUIVALENT_FILE = REPO / "scripts" / "mutation_equivalent.txt"
 DEFAULT_REPORT = REPO / "runs" / "mutation" / "survivors.md"
-TIMEOUT_MULTIPLIER = 3.0  # mutmut's CPU-time limit per mutant: (test seconds + 1) x this x 2
+# mutmut's CPU-time limit per mutant is (test seconds + TIMEOUT_CONSTANT) x TIMEOUT_MULTIPLIER x 2;
+# the test seconds leave out pytest's start-up (importing torch), hence the constant
+TIMEOUT_MULTIPLIER = 3.0
+TIMEOUT_CONSTANT = 10.0
 
 # The functions that matter per module, as mutmut mutant-name globs (``x_<function>`` for a
 # function, ``xǁ<Class>ǁ<method>`` for a method). Plot/CLI glue and slow end-to-end paths
@@ -197,7 +200,7 @@ def prepare_workdir(name: str, module: Module) -> Path:
                   f"process_isolation = \"forkserver\"\n"
                   # a mutant is a timeout after 6x (not mutmut's 30x) the CPU time its tests take
                   # unmutated: endless loops in the .bin reader otherwise cost minutes each
-                  f"timeout_multiplier = {TIMEOUT_MULTIPLIER}\n")
+                  f"timeout_multiplier = {TIMEOUT_MULTIPLIER}\ntimeout_constant = {TIMEOUT_CONSTANT}\n")
     (folder / "pyproject.toml").write_text(pyproject)
     return folder
 
