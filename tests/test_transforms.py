@@ -233,3 +233,14 @@ def test_preprocessor_reused_for_images_of_changing_shape_leaves_no_stale_pixels
         batch, info = transform(image)
         np.testing.assert_array_equal(batch, to_tensor(boxed, spec.rgb, spec.mean, spec.std)[None])
         assert info == expected_info
+
+
+def test_letterbox_pads_a_single_channel_image_with_the_pad_value():
+    """A grey [H, W] image (a mono camera) is letterboxed like a colour one: resized, then padded
+    with ``pad_value`` above and below, and stays 2-D."""
+    grey = np.full((10, 20), 7, dtype=np.uint8)
+    boxed, info = letterbox(grey, 32, pad_value=114)
+    assert boxed.shape == (32, 32)
+    assert info.pad == (0, 8) and info.ratio == (1.6, 1.6)
+    assert (boxed[:8] == 114).all() and (boxed[24:] == 114).all()
+    assert (boxed[8:24] == 7).all()
