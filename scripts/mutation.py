@@ -198,6 +198,8 @@ def prepare_workdir(name: str, module: Module) -> Path:
                   f"pytest_add_cli_args_test_selection = {quoted(module.tests)}\n"
                   f"pytest_add_cli_args = {quoted(['-p', 'no:cacheprovider', *(a for t in module.deselect for a in ('--deselect', t))])}\n"
                   f"process_isolation = \"forkserver\"\n"
+                  # tests read the shipped configs (data and experiment YAMLs) next to the package
+                  f"also_copy = [\"configs\"]\n"
                   # a mutant is a timeout after 6x (not mutmut's 30x) the CPU time its tests take
                   # unmutated: endless loops in the .bin reader otherwise cost minutes each
                   f"timeout_multiplier = {TIMEOUT_MULTIPLIER}\ntimeout_constant = {TIMEOUT_CONSTANT}\n")
