@@ -411,7 +411,7 @@ def _skip(stats: LabelStats, image: Path, missing: bool) -> None:
 def yolo_label_path(image: Path) -> Path:
     """ultralytics convention: the last ``images`` folder in the path becomes ``labels``."""
     parts = list(image.parts)
-    for index in range(len(parts) - 1, -1, -1):
+    for index in range(len(parts) - 2, -1, -1):  # folders only: a file named "images" stays
         if parts[index] == "images":
             parts[index] = "labels"
             return Path(*parts).with_suffix(".txt")
