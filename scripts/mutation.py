@@ -172,7 +172,10 @@ STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests"
 
 def _env() -> dict[str, str]:
     # Tests find ../shared relative to the repo; mutmut and the scratch copy run elsewhere.
-    return {**os.environ, "LITEDET_SHARED": os.environ.get("LITEDET_SHARED", str(REPO.parent / "shared"))}
+    # One BLAS/OpenMP thread per mutant: mutants already run in parallel, and torch's thread pool
+    # in a forked worker (mutmut forks its test runners) now and then fails the clean run.
+    return {**os.environ, "LITEDET_SHARED": os.environ.get("LITEDET_SHARED", str(REPO.parent / "shared")),
+            "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
 def _mutmut() -> list[str]:
@@ -201,6 +204,10 @@ def prepare_workdir(name: str, module: Module) -> Path:
                   f"process_isolation = \"forkserver\"\n"
                   # tests read the shipped configs (data and experiment YAMLs) next to the package
                   f"also_copy = [\"configs\"]\n"
+                  # mutmut's quiet mode fails the clean run of the trainer and dataset tests now and
+                  # then (their CLI tests write to the captured stdout); debug prints pytest's output
+                  # to mutmut.log instead
+                  f"debug = true\n"
                   # a mutant is a timeout after 6x (not mutmut's 30x) the CPU time its tests take
                   # unmutated: endless loops in the .bin reader otherwise cost minutes each
                   f"timeout_multiplier = {TIMEOUT_MULTIPLIER}\ntimeout_constant = {TIMEOUT_CONSTANT}\n")

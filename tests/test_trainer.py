@@ -346,11 +346,15 @@ def test_save_period_parses_batches_and_times():
         TrainConfig(save_period="soon")
 
 
-def test_ctrl_c_saves_a_resumable_checkpoint_and_prints_the_resume_command(tiny_data, tmp_path, monkeypatch, capsys):
+def test_ctrl_c_saves_a_resumable_checkpoint_and_prints_the_resume_command(tiny_data, tmp_path, monkeypatch, capsys, request):
     import os
     import signal
 
     from litedet.cli import main
+
+    # Ctrl-C as in a terminal: a background job (nohup, a CI runner) may start with SIGINT ignored
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    request.addfinalizer(lambda: signal.signal(signal.SIGINT, previous))
 
     full = train(TrainConfig(data=str(tiny_data), out=str(tmp_path / "full"), **TINY))
     calls = {"n": 0}
