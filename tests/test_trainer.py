@@ -453,3 +453,18 @@ def test_save_period_in_time_writes_mid_epoch_checkpoints(tiny_data, tmp_path, m
         train(TrainConfig(data=str(tiny_data), out=str(tmp_path), save_period="0.001s", **TINY))
     state = load_training_state(tmp_path / "last.pt")
     assert (state["epoch"], state["epoch_step"], state["step"]) == (0, 2, 2)
+
+
+@pytest.mark.parametrize("epochs, lrf", [(10, 0.01), (300, 0.2), (7, 0.5)])
+def test_cosine_schedule_runs_from_1_to_lrf_along_half_a_cosine(epochs, lrf):
+    """YOLOv5's one_cycle: factor 1 at the start, lrf at the end, their mean half-way, and at a
+    quarter 1 + (lrf - 1) * (1 - cos(pi / 4)) / 2; never outside [lrf, 1]."""
+    from litedet.engine.trainer import cosine_factor
+
+    assert cosine_factor(0, epochs, lrf) == pytest.approx(1.0, abs=1e-12)
+    assert cosine_factor(epochs, epochs, lrf) == pytest.approx(lrf, abs=1e-12)
+    assert cosine_factor(epochs / 2, epochs, lrf) == pytest.approx((1 + lrf) / 2, abs=1e-12)
+    quarter = 1 + (lrf - 1) * (1 - math.sqrt(0.5)) / 2
+    assert cosine_factor(epochs / 4, epochs, lrf) == pytest.approx(quarter, abs=1e-12)
+    factors = [cosine_factor(e, epochs, lrf) for e in range(epochs + 1)]
+    assert all(b <= a for a, b in zip(factors, factors[1:])) and min(factors) >= lrf - 1e-12
