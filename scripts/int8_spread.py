@@ -12,7 +12,6 @@ point with the calibration images alone; compare graphs or settings over several
 from __future__ import annotations
 
 import argparse
-import shutil
 import statistics
 import sys
 import tempfile
@@ -41,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
 
     counts = [int(c) for c in args.counts.split(",") if c.strip()]
     baseline = evaluate_data(args.weights, args.data, progress=False)
-    print(f"| model | calibration images | mAP50-95 | mAP50 | Δ mAP50-95 (points) |\n|---|---:|---:|---:|---:|")
+    print("| model | calibration images | mAP50-95 | mAP50 | Δ mAP50-95 (points) |\n|---|---:|---:|---:|---:|")
     print(f"| fp32 | — | {baseline.map50_95:.4f} | {baseline.map50:.4f} | — |")
     variants = [("INT8 ort-static", [])]
     if args.head_float:
@@ -58,7 +57,6 @@ def main(argv: list[str] | None = None) -> int:
                 drops.setdefault(label, []).append(drop)
                 print(f"| {label} | {count} | {result.map50_95:.4f} | {result.map50:.4f} | {drop:+.2f} |", flush=True)
                 out.unlink()
-        shutil.rmtree(tmp, ignore_errors=True)
     for label, values in drops.items():
         print(f"{label}: drop {min(values):+.2f} to {max(values):+.2f} points, mean {statistics.mean(values):+.2f} "
               f"over {len(values)} calibration sets", file=sys.stderr)

@@ -172,8 +172,7 @@ STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests"
 
 def _env() -> dict[str, str]:
     # Tests find ../shared relative to the repo; mutmut and the scratch copy run elsewhere.
-    # One BLAS/OpenMP thread per mutant: mutants already run in parallel, and torch's thread pool
-    # in a forked worker (mutmut forks its test runners) now and then fails the clean run.
+    # One BLAS/OpenMP thread per mutant: mutants already run in parallel (--max-children).
     return {**os.environ, "LITEDET_SHARED": os.environ.get("LITEDET_SHARED", str(REPO.parent / "shared")),
             "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
@@ -204,10 +203,6 @@ def prepare_workdir(name: str, module: Module) -> Path:
                   f"process_isolation = \"forkserver\"\n"
                   # tests read the shipped configs (data and experiment YAMLs) next to the package
                   f"also_copy = [\"configs\"]\n"
-                  # mutmut's quiet mode fails the clean run of the trainer and dataset tests now and
-                  # then (their CLI tests write to the captured stdout); debug prints pytest's output
-                  # to mutmut.log instead
-                  f"debug = true\n"
                   # a mutant is a timeout after 6x (not mutmut's 30x) the CPU time its tests take
                   # unmutated: endless loops in the .bin reader otherwise cost minutes each
                   f"timeout_multiplier = {TIMEOUT_MULTIPLIER}\ntimeout_constant = {TIMEOUT_CONSTANT}\n")
@@ -262,12 +257,14 @@ def mutant_diff(folder: Path, name: str, _cache: dict = {}) -> str:
     if path not in _cache:
         source = path.read_text()
         lines = source.splitlines()
-        # whole lines by line numbers: ast.get_source_segment re-splits the file on every call,
-        # far too slow for a mutated file of thousands of functions
-        _cache[path] = {node.name: "\n".join(lines[node.lineno - 1:node.end_lineno])
-                        for node in ast.parse(source).body if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
-                        for node in ([node] if not isinstance(node, ast.ClassDef) else
-                                     [n for n in node.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))])}
+        # whole lines by line numbers (ast.get_source_segment re-splits the file on every call,
+        # far too slow for a mutated file of thousands of functions); methods sit in class bodies
+        functions = {}
+        for node in ast.parse(source).body:
+            for item in (node.body if isinstance(node, ast.ClassDef) else [node]):
+                if isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    functions[item.name] = "\n".join(lines[item.lineno - 1:item.end_lineno])
+        _cache[path] = functions
     functions = _cache[path]
     mutated_name = name.rsplit(".", 1)[1]
     original, mutated = functions.get(function + "__mutmut_orig"), functions.get(mutated_name)

@@ -45,6 +45,11 @@ def _few_threads():
     yield
 
 
+def logit(p: float) -> float:
+    """The logit whose sigmoid is ``p``: builds raw head maps with known probabilities."""
+    return float(np.log(p / (1 - p)))
+
+
 def structured_images(count: int, size: int, seed: int = 0):
     """Images [count, 3, size, size] in [0, 1] with structure a detector responds to: a smooth
     colour field (bilinear upsampling of an 8x coarser noise) with flat-coloured rectangles."""

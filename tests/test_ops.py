@@ -23,10 +23,7 @@ from litedet.ops import (
     xyxy_to_xywh,
 )
 from litedet.runtime.base import Backend
-
-
-def _logit(p: float) -> float:
-    return float(np.log(p / (1 - p)))
+from conftest import logit
 
 
 # ---------------------------------------------------------------- letterbox
@@ -131,12 +128,12 @@ def test_decode_yolo_hand_example():
     raw = np.zeros((1, 2 * 6, 2, 3), np.float32)
     # anchor 1, cell (gy=1, gx=2): sigmoid(tx)=0.75, sigmoid(ty)=0.25, sigmoid(tw)=0.5, sigmoid(th)=0.75
     a = 1 * 6
-    raw[0, a + 0, 1, 2] = _logit(0.75)
-    raw[0, a + 1, 1, 2] = _logit(0.25)
-    raw[0, a + 2, 1, 2] = _logit(0.5)
-    raw[0, a + 3, 1, 2] = _logit(0.75)
-    raw[0, a + 4, 1, 2] = _logit(0.9)
-    raw[0, a + 5, 1, 2] = _logit(0.8)
+    raw[0, a + 0, 1, 2] = logit(0.75)
+    raw[0, a + 1, 1, 2] = logit(0.25)
+    raw[0, a + 2, 1, 2] = logit(0.5)
+    raw[0, a + 3, 1, 2] = logit(0.75)
+    raw[0, a + 4, 1, 2] = logit(0.9)
+    raw[0, a + 5, 1, 2] = logit(0.8)
     out = decode_yolo([raw], anchors, [8], num_classes=1)
     assert out.shape == (1, 2 * 2 * 3, 6)
     row = out[0, 1 * 6 + 1 * 3 + 2]  # anchor-major, then rows, then columns
@@ -274,10 +271,10 @@ class OneBoxBackend(Backend):
                 gx, gy = int(self.centre[0] // stride), int(self.centre[1] // stride)
                 # invert the decode: sigmoid(t) = (c / s - g + 0.5) / 2, sigmoid(tw) = sqrt(w / a) / 2
                 anchor = self.config.anchors[0][0]
-                raw[:, 0, gy, gx] = _logit((self.centre[0] / stride - gx + 0.5) / 2)
-                raw[:, 1, gy, gx] = _logit((self.centre[1] / stride - gy + 0.5) / 2)
-                raw[:, 2, gy, gx] = _logit(np.sqrt(self.size[0] / anchor[0]) / 2)
-                raw[:, 3, gy, gx] = _logit(np.sqrt(self.size[1] / anchor[1]) / 2)
+                raw[:, 0, gy, gx] = logit((self.centre[0] / stride - gx + 0.5) / 2)
+                raw[:, 1, gy, gx] = logit((self.centre[1] / stride - gy + 0.5) / 2)
+                raw[:, 2, gy, gx] = logit(np.sqrt(self.size[0] / anchor[0]) / 2)
+                raw[:, 3, gy, gx] = logit(np.sqrt(self.size[1] / anchor[1]) / 2)
                 raw[:, 4, gy, gx] = 10.0
                 raw[:, 5 + self.class_id, gy, gx] = 10.0
             outs.append(raw)

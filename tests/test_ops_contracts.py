@@ -25,10 +25,7 @@ from litedet.ops import (
     xywh_to_xyxy,
     xyxy_to_xywh,
 )
-
-
-def _logit(p: float) -> float:
-    return float(np.log(p / (1 - p)))
+from conftest import logit
 
 
 def _rows(*rows: list[float]) -> np.ndarray:
@@ -269,7 +266,7 @@ def test_decode_yolo_float64_maps_decode_like_their_float32_cast():
     ones the float32 map gives (here a logit above the float64 bound that rounds onto it)."""
     raw, anchors = _one_level(height=1, width=2, value=-5.0)
     raw = raw.astype(np.float64)
-    bound = _logit(0.3)
+    bound = logit(0.3)
     raw[0, 4, 0, 0] = np.nextafter(bound, np.inf)  # > bound in float64, == bound in float32
     raw[0, 4, 0, 1] = 2.0
     assert np.float32(raw[0, 4, 0, 0]) == np.float32(bound)
