@@ -6,9 +6,9 @@ Two parts, both run by ``make mutation`` (docs/development.md explains how to re
    in its own work folder ``runs/mutation/<module>/`` (a copy of the tree whose ``[tool.mutmut]``
    names only that module's files and its own test files), so mutant generation and mutmut's
    test-coverage pass stay small; mutmut then runs each mutant against only the tests that
-   execute the mutated function. Results are cached there: a re-run re-checks only mutants of
-   changed functions. ``[tool.mutmut]`` in pyproject.toml is the same set for a plain
-   ``mutmut run`` over everything.
+   execute the mutated function, fastest test first (``mutation_plugins/``), so most mutants
+   cost one quick test. The results stay there for ``--recheck`` and ``--report-only``.
+   ``[tool.mutmut]`` in pyproject.toml is the same set for a plain ``mutmut run`` over everything.
 2. **Bug classes** (``BUG_CLASSES``): hand-written mutants for the silent bugs that once survived
    the suite, several of them in code mutmut cannot mutate (it skips decorated functions such as
    ``@torch.no_grad()`` ones and ``@property``). Each is applied to a scratch copy of the tree
@@ -23,6 +23,7 @@ reason``) are equivalent to the original and are not counted.
     python scripts/mutation.py --modules ops,loss   # some modules
     python scripts/mutation.py --bug-classes-only   # the hand-written bug classes (minutes)
     python scripts/mutation.py --modules ops --recheck  # only last run's survivors, after new tests
+                                                        # (after a code change, run the module in full)
     python scripts/mutation.py --report-only        # rewrite the report from the last run
 """
 
@@ -45,10 +46,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 EQUIVALENT_FILE = REPO / "scripts" / "mutation_equivalent.txt"
 DEFAULT_REPORT = REPO / "runs" / "mutation" / "survivors.md"
+PLUGINS = REPO / "scripts" / "mutation_plugins"
 # mutmut's CPU-time limit per mutant is (test seconds + TIMEOUT_CONSTANT) x TIMEOUT_MULTIPLIER x 2;
 # the test seconds leave out pytest's start-up (importing torch), hence the constant
-TIMEOUT_MULTIPLIER = 3.0
-TIMEOUT_CONSTANT = 10.0
+TIMEOUT_MULTIPLIER = 2.0
+TIMEOUT_CONSTANT = 5.0
 
 # The functions that matter per module, as mutmut mutant-name globs (``x_<function>`` for a
 # function, ``xǁ<Class>ǁ<method>`` for a method). Plot/CLI glue and slow end-to-end paths
@@ -103,10 +105,19 @@ MODULES: dict[str, Module] = {
                        # 30 s of QAT training per surviving mutant; the rewrites it also runs are
                        # checked by test_static_int8_with_and_without_rewrites in seconds
                        ("tests/test_quantize_speed.py::test_qat_fast_export_uses_learned_ranges_and_rewrites",)),
-    "trainer": Module(("litedet/engine/trainer.py",), (f"{CORE}::test_resume_in_the_middle_of_an_accumulation_window_is_bit_identical", "tests/test_trainer.py"),
+    "trainer": Module(("litedet/engine/trainer.py",), (f"{CORE}::test_resume_in_the_middle_of_an_accumulation_window_is_bit_identical",
+                                                       "tests/test_trainer_state.py", "tests/test_trainer.py"),
                       ("litedet.engine.trainer.xǁTrainerǁ_state__*", "litedet.engine.trainer.xǁTrainerǁ_restore__*",
                        "litedet.engine.trainer.x__rng_state__*", "litedet.engine.trainer.x__set_rng_state__*",
-                       "litedet.engine.trainer.x_cosine_factor__*")),
+                       "litedet.engine.trainer.x_cosine_factor__*", "litedet.engine.trainer.x_load_training_state__*"),
+                      # 10-15 s of training each per surviving mutant; they check run folders, Ctrl-C
+                      # and save periods, not the state itself (test_trainer_state.py and the two
+                      # bit-identical resume tests do)
+                      tuple(f"tests/test_trainer.py::{name}" for name in (
+                          "test_runs_number_themselves_and_resume_keeps_the_sidecar",
+                          "test_ctrl_c_saves_a_resumable_checkpoint_and_prints_the_resume_command",
+                          "test_save_period_mid_epoch_and_mid_accumulation_resumes_exactly",
+                          "test_stale_temp_files_go_and_a_full_disk_is_one_line"))),
     "harness": Module(("litedet/bench/harness.py",), (f"{CORE}::test_other_load_is_busy_minus_own_over_wall_times_cpus", f"{CORE}::test_other_load_is_none_when_unreadable_and_clamped", f"{CORE}::test_cpu_snapshot_from_psutil_counts_busy_time_without_idle_iowait_steal_and_guest", f"{CORE}::test_cpu_snapshot_from_proc_stat_without_psutil",
                                                       f"{CORE}::test_throughput_is_images_per_second_at_the_median", f"{CORE}::test_summarize_statistics_in_milliseconds",
                                                       f"{CORE}::test_summarize_edge_cases_and_messages", f"{CORE}::test_measurement_counts_are_checked", f"{CORE}::test_the_least_disturbed_attempt_is_kept",
@@ -173,8 +184,10 @@ STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests"
 def _env() -> dict[str, str]:
     # Tests find ../shared relative to the repo; mutmut and the scratch copy run elsewhere.
     # One BLAS/OpenMP thread per mutant: mutants already run in parallel (--max-children).
+    # PYTHONPATH: the plugin that runs a mutant's tests fastest first (mutation_plugins/).
+    path = os.pathsep.join(p for p in (str(PLUGINS), os.environ.get("PYTHONPATH", "")) if p)
     return {**os.environ, "LITEDET_SHARED": os.environ.get("LITEDET_SHARED", str(REPO.parent / "shared")),
-            "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+            "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": path}
 
 
 def _mutmut() -> list[str]:
@@ -199,12 +212,12 @@ def prepare_workdir(name: str, module: Module) -> Path:
     quoted = lambda items: "[" + ", ".join(json.dumps(i) for i in items) + "]"  # noqa: E731
     pyproject += (f"\n\n[tool.mutmut]\nsource_paths = [\"litedet/\"]\nonly_mutate = {quoted(module.files)}\n"
                   f"pytest_add_cli_args_test_selection = {quoted(module.tests)}\n"
-                  f"pytest_add_cli_args = {quoted(['-p', 'no:cacheprovider', *(a for t in module.deselect for a in ('--deselect', t))])}\n"
+                  f"pytest_add_cli_args = {quoted(['-p', 'no:cacheprovider', '-p', 'litedet_mutation_order', *(a for t in module.deselect for a in ('--deselect', t))])}\n"
                   f"process_isolation = \"forkserver\"\n"
                   # tests read the shipped configs (data and experiment YAMLs) next to the package
                   f"also_copy = [\"configs\"]\n"
-                  # a mutant is a timeout after 6x (not mutmut's 30x) the CPU time its tests take
-                  # unmutated: endless loops in the .bin reader otherwise cost minutes each
+                  # a mutant is a timeout after 2x its tests' wall time + 10 s (4x + 20 s CPU; mutmut: 30x):
+                  # endless loops (mutants of the .bin reader) otherwise cost minutes each
                   f"timeout_multiplier = {TIMEOUT_MULTIPLIER}\ntimeout_constant = {TIMEOUT_CONSTANT}\n")
     (folder / "pyproject.toml").write_text(pyproject)
     return folder
@@ -220,15 +233,18 @@ def recheck_names(name: str, module: Module) -> list[str]:
 
 
 def run_mutmut(name: str, module: Module, max_children: int, recheck: bool = False) -> int:
-    """mutmut on the module's functions in its work folder. mutmut itself re-runs only mutants
-    without a result (new, or of functions whose code changed); ``recheck`` then also re-runs the
-    ones the last run left alive, against the tests written since."""
+    """mutmut on the module's functions in its work folder: every mutant of them (mutmut re-runs
+    all mutants it is given by name), or with ``recheck`` only those the last run left alive or
+    unchecked, against the tests written since (after a code change, run without it)."""
     alive = recheck_names(name, module) if recheck else []
+    if recheck and not alive:
+        print(f"mutmut {name}: nothing left alive by the last run", flush=True)
+        return 0
     folder = prepare_workdir(name, module)
     log = folder / "mutmut.log"
     code = 0
     with log.open("w") as handle:
-        for targets in ([list(module.patterns)] + ([alive] if alive else [])):
+        for targets in ([alive] if recheck else [list(module.patterns)]):
             command = ["nice", "-n", "15", *_mutmut(), "run", "--max-children", str(max_children), *targets]
             shown = command if len(targets) < 12 else [*command[:-len(targets)], f"<{len(targets)} mutants left alive>"]
             print(f"$ (cd {folder.relative_to(REPO)} && {' '.join(shown)})", flush=True)

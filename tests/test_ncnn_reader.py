@@ -103,6 +103,7 @@ _LONG_KEY = "k" * 30
     "lines,why",
     [
         (["7767518", "0 0"], "first line '7767518', expected the ncnn magic 7767517"),
+        ([_LONG_NAME, "0 0"], f"first line {_LONG_NAME[:40]!r}, expected the ncnn magic 7767517"),
         ([], "first line '', expected the ncnn magic 7767517"),
         (["7767517"], "line 2 must be 'layer_count blob_count'"),
         (["7767517", "1"], "line 2 must be 'layer_count blob_count'"),
@@ -126,7 +127,7 @@ _LONG_KEY = "k" * 30
         (["7767517", "2 2", "Input data 0 1 data"], "header says 2 layers, file has 1"),
     ],
     ids=[
-        "magic", "empty", "no-header", "short-header", "short-layer", "long-bad-layer", "negative-in",
+        "magic", "long-first-line", "empty", "no-header", "short-header", "short-layer", "long-bad-layer", "negative-in",
         "negative-out", "few-blobs", "no-equals", "bad-key", "long-key", "arabic-digit-key",
         "fullwidth-digit-key", "bad-value", "value-with-equals", "bad-float-line-4", "bad-array-element",
         "long-value", "layer-count",

@@ -187,6 +187,10 @@ def expand_env(text: str, source: str = "dataset YAML") -> str:
 def _parse_names(raw: Any, source: str) -> list[str]:
     if isinstance(raw, dict):
         try:
+            # ids are integers (YAML) or their decimal strings (JSON keys); int(1.5) or int(True)
+            # would silently make a class id of a float or a bool
+            if any(isinstance(k, (bool, float)) for k in raw):
+                raise TypeError
             by_id = {int(k): v for k, v in raw.items()}
         except (TypeError, ValueError, OverflowError):
             raise UserError(f"{source}: 'names' keys must be class ids 0..K-1, got {list(raw)}"[:300]) from None

@@ -304,6 +304,10 @@ def load_training_state(path: Path) -> dict[str, Any]:
         raise ValueError(f"{path}: not a litedet training checkpoint ({type(err).__name__}: {err})") from None
     if not isinstance(state, dict) or state.get("format") != "litedet-train":
         raise ValueError(f"{path}: not a litedet training checkpoint")
+    version = state.get("version")
+    if not isinstance(version, int) or not 1 <= version <= CHECKPOINT_VERSION:
+        raise ValueError(f"{path}: training checkpoint format version {version!r}; this litedet reads versions 1 to "
+                         f"{CHECKPOINT_VERSION} (a newer litedet wrote it: upgrade to resume it)")
     return state
 
 
@@ -472,6 +476,20 @@ class Trainer:
         config = TrainConfig.from_dict(data, str(path))
         return cls(config, train_set, val_set, resume_state=state)
 
+    def _start_state(self, weight_decay: float) -> None:
+        """Optimizer, lr schedule, AMP scaler, EMA and counters of a run at step 0: what ``_state``
+        saves and ``_restore`` sets from a checkpoint."""
+        config = self.config
+        self.optimizer = build_optimizer(self.model, config, weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, CosineSchedule(config.epochs, config.lrf))
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        self.ema = ModelEMA(self.model, config.ema_decay, config.ema_tau) if config.ema else None
+        self.start_epoch, self.start_epoch_step, self.step, self.last_opt_step = 0, 0, 0, -1
+        self.optimizer_steps = 0
+        self.epoch_loss_sum, self.epoch_images, self.epoch_seconds = np.zeros(3), 0, 0.0
+        self.best_fitness, self.best_map50 = -1.0, 0.0
+        self.train_seconds, self.train_images = 0.0, 0
+
     def _restore(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
         if self.ema and state["ema"] is not None:
@@ -580,17 +598,9 @@ class Trainer:
         accumulate_target = max(round(config.nbs / batch_size), 1)
         weight_decay = config.weight_decay * batch_size * accumulate_target / config.nbs
         period_batches, period_seconds = parse_save_period(config.save_period)
-        self.optimizer = build_optimizer(self.model, config, weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, CosineSchedule(config.epochs, config.lrf))
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
-        self.ema = ModelEMA(self.model, config.ema_decay, config.ema_tau) if config.ema else None
+        self._start_state(weight_decay)
         criterion = YoloLoss(self.model.num_classes, self.model.strides, self.model.anchors, config.imgsz, config.loss)
         criterion.to(self.device)
-        self.start_epoch, self.start_epoch_step, self.step, self.last_opt_step = 0, 0, 0, -1
-        self.optimizer_steps = 0
-        self.epoch_loss_sum, self.epoch_images, self.epoch_seconds = np.zeros(3), 0, 0.0
-        self.best_fitness, self.best_map50 = -1.0, 0.0
-        self.train_seconds, self.train_images = 0.0, 0
         if self._resume_state is not None:
             self._restore(self._resume_state)
             self._resume_state = None
