@@ -241,15 +241,12 @@ def run_mutmut(name: str, module: Module, max_children: int, recheck: bool = Fal
         print(f"mutmut {name}: nothing left alive by the last run", flush=True)
         return 0
     folder = prepare_workdir(name, module)
-    log = folder / "mutmut.log"
-    code = 0
-    with log.open("w") as handle:
-        for targets in ([alive] if recheck else [list(module.patterns)]):
-            command = ["nice", "-n", "15", *_mutmut(), "run", "--max-children", str(max_children), *targets]
-            shown = command if len(targets) < 12 else [*command[:-len(targets)], f"<{len(targets)} mutants left alive>"]
-            print(f"$ (cd {folder.relative_to(REPO)} && {' '.join(shown)})", flush=True)
-            code = subprocess.call(command, cwd=folder, env=_env(), stdout=handle, stderr=subprocess.STDOUT) or code
-    return code
+    targets = alive if recheck else list(module.patterns)
+    command = ["nice", "-n", "15", *_mutmut(), "run", "--max-children", str(max_children), *targets]
+    shown = command if len(targets) < 12 else [*command[:-len(targets)], f"<{len(targets)} mutants left alive>"]
+    print(f"$ (cd {folder.relative_to(REPO)} && {' '.join(shown)})", flush=True)
+    with (folder / "mutmut.log").open("w") as handle:
+        return subprocess.call(command, cwd=folder, env=_env(), stdout=handle, stderr=subprocess.STDOUT)
 
 
 def load_results(name: str) -> dict[str, int | None]:
