@@ -113,7 +113,9 @@ class ModelConfig:
     ``input_size`` is (height, width). ``head`` names the raw-output layout: ``"yolo"`` outputs are
     one map per level of shape [B, len(anchors[i]) * (5 + num_classes), H_i, W_i] with raw logits;
     ``"ssdlite"`` is described in ``litedet.ops.decode``. ``output_names`` lists the engine output
-    names in level order.
+    names in level order. ``uint8_input``: the engine takes the letterboxed image as it is, uint8
+    [B, H, W, 3] in BGR order, and does the channel order and ``preprocess`` normalisation in its
+    graph (``litedet export --uint8-input``); otherwise it takes float32 [B, 3, H, W], normalised.
     """
 
     model: str
@@ -127,6 +129,7 @@ class ModelConfig:
     output_names: list[str] = field(default_factory=list)
     dynamic: bool = False
     nms_in_graph: bool = False
+    uint8_input: bool = False
     precision: str = "fp32"
     source: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
@@ -169,6 +172,7 @@ class ModelConfig:
         self.output_names = list(self.output_names)
         self.dynamic = _boolean(self.dynamic, "dynamic")
         self.nms_in_graph = _boolean(self.nms_in_graph, "nms_in_graph")
+        self.uint8_input = _boolean(self.uint8_input, "uint8_input")
         for name in ("precision", "source"):
             if not isinstance(getattr(self, name), str):
                 raise ValueError(f"{name} must be a string, got {_show(getattr(self, name))}")

@@ -458,7 +458,7 @@ def test_tiny_litedet_model_end_to_end(tmp_path):
     network = [r for r in result.rows if r["mode"] == "network" and r["batch"] == 2]
     assert all(r["images_per_s"] == pytest.approx(2e3 / r["median_ms"]) for r in network)
     # a second run reuses the cached exports
-    cache = list((tmp_path / "cache").glob("v5lite-e_64_random/onnxruntime_dynamic/.done"))
+    cache = list((tmp_path / "cache").glob("v5lite-e_64_random/onnxruntime_dynamic_uint8/.done"))
     assert cache
 
 

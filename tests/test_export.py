@@ -170,6 +170,90 @@ def test_ncnn_round_trip_dynamic(tiny: Detector, tmp_path: Path, monkeypatch: py
         _assert_close(backend.run(batch), _raw(tiny, batch), atol=1e-4)
 
 
+# ---- uint8 input: normalisation in the engine ---------------------------------------------------
+
+
+def _images(seed: int, shapes: list[tuple[int, int]]) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 256, (*shape, 3), dtype=np.uint8) for shape in shapes]
+
+
+def _with_preprocess(model: Detector, **preprocess) -> Detector:
+    """A copy of ``model`` whose config normalises differently (BGR, a mean to subtract)."""
+    import copy
+    import dataclasses
+
+    other = copy.deepcopy(model)
+    other.preprocess = dataclasses.replace(other.preprocess, **preprocess)
+    return other
+
+
+@pytest.mark.parametrize("preprocess", [{}, {"rgb": False, "mean": (10.0, 20.5, 30.0), "std": (50.0, 60.0, 70.5)}])
+def test_onnx_uint8_input_gives_the_float_graph_outputs_bit_for_bit(tiny: Detector, tmp_path: Path, preprocess) -> None:
+    """The graph's own channel order and normalisation are the numpy pre-processing's float32
+    arithmetic: fed the letterboxed uint8 image it returns exactly what the float export returns
+    for the normalised one, at every size of a dynamic export, and torch's maps within 1e-4."""
+    from litedet.data.transforms import preprocess as prepare
+
+    model = _with_preprocess(tiny, **preprocess)
+    plain = export_model(model, "onnx", tmp_path, imgsz=SIZE, dynamic=True)
+    packed = export_model(model, "onnx", tmp_path, imgsz=SIZE, dynamic=True, uint8_input=True)
+    assert packed.path.name == "model_dynamic_uint8.onnx" and packed.config.uint8_input and not plain.config.uint8_input
+    assert ModelConfig.load(tmp_path / "model_dynamic_uint8.json").uint8_input
+    float_backend, uint8_backend = open_backend(plain.path), open_backend(packed.path)
+    assert uint8_backend.input_dtype is np.uint8 and uint8_backend.example_input(2).shape == (2, SIZE, SIZE, 3)
+    for shapes in ([(40, 30)], [(50, 90), (90, 50)]):
+        images = _images(len(shapes), shapes)
+        size = (SIZE, SIZE + 32) if len(shapes) > 1 else (SIZE, SIZE)
+        floats, _ = prepare(images, plain.config, new_shape=size)
+        pixels, _ = prepare(images, packed.config, new_shape=size)
+        assert pixels.dtype == np.uint8 and pixels.shape == (len(images), *size, 3)
+        expected = float_backend.run(floats)
+        for got, want in zip(uint8_backend.run(pixels), expected):
+            np.testing.assert_array_equal(got, want)
+        _assert_close(expected, _raw(model, floats), atol=1e-4)
+
+
+def test_uint8_input_detections_equal_the_float_exports_on_openvino_and_ncnn(tiny: Detector, tmp_path: Path) -> None:
+    """OpenVINO normalises in its graph, ncnn in its own pixel conversion: the maps stay within
+    1e-4 of the float export's and the detections are the same boxes."""
+    from litedet.engine.predictor import Predictor
+
+    images = _images(7, [(40, 30), (64, 64), (30, 90)])
+    for fmt in ("openvino", "ncnn"):
+        plain = export_model(tiny, fmt, tmp_path / fmt, imgsz=SIZE)
+        packed = export_model(tiny, fmt, tmp_path / fmt, imgsz=SIZE, uint8_input=True)
+        assert packed.config.uint8_input and packed.path.stem.endswith("_uint8")
+        reference, fast = Predictor(open_backend(plain.path), conf=0.3), Predictor(open_backend(packed.path), conf=0.3)
+        for image in images:
+            floats, _ = reference.preprocess(image)
+            maps = reference.infer(floats)
+            pixels, _ = fast.preprocess(image)
+            assert pixels.dtype == np.uint8
+            _assert_close(fast.infer(pixels), maps, atol=1e-4)
+            want, got = reference.predict(image)[0], fast.predict(image)[0]
+            assert len(want) == len(got) > 0
+            # equal scores may come out in either order: compare the boxes as sets
+            order_want = np.lexsort((*want.boxes.T, want.class_ids))
+            order_got = np.lexsort((*got.boxes.T, got.class_ids))
+            np.testing.assert_array_equal(got.class_ids[order_got], want.class_ids[order_want])
+            np.testing.assert_allclose(got.boxes[order_got], want.boxes[order_want], rtol=0, atol=1e-2)
+
+
+def test_a_sidecar_from_another_export_is_refused(tiny: Detector, tmp_path: Path) -> None:
+    """An .onnx whose input type disagrees with its sidecar (files of two exports mixed up)."""
+    import shutil
+
+    plain = export_model(tiny, "onnx", tmp_path, imgsz=SIZE)
+    packed = export_model(tiny, "onnx", tmp_path, imgsz=SIZE, uint8_input=True)
+    shutil.copy(plain.path.with_suffix(".json"), packed.path.with_suffix(".json"))
+    with pytest.raises(ValueError, match="model_uint8.onnx: its config says the input is float32 but the graph takes tensor.uint8."):
+        open_backend(packed.path)
+    packed.config.save(packed.path.with_suffix(".json"))
+    with pytest.raises(ValueError, match=r"onnxruntime: expected uint8 images \[B, H, W, 3\], got shape \[1, 3, 64, 64\]"):
+        open_backend(packed.path).run(np.zeros((1, 3, SIZE, SIZE), np.float32))  # a float batch for a uint8 engine
+
+
 # ---- errors -------------------------------------------------------------------------------------
 
 

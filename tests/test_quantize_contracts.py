@@ -303,6 +303,36 @@ def test_rewrite_for_int8_keeps_outputs_and_aligns_every_documented_channel_coun
     assert ops.count("Slice") == 1 and ops.count("Pad") == 1
 
 
+def test_rewrite_for_int8_pads_the_image_of_a_uint8_input_export_after_its_normalisation(tmp_path):
+    """A ``--uint8-input`` export reaches its stem conv through Transpose/Cast/Slice/Div: the conv
+    still reads the image, so its channels are padded (on the normalised float image) and the
+    outputs stay the same for uint8 pixels."""
+    import onnx
+    import torch
+
+    from litedet.compress.quantize import rewrite_for_int8
+    from litedet.export.api import export_model
+    from litedet.models.registry import create_model
+
+    torch.manual_seed(0)
+    model = create_model("v5lite-e", input_size=64, num_classes=2, names=["a", "b"]).eval()
+    with torch.no_grad():  # distinct fused biases: onnxslim shares identical initializers
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.2, 0.2)
+    path = export_model(model, "onnx", tmp_path, imgsz=64, uint8_input=True).path
+    original = onnx.load(str(path))
+    rewritten = onnx.load(str(path))
+    result = rewrite_for_int8(rewritten)
+    assert result.inputs_padded == 1
+    pad = _node(rewritten, result.keep_float[0])
+    producer = {out: node for node in rewritten.graph.node for out in node.output}[pad.input[0]]
+    assert producer.op_type == "Div"
+    pixels = np.random.default_rng(0).integers(0, 256, (1, 64, 64, 3), dtype=np.uint8)
+    for before, after in zip(_run(original, pixels), _run(rewritten, pixels)):
+        np.testing.assert_allclose(after, before, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("channels,bias", [(2, True), (24, False), (12, True)])
 def test_rewrite_for_int8_pads_depthwise_convs_to_16_channels(channels, bias):
     b = _Builder(4, 6)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import cv2
 import numpy as np
 import pytest
@@ -244,3 +246,52 @@ def test_letterbox_pads_a_single_channel_image_with_the_pad_value():
     assert info.pad == (0, 8) and info.ratio == (1.6, 1.6)
     assert (boxed[:8] == 114).all() and (boxed[24:] == 114).all()
     assert (boxed[8:24] == 7).all()
+
+
+# ---------------------------------------------------------------- uint8 input (normalised in the engine)
+
+
+def _uint8_config(resize: str = "letterbox") -> ModelConfig:
+    return dataclasses.replace(_config(resize=resize), uint8_input=True)
+
+
+@pytest.mark.parametrize("shape", [(40, 30), (30, 80), (64, 96), (17, 23)])
+@pytest.mark.parametrize("auto", [False, True])
+def test_uint8_preprocessor_gives_the_letterboxed_bgr_image(shape, auto):
+    """For an engine that normalises itself the input is the letterbox, pixel for pixel, NHWC."""
+    config = _uint8_config()
+    spec = config.preprocess
+    image = _image(*shape, seed=shape[1])
+    boxed, expected_info = letterbox(image, config.input_size, stride=32, auto=auto, pad_value=spec.pad_value, center=spec.center)
+    transform = Preprocessor(config, auto=auto)
+    for _ in range(3):
+        batch, info = transform(image)
+        assert batch.dtype == np.uint8 and batch.shape == (1, *boxed.shape)
+        np.testing.assert_array_equal(batch[0], boxed)
+        assert info == expected_info
+    batch, infos = preprocess([image, image], config, auto=auto)
+    np.testing.assert_array_equal(batch, np.stack([boxed, boxed]))
+    assert infos == [expected_info, expected_info]
+
+
+def test_uint8_preprocessor_resize_mode_and_changing_shapes():
+    stretched_config = _uint8_config(resize="resize")
+    image = _image(40, 30)
+    stretched, _ = stretch(image, stretched_config.input_size)
+    np.testing.assert_array_equal(Preprocessor(stretched_config)(image)[0][0], stretched)
+    config = _uint8_config()
+    spec = config.preprocess
+    for buffers in (1, 2):
+        transform = Preprocessor(config, buffers=buffers)
+        for step, shape in enumerate([(40, 30), (30, 80), (64, 96), (17, 23), (96, 20), (40, 30)] * 2):
+            image = _image(*shape, seed=step)
+            boxed, _ = letterbox(image, config.input_size, stride=32, pad_value=spec.pad_value, center=spec.center)
+            np.testing.assert_array_equal(transform(image)[0][0], boxed)
+
+
+def test_uint8_preprocessor_takes_grey_and_bgra_images():
+    config = _uint8_config()
+    grey = _image(40, 30)[:, :, 0]
+    batch, _ = Preprocessor(config)(grey)
+    assert batch.shape == (1, 64, 96, 3)
+    np.testing.assert_array_equal(batch[0, :, :, 0], batch[0, :, :, 2])

@@ -288,8 +288,8 @@ def test_bundle_loads_and_detects_on_real_images(tmp_path, checkpoint, capsys):
                   val_limit=2, progress=False)
     row = result.choice.row
     assert row["key"] == "v5lite-e@64 onnxruntime fp32 t1" and row["n"] == 3 and row["map50_95"] is not None
-    best = out / "best" / "model.onnx"
-    assert best.is_file() and (out / "best" / "model.json").is_file()
+    best = out / "best" / "model_uint8.onnx"  # tune ships what it timed: the uint8-input export
+    assert best.is_file() and (out / "best" / "model_uint8.json").is_file()
     assert main(["detect", "--weights", str(best), "--source", str(sorted(images.iterdir())[0]), "--json",
                  "--no-progress", "--threads", "1"]) == 0
     record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])

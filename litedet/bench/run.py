@@ -49,6 +49,7 @@ class Subject:
     max_batch: int | None = None  # None: any batch; 1: a fixed-batch engine file
     precision: str = "fp32"
     notes: list[str] = field(default_factory=list)
+    example: Callable[[int], np.ndarray] | None = None  # batch -> network input; None: random float32 NCHW
 
     @property
     def key(self) -> str:
@@ -123,7 +124,7 @@ def _litedet_subjects(
                 path = checkpoint
             else:
                 path = _cached_export(export_model, checkpoint, engine, imgsz,
-                                      folder / (f"{engine}_dynamic" if dynamic_batch else engine), dynamic_batch)
+                                      folder / (f"{engine}_dynamic_uint8" if dynamic_batch else f"{engine}_uint8"), dynamic_batch)
         except Exception as err:  # an exporter failure must not sink the other engines
             logger.warning("export of %s@%d to %s failed: %s", name, imgsz, engine, err)
             notes.append(f"{name}@{imgsz} {engine}: export failed ({type(err).__name__}: {err})")
@@ -140,11 +141,16 @@ def _litedet_subjects(
                 source=source, network=backend.run, detect=detect, profile=profile,
                 before=_torch_threads(count) if engine == "torch" else None,
                 max_batch=None if (engine == "torch" or dynamic_batch) else 1, precision=engine_precision,
+                example=lambda batch, b=backend: b.example_input(batch, (imgsz, imgsz)),
             ))
+    if any(engine != "torch" for engine in engines) and UINT8_NOTE not in notes:
+        notes.append(UINT8_NOTE)
     return subjects
 
 
 ENGINE_FILE_SUFFIXES = (".onnx", ".xml", ".param")
+UINT8_NOTE = ("litedet models are exported with --uint8-input (as deployed with litedet's runtime): the engine takes "
+              "the letterboxed uint8 image and normalises it, so network rows include that step")
 
 
 def _engine_file_subjects(
@@ -177,6 +183,7 @@ def _engine_file_subjects(
             model=name, variant=path.name, kind="litedet", engine=engine, threads=count, imgsz=size, source=str(path),
             network=backend.run, detect=_predictor(backend, conf, iou), profile=profile,
             max_batch=None if engine == "ncnn" else 1,
+            example=lambda batch, b=backend: b.example_input(batch, (size, size)),
         ))
     return subjects
 
@@ -206,7 +213,7 @@ def _cached_export(export_model: Callable[..., Any], checkpoint: Path, engine: s
     out_dir.mkdir(parents=True, exist_ok=True)
     # dynamic (symbolic batch, height, width) only when a batch > 1 is asked for: a static graph
     # is what a deployed batch-1 model uses, and some engines run it faster.
-    result = export_model(checkpoint, formats[0], out_dir, imgsz=imgsz, dynamic=dynamic_batch)
+    result = export_model(checkpoint, formats[0], out_dir, imgsz=imgsz, dynamic=dynamic_batch, uint8_input=True)
     path = Path(result.path)
     marker.write_text(str(path))
     return path
@@ -484,7 +491,10 @@ def benchmark(
                 if note not in notes:
                     notes.append(note)
                 continue
-            tensor = rng.random((size_batch, 3, subject.imgsz, subject.imgsz), dtype=np.float32)
+            if subject.example is not None:
+                tensor = subject.example(size_batch)
+            else:
+                tensor = rng.random((size_batch, 3, subject.imgsz, subject.imgsz), dtype=np.float32)
             candidates[subject.key] = Candidate(fn=(lambda s=subject, t=tensor: s.network(t)), before=subject.before)
             by_key[subject.key] = subject
         groups.append(("network", size_batch, candidates, by_key))

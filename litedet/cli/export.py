@@ -21,6 +21,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--conf", type=float, default=0.25, help="with --nms: score threshold baked into the graph (default 0.25)")
     parser.add_argument("--iou", type=float, default=0.45, help="with --nms: NMS IoU threshold (default 0.45)")
     parser.add_argument("--max-det", type=int, default=300, help="with --nms: detections per image (default 300)")
+    parser.add_argument("--uint8-input", action="store_true", help="the engine takes the letterboxed image as uint8 "
+                        "[B, H, W, 3] BGR and normalises it itself: less work per frame for litedet's runtime "
+                        "(default: float32 [B, 3, H, W], normalised, as YOLOv5 exports)")
     parser.add_argument("--name", help="file stem (default: model, model_openvino, model_ncnn + variant suffixes)")
     parser.add_argument("-o", "--output", default="exports", help="output folder (default: ./exports)")
     add_progress_option(parser)
@@ -35,6 +38,7 @@ def run(args: argparse.Namespace) -> int:
         result = export_model(
             args.weights, args.format, args.output, imgsz=args.imgsz, dynamic=args.dynamic, half=args.half,
             nms=args.nms, model_name=model, stem=args.name, conf=args.conf, iou=args.iou, max_det=args.max_det,
+            uint8_input=args.uint8_input,
         )
         print(f"exported {result.summary()}")
         for path in result.files:

@@ -381,6 +381,23 @@ def _pad_conv_outputs(graph: Any, align: int, minimum: int = 16) -> int:
     return count
 
 
+# What a ``--uint8-input`` export does to the image before its first conv (``ImageInput``).
+_IMAGE_PREP_OPS = ("Transpose", "Cast", "Slice", "Sub", "Div", "Mul")
+
+
+def _image_tensors(g: "_Graph", inputs: Sequence[str]) -> list[str]:
+    """The graph inputs and every tensor derived from one by image preparation alone (layout,
+    dtype, channel order, normalisation): the convs reading any of them read the image."""
+    found, frontier = list(inputs), list(inputs)
+    while frontier:
+        tensor = frontier.pop()
+        for node in g.consumers.get(tensor, []):
+            if node.op_type in _IMAGE_PREP_OPS and node.input and node.input[0] == tensor and node.output[0] not in found:
+                found.append(node.output[0])
+                frontier.append(node.output[0])
+    return found
+
+
 def _pad_image_channels(graph: Any, align: int) -> list[str]:
     """Convs reading the image input with C_in % align != 0 (RGB: 3): the image gets zero
     channels (a Pad node, kept in float so the quantized tensor already has ``align`` channels)
@@ -390,7 +407,7 @@ def _pad_image_channels(graph: Any, align: int) -> list[str]:
     g = _Graph(graph)
     inputs = [i.name for i in graph.input if i.name not in g.initializers]
     pads: list[str] = []
-    for image in inputs:
+    for image in _image_tensors(g, inputs):
         for conv in list(g.consumers.get(image, [])):
             if conv.op_type != "Conv" or _attribute(conv, "group", 1) != 1 or conv.input[0] != image or not g.private_weights(conv):
                 continue

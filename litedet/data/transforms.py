@@ -180,13 +180,16 @@ def to_tensor(image: np.ndarray, rgb: bool, mean: Sequence[float], std: Sequence
 
 
 class Preprocessor:
-    """BGR uint8 image -> (float32 [1, 3, H, W], ``LetterboxInfo``) by ``config.preprocess``, fast.
+    """BGR uint8 image -> (network input [1, ...], ``LetterboxInfo``) by ``config.preprocess``, fast.
 
-    Gives exactly the values of ``preprocess`` (same geometry, same float32 arithmetic), but
-    resizes once, converts only the image region (the padding of a reused buffer is written when
-    the placement changes, i.e. once per video) and never allocates per frame. The returned
-    array is one of ``buffers`` reused buffers per thread: it stays valid until ``buffers`` more
-    calls on the same thread, so a pipeline with k frames in flight needs ``buffers > k``.
+    The network input is float32 [1, 3, H, W], normalised; or, for an engine that normalises in
+    its graph (``config.uint8_input``), the letterboxed image itself, uint8 [1, H, W, 3] BGR,
+    which the resize writes straight into. Gives exactly the values of ``preprocess`` (same
+    geometry, same float32 arithmetic), but resizes once, converts only the image region (the
+    padding of a reused buffer is written when the placement changes, i.e. once per video) and
+    never allocates per frame. The returned array is one of ``buffers`` reused buffers per
+    thread: it stays valid until ``buffers`` more calls on the same thread, so a pipeline with k
+    frames in flight needs ``buffers > k``.
     """
 
     def __init__(
@@ -209,6 +212,9 @@ class Preprocessor:
         # the normalised pad value, by the same float32 arithmetic as the image pixels
         pad = np.full(3, spec.pad_value, dtype=np.float32)
         self.pad = (pad - self.mean) / self.std
+        self.uint8 = bool(getattr(config, "uint8_input", False))
+        if self.uint8:  # the graph normalises: the buffer holds raw BGR pixels
+            self.pad = np.full(3, spec.pad_value, dtype=np.uint8)
         self.buffers = buffers
         self._local = threading.local()
 
@@ -229,29 +235,48 @@ class Preprocessor:
         entry = ring[index]
         if entry is not None and entry[0] == geometry:
             return entry[1]
-        if entry is None or entry[1].shape[2:] != (geometry.height, geometry.width):
-            buffer = np.empty((1, 3, geometry.height, geometry.width), dtype=np.float32)
-            buffer[0] = self.pad.reshape(3, 1, 1)
+        size = (geometry.height, geometry.width)
+        if entry is None or self._plane(entry[1]).shape[1:] != size:
+            if self.uint8:
+                buffer = np.empty((1, *size, 3), dtype=np.uint8)
+            else:
+                buffer = np.empty((1, 3, *size), dtype=np.float32)
+            self._plane(buffer)[:] = self.pad.reshape(3, 1, 1)
         else:  # same size, new placement (images of another shape): refill only the pad strips
             buffer = entry[1]
-            pad = self.pad.reshape(3, 1, 1)
+            planes, pad = self._plane(buffer), self.pad.reshape(3, 1, 1)
             bottom, right = geometry.top + geometry.resized_h, geometry.left + geometry.resized_w
-            buffer[0, :, :geometry.top] = pad
-            buffer[0, :, bottom:] = pad
-            buffer[0, :, geometry.top:bottom, :geometry.left] = pad
-            buffer[0, :, geometry.top:bottom, right:] = pad
+            planes[:, :geometry.top] = pad
+            planes[:, bottom:] = pad
+            planes[:, geometry.top:bottom, :geometry.left] = pad
+            planes[:, geometry.top:bottom, right:] = pad
         ring[index] = (geometry, buffer)
         return buffer
+
+    def _plane(self, buffer: np.ndarray) -> np.ndarray:
+        """The first image of a buffer as [3, H, W] (a view, whatever the layout)."""
+        return buffer[0].transpose(2, 0, 1) if self.uint8 else buffer[0]
 
     def __call__(self, image: np.ndarray) -> tuple[np.ndarray, LetterboxInfo]:
         image = ensure_bgr(image)
         original_shape = (int(image.shape[0]), int(image.shape[1]))
         geometry = self.geometry(original_shape)
-        if (geometry.resized_w, geometry.resized_h) != (original_shape[1], original_shape[0]):
-            image = cv2.resize(image, (geometry.resized_w, geometry.resized_h), interpolation=self.interpolation)
+        resize = (geometry.resized_w, geometry.resized_h) != (original_shape[1], original_shape[0])
         buffer = self._buffer(geometry)
-        region = buffer[0, :, geometry.top:geometry.top + geometry.resized_h, geometry.left:geometry.left + geometry.resized_w]
-        _normalise_into(image, region, self.rgb, self.mean, self.std)
+        rows = slice(geometry.top, geometry.top + geometry.resized_h)
+        cols = slice(geometry.left, geometry.left + geometry.resized_w)
+        if self.uint8:  # resize straight into the buffer; the engine does the rest
+            region = buffer[0, rows, cols]
+            if resize:
+                written = cv2.resize(image, (geometry.resized_w, geometry.resized_h), dst=region, interpolation=self.interpolation)
+                if written is not region:  # an OpenCV that would not write into the view
+                    region[...] = written
+            else:
+                region[...] = image
+            return buffer, geometry.info(original_shape)
+        if resize:
+            image = cv2.resize(image, (geometry.resized_w, geometry.resized_h), interpolation=self.interpolation)
+        _normalise_into(image, buffer[0, :, rows, cols], self.rgb, self.mean, self.std)
         return buffer, geometry.info(original_shape)
 
 
@@ -262,7 +287,8 @@ def preprocess(
     new_shape: int | Sequence[int] | None = None,
     interpolation: int = cv2.INTER_LINEAR,
 ) -> tuple[np.ndarray, list[LetterboxInfo]]:
-    """Images (BGR uint8) -> (float32 batch [B, 3, H, W], one ``LetterboxInfo`` per image).
+    """Images (BGR uint8) -> (float32 batch [B, 3, H, W], one ``LetterboxInfo`` per image); for a
+    ``config.uint8_input`` engine the uint8 batch [B, H, W, 3] of letterboxed BGR images.
 
     Follows ``config.preprocess``: letterbox (or stretch) to ``new_shape`` (default
     ``config.input_size``), padding only to a multiple of the largest stride when ``auto``;

@@ -132,6 +132,7 @@ def export_model(
     conf: float = 0.25,
     iou: float = 0.45,
     max_det: int = 300,
+    uint8_input: bool = False,
 ) -> ExportResult:
     """Export a detector to ``fmt`` ("onnx", "openvino", "ncnn"; ``litedet.export.formats``).
 
@@ -147,6 +148,10 @@ def export_model(
         nms: decode + NMS inside the graph (ONNX, OpenVINO); ``conf``, ``iou``, ``max_det`` are baked in.
         model_name: the registry name the weights must belong to (checked).
         stem: file name stem (default ``litedet.export.formats.default_stem``).
+        uint8_input: the engine takes the letterboxed image itself, uint8 [B, H, W, 3] BGR, and
+            normalises in its graph (ONNX, OpenVINO) or in ncnn's own pixel conversion; saves
+            the host's float conversion per frame. The sidecar says so, and litedet's runtime
+            (detect, val, bench) feeds it uint8; the default takes float32 [B, 3, H, W].
 
     Returns an ``ExportResult``. Raises ValueError for an unknown format or option, weights that
     do not fit ``model_name``, an op the engine cannot take (naming the layer) or an output
@@ -155,13 +160,15 @@ def export_model(
     start = time.perf_counter()
     export_format = get_format(fmt)
     check_options(export_format, dynamic=dynamic, half=half, nms=nms)
+    uint8_input = bool(uint8_input)
     out_dir = Path(out_dir).expanduser()
     if not isinstance(model_or_weights, nn.Module) and not Path(model_or_weights).is_file():
         raise FileNotFoundError(f"weights file not found: {model_or_weights}")
     created = not out_dir.exists()
     _check_out_dir(out_dir)
     try:
-        return _export(export_format, model_or_weights, out_dir, imgsz, dynamic, half, nms, model_name, stem, conf, iou, max_det, start)
+        return _export(export_format, model_or_weights, out_dir, imgsz, dynamic, half, nms, model_name, stem, conf, iou, max_det,
+                       start, uint8_input)
     except BaseException as err:
         if created and out_dir.is_dir() and not any(out_dir.iterdir()):
             out_dir.rmdir()  # leave no trace of a failed export
@@ -186,6 +193,7 @@ def _export(
     iou: float,
     max_det: int,
     start: float,
+    uint8_input: bool = False,
 ) -> ExportResult:
     """``export_model`` once the output folder exists: load, fuse, export into a staging folder,
     write the sidecar, move the files into ``out_dir``."""
@@ -202,7 +210,7 @@ def _export(
 
     network = fuse_for_export(copy.deepcopy(model).float().eval())
     shuffles_folded = fold_channel_shuffles(network)  # no Reshape-Transpose-Reshape in any engine
-    stem = stem or default_stem(export_format, dynamic=dynamic, half=half, nms=nms)
+    stem = stem or default_stem(export_format, dynamic=dynamic, half=half, nms=nms, uint8_input=uint8_input)
     staging = Path(tempfile.mkdtemp(dir=out_dir, prefix=f".{stem}.export-"))
     try:
         workdir = staging / "work"
@@ -220,7 +228,8 @@ def _export(
             extra["export"]["nms"] = {"conf": conf, "iou": iou, "max_det": max_det, "outputs": "detections [B, max_det, 6] (x1, y1, x2, y2, score, class_id) in input pixels, num_detections [B]"}
         exporter = importlib.import_module(export_format.module)
         input_names, output_names = exporter.export(
-            network, engine_path, size, workdir, dynamic=dynamic, half=half, nms=wrapper, stride=stride
+            network, engine_path, size, workdir, dynamic=dynamic, half=half, nms=wrapper, stride=stride,
+            uint8_input=base_config.preprocess if uint8_input else None,
         )
         extra["input_names"] = input_names
         if export_format.name in ("onnx", "openvino"):
@@ -232,6 +241,7 @@ def _export(
             dynamic=dynamic,
             precision="fp16" if half else "fp32",
             nms_in_graph=nms,
+            uint8_input=uint8_input,
             extra=extra,
         )
         config.save(sidecar_path(engine_path))

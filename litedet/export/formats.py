@@ -63,10 +63,11 @@ def check_options(fmt: ExportFormat, dynamic: bool = False, half: bool = False, 
             raise ValueError(f"format {fmt.name!r} does not support {option}; formats that do: {', '.join(can)}")
 
 
-def default_stem(fmt: ExportFormat, dynamic: bool = False, half: bool = False, nms: bool = False) -> str:
+def default_stem(fmt: ExportFormat, dynamic: bool = False, half: bool = False, nms: bool = False,
+                 uint8_input: bool = False) -> str:
     """File stem of an export, distinct per format and variant so exports into one folder never
     overwrite each other's sidecar: ``model`` (ONNX), ``model_openvino``, ``model_ncnn``, with
-    ``_dynamic``, ``_fp16``, ``_nms`` appended for those variants."""
+    ``_dynamic``, ``_fp16``, ``_nms``, ``_uint8`` appended for those variants."""
     stem = "model" if fmt.name == "onnx" else f"model_{fmt.name}"
     if dynamic:
         stem += "_dynamic"
@@ -74,4 +75,6 @@ def default_stem(fmt: ExportFormat, dynamic: bool = False, half: bool = False, n
         stem += "_fp16"
     if nms:
         stem += "_nms"
+    if uint8_input:
+        stem += "_uint8"
     return stem

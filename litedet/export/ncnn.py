@@ -104,8 +104,13 @@ def export(
     half: bool = False,
     nms: nn.Module | None = None,
     stride: int = 32,
+    uint8_input: object = None,
 ) -> tuple[list[str], list[str]]:
-    """The format-table entry point (``litedet.export.formats``): (input names, output names)."""
+    """The format-table entry point (``litedet.export.formats``): (input names, output names).
+
+    The graph always takes float input: with ``uint8_input`` the sidecar says so and the runtime
+    converts and normalises the uint8 image in ncnn's own ``Mat.from_pixels`` /
+    ``substract_mean_normalize`` (``litedet.runtime.ncnn_backend``)."""
     if nms is not None:
         raise ValueError("ncnn export has no in-graph NMS; use --format onnx for --nms")
     return export_ncnn(model, path, imgsz, workdir, dynamic=dynamic, half=half, stride=stride)

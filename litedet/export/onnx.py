@@ -13,10 +13,13 @@ import logging
 import re
 import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from litedet.config import Preprocess
 
 LOGGER = logging.getLogger(__name__)
 
@@ -145,6 +148,30 @@ class InGraphNMS(nn.Module):
         return detections, valid.to(torch.int64).sum(dim=1)
 
 
+class ImageInput(nn.Module):
+    """uint8 BGR images [B, H, W, 3] -> ``network`` on its normalised float input, for the
+    ``--uint8-input`` export: the layout change, channel order and ``(x - mean) / std`` of
+    ``litedet.data.transforms`` move into the graph, in the same float32 arithmetic (so the
+    engine sees the very values the numpy pre-processing gives), and the host only letterboxes.
+    """
+
+    def __init__(self, network: nn.Module, preprocess: Preprocess) -> None:
+        super().__init__()
+        self.network = network
+        self.rgb = bool(preprocess.rgb)
+        self.subtract = any(preprocess.mean)
+        self.register_buffer("mean", torch.tensor(preprocess.mean, dtype=torch.float32).reshape(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(preprocess.std, dtype=torch.float32).reshape(1, 3, 1, 1))
+
+    def forward(self, images: torch.Tensor) -> Any:
+        pixels = images.permute(0, 3, 1, 2).to(torch.float32)
+        if self.rgb:
+            pixels = pixels.flip(1)
+        if self.subtract:
+            pixels = pixels - self.mean
+        return self.network(pixels / self.std)
+
+
 def locate_op(model: nn.Module, example: torch.Tensor, op_kind: str) -> list[str]:
     """Module paths (``backbone.stage2.0.branch2``) whose traced graph contains ``op_kind``
     (``aten::cumsum``), to name the layer behind an export error."""
@@ -172,24 +199,32 @@ def export_onnx(
     nms: InGraphNMS | None = None,
     opset: int = OPSET,
     simplify: bool = True,
+    uint8_input: "Preprocess | None" = None,
 ) -> list[str]:
     """Export ``model`` (eval mode, Conv+BN already fused) to ``path``; returns the output names.
 
     ``imgsz`` is (height, width) of the example input. ``dynamic`` makes batch, height and width
     symbolic. ``nms`` (an ``InGraphNMS`` wrapping ``model``) exports the in-graph NMS variant.
-    The result is checked with ``onnx.checker`` and simplified with onnxslim.
+    ``uint8_input`` (the model's ``Preprocess``) makes the input uint8 [B, H, W, 3] BGR with that
+    normalisation in the graph (``ImageInput``). The result is checked with ``onnx.checker`` and
+    simplified with onnxslim.
     """
     import onnx
 
     network = nms if nms is not None else model
-    example = torch.zeros(1, 3, *imgsz)
     with torch.inference_mode():
-        outputs = model(example)
+        outputs = model(torch.zeros(1, 3, *imgsz))
+    if uint8_input is not None:
+        network = ImageInput(network, uint8_input)
+        example = torch.zeros(1, *imgsz, 3, dtype=torch.uint8)
+    else:
+        example = torch.zeros(1, 3, *imgsz)
     num_outputs = len(outputs) if isinstance(outputs, (list, tuple)) else 1
     output_names = list(NMS_OUTPUT_NAMES) if nms is not None else raw_output_names(num_outputs)
     dynamic_axes = None
     if dynamic:
-        dynamic_axes = {INPUT_NAME: {0: "batch", 2: "height", 3: "width"}}
+        spatial = {1: "height", 2: "width"} if uint8_input is not None else {2: "height", 3: "width"}
+        dynamic_axes = {INPUT_NAME: {0: "batch", **spatial}}
         for index, name in enumerate(output_names):
             dynamic_axes[name] = {0: "batch"} if nms is not None else {0: "batch", 2: f"height{index}", 3: f"width{index}"}
     buffer = io.BytesIO()
@@ -229,11 +264,12 @@ def export(
     half: bool = False,
     nms: InGraphNMS | None = None,
     stride: int = 32,
+    uint8_input: "Preprocess | None" = None,
 ) -> tuple[list[str], list[str]]:
     """The format-table entry point (``litedet.export.formats``): (input names, output names)."""
     if half:
         raise ValueError("ONNX export is fp32 only; use --format openvino or ncnn for --half")
-    return [INPUT_NAME], export_onnx(model, path, imgsz, dynamic=dynamic, nms=nms)
+    return [INPUT_NAME], export_onnx(model, path, imgsz, dynamic=dynamic, nms=nms, uint8_input=uint8_input)
 
 
 def _explain_failure(model: nn.Module, example: torch.Tensor, err: Exception, opset: int) -> str:

@@ -7,8 +7,12 @@ precision (fp32, bf16 on AMX CPUs, fp16) is chosen at run time by the backend.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from torch import nn
+
+if TYPE_CHECKING:
+    from litedet.config import Preprocess
 
 from litedet.export.onnx import INPUT_NAME, InGraphNMS, export_onnx
 
@@ -21,6 +25,7 @@ def export_openvino(
     dynamic: bool = False,
     half: bool = False,
     nms: InGraphNMS | None = None,
+    uint8_input: "Preprocess | None" = None,
 ) -> list[str]:
     """Write ``path`` (``.xml``) and its ``.bin``; returns the output names.
 
@@ -30,7 +35,7 @@ def export_openvino(
     import openvino as ov
 
     onnx_path = Path(workdir) / "openvino_source.onnx"
-    output_names = export_onnx(model, onnx_path, imgsz, dynamic=dynamic, nms=nms)
+    output_names = export_onnx(model, onnx_path, imgsz, dynamic=dynamic, nms=nms, uint8_input=uint8_input)
     try:
         converted = ov.convert_model(str(onnx_path))
     except Exception as err:  # noqa: BLE001 - OpenVINO raises several frontend error types
@@ -50,6 +55,8 @@ def export(
     half: bool = False,
     nms: InGraphNMS | None = None,
     stride: int = 32,
+    uint8_input: "Preprocess | None" = None,
 ) -> tuple[list[str], list[str]]:
     """The format-table entry point (``litedet.export.formats``): (input names, output names)."""
-    return [INPUT_NAME], export_openvino(model, path, imgsz, workdir, dynamic=dynamic, half=half, nms=nms)
+    return [INPUT_NAME], export_openvino(model, path, imgsz, workdir, dynamic=dynamic, half=half, nms=nms,
+                                         uint8_input=uint8_input)

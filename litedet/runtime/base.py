@@ -13,7 +13,8 @@ class Backend(ABC):
     """Runs a network on a pre-processed batch and returns its raw outputs.
 
     ``run`` takes a float32 array [B, 3, H, W] (already letterboxed and normalised per
-    ``config.preprocess``) and returns the raw head maps in level order as float32 numpy arrays
+    ``config.preprocess``), or for a ``config.uint8_input`` engine the letterboxed uint8 images
+    [B, H, W, 3] BGR (``litedet.data.transforms.Preprocessor`` makes either), and returns the raw head maps in level order as float32 numpy arrays
     (for a YOLO head: [B, na*(5+nc), H_i, W_i], logits). Decode and NMS happen in
     ``litedet.ops``, the same for every engine.
     """
@@ -27,7 +28,21 @@ class Backend(ABC):
 
     @abstractmethod
     def run(self, batch: np.ndarray) -> list[np.ndarray]:
-        """Raw outputs for ``batch`` [B, 3, H, W] float32."""
+        """Raw outputs for ``batch`` (float32 [B, 3, H, W], or uint8 [B, H, W, 3] when
+        ``config.uint8_input``)."""
+
+    @property
+    def input_dtype(self) -> type:
+        """``np.uint8`` for an engine that takes uint8 images, else ``np.float32``."""
+        return np.uint8 if self.config.uint8_input else np.float32
+
+    def example_input(self, batch: int = 1, size: tuple[int, int] | None = None, seed: int = 0) -> np.ndarray:
+        """A random input this engine takes: ``batch`` images of ``size`` (default ``input_size``)."""
+        height, width = size or self.input_size
+        rng = np.random.default_rng(seed)
+        if self.config.uint8_input:
+            return rng.integers(0, 256, (batch, height, width, 3), dtype=np.uint8)
+        return rng.random((batch, 3, height, width), dtype=np.float32)
 
     @property
     def input_size(self) -> tuple[int, int]:

@@ -9,6 +9,7 @@ import numpy as np
 
 from litedet.config import ModelConfig
 from litedet.runtime.base import Backend
+from litedet.runtime.shapes import check_input_shape
 
 PRECISIONS = ("fp32", "fp16")
 
@@ -39,7 +40,9 @@ class NcnnBackend(Backend):
 
     ``precision="fp32"`` turns off fp16/bf16 storage, packing and arithmetic so the results match
     torch; ``"fp16"`` leaves ncnn's fp16 paths on (faster on CPUs with fp16 support). ncnn takes
-    any input size the graph allows, so static exports also run at other stride multiples.
+    any input size the graph allows, so static exports also run at other stride multiples. A
+    ``config.uint8_input`` export takes uint8 images [B, H, W, 3] BGR and converts them in ncnn
+    itself (``Mat.from_pixels`` with the channel order, ``substract_mean_normalize``).
     """
 
     name = "ncnn"
@@ -86,15 +89,27 @@ class NcnnBackend(Backend):
         if self.net.load_model(str(model_bin)) != 0:
             raise ValueError(f"{model_bin}: ncnn could not read the weights (wrong or truncated .bin for {param.name})")
         self._ncnn = ncnn
+        spec = config.preprocess
+        self._pixel_type = ncnn.Mat.PixelType.PIXEL_BGR2RGB if spec.rgb else ncnn.Mat.PixelType.PIXEL_BGR
+        self._mean = [float(m) for m in spec.mean]
+        self._norm = [1.0 / float(s) for s in spec.std]
+
+    def _mat(self, image: np.ndarray):
+        """One image of the batch as an ncnn Mat [3, H, W] of normalised floats."""
+        if not self.config.uint8_input:
+            return self._ncnn.Mat(np.ascontiguousarray(image)).clone()
+        height, width = image.shape[:2]
+        mat = self._ncnn.Mat.from_pixels(np.ascontiguousarray(image), self._pixel_type, width, height)
+        mat.substract_mean_normalize(self._mean, self._norm)
+        return mat
 
     def run(self, batch: np.ndarray) -> list[np.ndarray]:
-        batch = np.ascontiguousarray(batch, dtype=np.float32)
-        if batch.ndim != 4 or batch.shape[1] != 3:
-            raise ValueError(f"ncnn: expected a batch [B, 3, H, W], got shape {list(batch.shape)}")
+        batch = np.ascontiguousarray(batch, dtype=self.input_dtype)
+        check_input_shape(batch, [], self.name, channels_last=self.config.uint8_input)
         per_output: list[list[np.ndarray]] = [[] for _ in self.output_names]
         for image in batch:
             with self.net.create_extractor() as extractor:
-                extractor.input(self.input_name, self._ncnn.Mat(np.ascontiguousarray(image)).clone())
+                extractor.input(self.input_name, self._mat(image))
                 for index, name in enumerate(self.output_names):
                     status, mat = extractor.extract(name)
                     if status != 0:

@@ -56,6 +56,12 @@ class OnnxRuntimeBackend(Backend):
             raise ValueError(f"{path}: expected one image input, the model has {[i.name for i in inputs]}")
         self.input_name = inputs[0].name
         self.input_shape = list(inputs[0].shape)
+        expected = "tensor(uint8)" if config.uint8_input else "tensor(float)"
+        if inputs[0].type != expected:
+            raise ValueError(
+                f"{path}: its config says the input is {'uint8' if config.uint8_input else 'float32'} but the graph takes "
+                f"{inputs[0].type}; the .onnx and its .json sidecar come from different exports"
+            )
         graph_outputs = [o.name for o in self.session.get_outputs()]
         self.output_names = list(config.output_names) or graph_outputs
         missing = [n for n in self.output_names if n not in graph_outputs]
@@ -63,8 +69,8 @@ class OnnxRuntimeBackend(Backend):
             raise ValueError(f"{path}: outputs {missing} named in its config are not in the model (it has {graph_outputs})")
 
     def run(self, batch: np.ndarray) -> list[np.ndarray]:
-        batch = np.ascontiguousarray(batch, dtype=np.float32)
-        check_input_shape(batch, self.input_shape, self.name)
+        batch = np.ascontiguousarray(batch, dtype=self.input_dtype)
+        check_input_shape(batch, self.input_shape, self.name, channels_last=self.config.uint8_input)
         outputs = self.session.run(self.output_names, {self.input_name: batch})
         return [np.asarray(out) for out in outputs]
 

@@ -56,6 +56,12 @@ class OpenVINOBackend(Backend):
             raise ValueError(f"{path}: OpenVINO cannot load this model ({first})") from None
         if len(self.compiled.inputs) != 1:
             raise ValueError(f"{path}: expected one image input, the model has {len(self.compiled.inputs)}")
+        element = self.compiled.input(0).get_element_type()
+        if (element == ov.Type.u8) != bool(config.uint8_input):
+            raise ValueError(
+                f"{path}: its config says the input is {'uint8' if config.uint8_input else 'float32'} but the model takes "
+                f"{element.get_type_name()}; the .xml and its .json sidecar come from different exports"
+            )
         partial = self.compiled.input(0).get_partial_shape()
         self.input_shape = [d.get_length() if d.is_static else None for d in partial]
         graph_outputs = [sorted(o.get_names())[0] if o.get_names() else str(i) for i, o in enumerate(self.compiled.outputs)]
@@ -67,7 +73,7 @@ class OpenVINOBackend(Backend):
         self.request = self.compiled.create_infer_request()
 
     def run(self, batch: np.ndarray) -> list[np.ndarray]:
-        batch = np.ascontiguousarray(batch, dtype=np.float32)
-        check_input_shape(batch, self.input_shape, self.name)
+        batch = np.ascontiguousarray(batch, dtype=self.input_dtype)
+        check_input_shape(batch, self.input_shape, self.name, channels_last=self.config.uint8_input)
         results = self.request.infer({0: batch})
         return [np.array(results[port], dtype=np.float32, copy=True) for port in self.outputs]

@@ -7,10 +7,14 @@ from typing import Sequence
 import numpy as np
 
 
-def check_input_shape(batch: np.ndarray, expected: Sequence[object], engine: str) -> None:
+def check_input_shape(batch: np.ndarray, expected: Sequence[object], engine: str, channels_last: bool = False) -> None:
     """Raise a ValueError naming both shapes when ``batch`` does not fit an engine input whose
-    shape is ``expected`` (ints for fixed axes; names, None or -1 for dynamic ones)."""
-    if batch.ndim != 4 or batch.shape[1] != 3:
+    shape is ``expected`` (ints for fixed axes; names, None or -1 for dynamic ones).
+    ``channels_last``: the engine takes uint8 images [B, H, W, 3] (``ModelConfig.uint8_input``)."""
+    if channels_last:
+        if batch.ndim != 4 or batch.shape[3] != 3:
+            raise ValueError(f"{engine}: expected uint8 images [B, H, W, 3], got shape {list(batch.shape)}")
+    elif batch.ndim != 4 or batch.shape[1] != 3:
         raise ValueError(f"{engine}: expected a batch [B, 3, H, W], got shape {list(batch.shape)}")
     if len(expected) != 4:
         return
