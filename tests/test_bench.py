@@ -457,6 +457,13 @@ def test_tiny_litedet_model_end_to_end(tmp_path):
         assert row["gflops"] > 0 and row["params"] > 0
     network = [r for r in result.rows if r["mode"] == "network" and r["batch"] == 2]
     assert all(r["images_per_s"] == pytest.approx(2e3 / r["median_ms"]) for r in network)
+    # end-to-end rows say where their time went, measured inside the calls; network rows do not
+    for row in result.rows:
+        if row["mode"] == "end-to-end":
+            assert 0 < row["pre_ms"] and 0 < row["post_ms"] and row["pre_ms"] + row["post_ms"] < row["median_ms"]
+        else:
+            assert "pre_ms" not in row and "post_ms" not in row
+    assert "## Pre- and post-processing of litedet models" in (tmp_path / "report.md").read_text()
     # a second run reuses the cached exports
     cache = list((tmp_path / "cache").glob("v5lite-e_64_random/onnxruntime_dynamic_uint8/.done"))
     assert cache
@@ -562,3 +569,22 @@ def test_guideline_verdict_from_synthetic_timings():
     assert result.monotone is False
     text = guidelines_markdown(GuidelinesReport("cpu", 1, [result], [], [], {}))
     assert "DISAGREES" in text and "| g=2 | c=180 |" in text
+
+
+def test_stage_table_puts_pre_and_post_beside_the_network_median_of_the_same_configuration():
+    from litedet.bench.report import stage_table
+
+    base = {"model": "v5lite-e", "variant": "v5lite-e", "engine": "onnxruntime", "threads": 2, "imgsz": 320,
+            "batch": 1, "precision": "fp32"}
+    rows = [
+        {**base, "mode": "network", "median_ms": 8.0},
+        {**base, "mode": "end-to-end", "median_ms": 9.0, "pre_ms": 0.3, "post_ms": 0.5},
+        {**base, "threads": 1, "mode": "network", "median_ms": 12.0},
+        {**base, "engine": "ncnn", "mode": "end-to-end", "median_ms": 20.0, "pre_ms": 0.4, "post_ms": 0.6},
+        {**base, "model": "yolov8n", "variant": "yolov8n", "mode": "end-to-end", "median_ms": 9.0},  # a peer: no stages
+    ]
+    table = stage_table(rows).splitlines()
+    assert len(table) == 4
+    assert table[2] == "| v5lite-e @320 | onnxruntime | 2 | 0.30 | 0.50 | 8.00 | 10.0 % | 9.00 | 12.5 % |"
+    assert table[3] == "| v5lite-e @320 | ncnn | 2 | 0.40 | 0.60 | — | — | 20.00 | — |"
+    assert stage_table([rows[0], rows[4]]) == ""

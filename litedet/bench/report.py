@@ -157,6 +157,26 @@ def pivot_table(rows: Sequence[dict[str, Any]], mode: str, threads: int, batch: 
     return "\n".join(lines)
 
 
+def stage_table(rows: Sequence[dict[str, Any]]) -> str:
+    """Pre/post ms of every end-to-end row that has them, beside its network median; '' if none."""
+    network = {(r["model"], r["variant"], r["engine"], r["threads"], r["imgsz"], r.get("precision")): r["median_ms"]
+               for r in rows if r.get("mode", "network") == "network" and r["batch"] == 1}
+    lines = []
+    for r in rows:
+        if r.get("mode") != "end-to-end" or r.get("pre_ms") is None or r.get("post_ms") is None:
+            continue
+        net = network.get((r["model"], r["variant"], r["engine"], r["threads"], r["imgsz"], r.get("precision")))
+        share = "—" if not net else f"{100 * (r['pre_ms'] + r['post_ms']) / net:.1f} %"
+        gap = "—" if not net else f"{100 * (r['median_ms'] - net) / net:.1f} %"
+        lines.append(f"| {_label(r)} | {r['engine']} | {r['threads']} | {r['pre_ms']:.2f} | {r['post_ms']:.2f} | "
+                     f"{'—' if not net else f'{net:.2f}'} | {share} | {r['median_ms']:.2f} | {gap} |")
+    if not lines:
+        return ""
+    head = ["| model | engine | thr | pre ms | post ms | network ms | share | end-to-end ms | end-to-end - network |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    return "\n".join(head + lines)
+
+
 def markdown_report(rows: Sequence[dict[str, Any]], machine: dict[str, Any] | None = None,
                     notes: Sequence[str] = (), command: str | None = None) -> str:
     """The whole report: machine, pivot tables per mode/threads/batch, then every row."""
@@ -176,6 +196,12 @@ def markdown_report(rows: Sequence[dict[str, Any]], machine: dict[str, Any] | No
     for mode, threads, batch in combos:
         lines += [f"## {mode}, {threads} thread{'s' if threads > 1 else ''}, batch {batch} (median ms)", "",
                   pivot_table(rows, mode, threads, batch), ""]
+    stages = stage_table(rows)
+    if stages:
+        lines += ["## Pre- and post-processing of litedet models (median ms per image)", "",
+                  "Measured inside each end-to-end call: pre = letterbox into the engine's input, post = decode + NMS "
+                  "+ boxes back to the image; share = (pre + post) / the network median of the same row.", "",
+                  stages, ""]
     lines += ["## All figures", "", rows_table(rows), ""]
     if notes:
         lines += ["## Notes", ""] + [f"- {note}" for note in notes] + [""]

@@ -50,6 +50,7 @@ class Subject:
     precision: str = "fp32"
     notes: list[str] = field(default_factory=list)
     example: Callable[[int], np.ndarray] | None = None  # batch -> network input; None: random float32 NCHW
+    stages: Callable[[], dict[str, float]] | None = None  # median ms per stage (pre, infer, post) of detect
 
     @property
     def key(self) -> str:
@@ -135,13 +136,14 @@ def _litedet_subjects(
             if engine == "torch" and hasattr(backend, "model"):
                 # Conv+BN folded for eager timing, as the exporters and ultralytics' peers do
                 fuse_model(backend.model)
-            detect = _predictor(backend, conf, iou)
+            predictor = _predictor(backend, conf, iou)
             subjects.append(Subject(
                 model=name, variant=name, kind="litedet", engine=engine, threads=count, imgsz=imgsz,
-                source=source, network=backend.run, detect=detect, profile=profile,
+                source=source, network=backend.run, detect=predictor.predict, profile=profile,
                 before=_torch_threads(count) if engine == "torch" else None,
                 max_batch=None if (engine == "torch" or dynamic_batch) else 1, precision=engine_precision,
                 example=lambda batch, b=backend: b.example_input(batch, (imgsz, imgsz)),
+                stages=predictor.timings.medians,
             ))
     if any(engine != "torch" for engine in engines) and UINT8_NOTE not in notes:
         notes.append(UINT8_NOTE)
@@ -179,11 +181,13 @@ def _engine_file_subjects(
     subjects = []
     for count in threads:
         backend = open_backend(path, engine=engine, threads=count)
+        predictor = _predictor(backend, conf, iou)
         subjects.append(Subject(
             model=name, variant=path.name, kind="litedet", engine=engine, threads=count, imgsz=size, source=str(path),
-            network=backend.run, detect=_predictor(backend, conf, iou), profile=profile,
+            network=backend.run, detect=predictor.predict, profile=profile,
             max_batch=None if engine == "ncnn" else 1,
             example=lambda batch, b=backend: b.example_input(batch, (size, size)),
+            stages=predictor.timings.medians,
         ))
     return subjects
 
@@ -219,13 +223,12 @@ def _cached_export(export_model: Callable[..., Any], checkpoint: Path, engine: s
     return path
 
 
-def _predictor(backend: Any, conf: float, iou: float) -> Callable[[np.ndarray], Any]:
+def _predictor(backend: Any, conf: float, iou: float) -> Any:
     from litedet.engine.predictor import Predictor
 
     # auto=False: every engine gets the same fixed square input (a dynamic torch backend would
     # otherwise letterbox to the smallest stride multiple and do less work than the others).
-    predictor = Predictor(backend, conf=conf, iou=iou, auto=False)
-    return lambda image: predictor.predict(image)
+    return Predictor(backend, conf=conf, iou=iou, auto=False)
 
 
 # --------------------------------------------------------------------------- peers
@@ -347,7 +350,20 @@ def _row(subject: Subject, mode: str, batch: int, stats: LatencyStats, peak: flo
         "energy_source": stats.energy_source,
         "source": subject.source,
         "notes": "; ".join(subject.notes),
+        **_stage_columns(subject, mode),
     }
+
+
+def _stage_columns(subject: Subject, mode: str) -> dict[str, float]:
+    """``pre_ms`` / ``post_ms`` of a litedet end-to-end row: median letterbox and decode + NMS
+    time per image, measured inside each call (a direct figure, where end-to-end minus network
+    subtracts two noisy medians)."""
+    if mode != "end-to-end" or subject.stages is None:
+        return {}
+    medians = subject.stages()
+    if not all(np.isfinite(medians.get(stage, np.nan)) for stage in ("pre", "post")):
+        return {}
+    return {"pre_ms": float(medians["pre"]), "post_ms": float(medians["post"])}
 
 
 def _model_spec(spec: str, sizes: Sequence[int]) -> tuple[str, list[int]]:
