@@ -183,6 +183,8 @@ class ModelConfig:
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["input_size"] = list(self.input_size)
+        if not self.uint8_input:  # written only when set: float exports stay readable by older litedet
+            del data["uint8_input"]
         return data
 
     @classmethod

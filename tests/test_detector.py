@@ -182,3 +182,21 @@ def test_checkpoint_round_trip_and_errors(tmp_path):
     save_checkpoint_weights(model, path)
     tuned, tuned_config = load_detector(path, num_classes=4)
     assert tuned.num_classes == 4 and tuned_config.num_classes == 4
+
+
+def test_uint8_input_is_written_only_when_set_so_older_readers_keep_loading_float_exports(tmp_path):
+    """A sidecar without the key reads as a float-input engine; one with it round-trips; the
+    flag must be a boolean."""
+    import dataclasses
+    import json
+
+    config = create_model("v5lite-e", num_classes=2, names=["a", "b"]).config
+    assert "uint8_input" not in config.to_dict() and not config.uint8_input
+    packed = dataclasses.replace(config, uint8_input=True)
+    assert packed.to_dict()["uint8_input"] is True
+    path = packed.save(tmp_path / "model.json")
+    assert json.loads(path.read_text())["uint8_input"] is True
+    assert ModelConfig.load(path) == packed
+    assert ModelConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(ValueError, match="uint8_input must be true or false"):
+        ModelConfig.from_dict({**config.to_dict(), "uint8_input": "yes"})

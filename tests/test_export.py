@@ -189,10 +189,12 @@ def _with_preprocess(model: Detector, **preprocess) -> Detector:
 
 
 @pytest.mark.parametrize("preprocess", [{}, {"rgb": False, "mean": (10.0, 20.5, 30.0), "std": (50.0, 60.0, 70.5)}])
-def test_onnx_uint8_input_gives_the_float_graph_outputs_bit_for_bit(tiny: Detector, tmp_path: Path, preprocess) -> None:
-    """The graph's own channel order and normalisation are the numpy pre-processing's float32
-    arithmetic: fed the letterboxed uint8 image it returns exactly what the float export returns
-    for the normalised one, at every size of a dynamic export, and torch's maps within 1e-4."""
+def test_onnx_uint8_input_gives_the_float_graph_outputs(tiny: Detector, tmp_path: Path, preprocess) -> None:
+    """Fed the letterboxed uint8 image, the graph returns what the float export returns for the
+    normalised one, at every size of a dynamic export, and torch's maps within 1e-4. YOLOv5's
+    RGB / 255 (zero mean) is folded into the stem conv's weights (images -> Transpose -> Cast ->
+    Conv, equal within float rounding); with a mean the graph keeps Sub and Div, in the numpy
+    path's very float32 arithmetic, so its outputs are bit-identical."""
     from litedet.data.transforms import preprocess as prepare
 
     model = _with_preprocess(tiny, **preprocess)
@@ -200,6 +202,11 @@ def test_onnx_uint8_input_gives_the_float_graph_outputs_bit_for_bit(tiny: Detect
     packed = export_model(model, "onnx", tmp_path, imgsz=SIZE, dynamic=True, uint8_input=True)
     assert packed.path.name == "model_dynamic_uint8.onnx" and packed.config.uint8_input and not plain.config.uint8_input
     assert ModelConfig.load(tmp_path / "model_dynamic_uint8.json").uint8_input
+    import onnx
+
+    ops = [node.op_type for node in onnx.load(str(packed.path)).graph.node]
+    folded = not preprocess
+    assert ops[:3] == (["Transpose", "Cast", "Conv"] if folded else ["Transpose", "Cast", "Sub"])
     float_backend, uint8_backend = open_backend(plain.path), open_backend(packed.path)
     assert uint8_backend.input_dtype is np.uint8 and uint8_backend.example_input(2).shape == (2, SIZE, SIZE, 3)
     for shapes in ([(40, 30)], [(50, 90), (90, 50)]):
@@ -209,8 +216,11 @@ def test_onnx_uint8_input_gives_the_float_graph_outputs_bit_for_bit(tiny: Detect
         pixels, _ = prepare(images, packed.config, new_shape=size)
         assert pixels.dtype == np.uint8 and pixels.shape == (len(images), *size, 3)
         expected = float_backend.run(floats)
-        for got, want in zip(uint8_backend.run(pixels), expected):
-            np.testing.assert_array_equal(got, want)
+        if folded:
+            _assert_close(uint8_backend.run(pixels), expected, atol=1e-4)
+        else:
+            for got, want in zip(uint8_backend.run(pixels), expected):
+                np.testing.assert_array_equal(got, want)
         _assert_close(expected, _raw(model, floats), atol=1e-4)
 
 
@@ -347,3 +357,36 @@ def test_full_size_parity_on_real_images(tmp_path: Path, monkeypatch: pytest.Mon
     rows = json.loads((out / "parity.json").read_text())
     assert code == 0 and len(rows) == 6
     assert all(row["passed"] and row["detections_torch"] > 0 for row in rows)
+
+
+def test_image_normalisation_is_folded_only_into_convs_that_alone_read_the_image(tiny: Detector, tmp_path: Path) -> None:
+    """A normalised image that something other than a conv also reads keeps its Div: folding it
+    into the conv would hand that reader the raw pixels."""
+    import onnx
+    from onnx import helper
+
+    from litedet.export.onnx import fold_image_normalisation
+
+    model = _with_preprocess(tiny)
+    with_div = tmp_path / "unfolded.onnx"
+    from litedet.export.onnx import export_onnx
+
+    export_onnx(fuse_for_export(model), with_div, (SIZE, SIZE), uint8_input=model.config.preprocess)
+    proto = onnx.load(str(with_div))
+    assert [n.op_type for n in proto.graph.node][:3] == ["Transpose", "Cast", "Conv"]  # folded by the export
+    # rebuild the unfolded prefix by hand: Cast -> Div(std) -> Conv, plus a second reader of the Div
+    conv = proto.graph.node[2]
+    std = onnx.numpy_helper.from_array(np.full((1, 3, 1, 1), 255.0, np.float32), "std_again")
+    div = helper.make_node("Div", [conv.input[0], "std_again"], ["normalised"], name="div_again")
+    spy = helper.make_node("Identity", ["normalised"], ["normalised_copy"], name="spy")
+    conv.input[0] = "normalised"
+    proto.graph.initializer.append(std)
+    proto.graph.node.insert(2, div)
+    proto.graph.node.insert(3, spy)
+    proto.graph.output.append(helper.make_tensor_value_info("normalised_copy", onnx.TensorProto.FLOAT, None))
+    assert not fold_image_normalisation(proto)
+    assert [n.op_type for n in proto.graph.node][:4] == ["Transpose", "Cast", "Div", "Identity"]
+    proto.graph.node.remove(spy)
+    del proto.graph.output[-1]
+    assert fold_image_normalisation(proto)
+    assert [n.op_type for n in proto.graph.node][:3] == ["Transpose", "Cast", "Conv"]

@@ -303,10 +303,10 @@ def test_rewrite_for_int8_keeps_outputs_and_aligns_every_documented_channel_coun
     assert ops.count("Slice") == 1 and ops.count("Pad") == 1
 
 
-def test_rewrite_for_int8_pads_the_image_of_a_uint8_input_export_after_its_normalisation(tmp_path):
-    """A ``--uint8-input`` export reaches its stem conv through Transpose/Cast/Slice/Div: the conv
-    still reads the image, so its channels are padded (on the normalised float image) and the
-    outputs stay the same for uint8 pixels."""
+def test_rewrite_for_int8_pads_the_image_of_a_uint8_input_export_after_its_cast(tmp_path):
+    """A ``--uint8-input`` export reaches its stem conv through Transpose and Cast (its
+    normalisation folded into the conv): the conv still reads the image, so its channels are
+    padded (on the float image) and the outputs stay the same for uint8 pixels."""
     import onnx
     import torch
 
@@ -327,7 +327,7 @@ def test_rewrite_for_int8_pads_the_image_of_a_uint8_input_export_after_its_norma
     assert result.inputs_padded == 1
     pad = _node(rewritten, result.keep_float[0])
     producer = {out: node for node in rewritten.graph.node for out in node.output}[pad.input[0]]
-    assert producer.op_type == "Div"
+    assert producer.op_type == "Cast"
     pixels = np.random.default_rng(0).integers(0, 256, (1, 64, 64, 3), dtype=np.uint8)
     for before, after in zip(_run(original, pixels), _run(rewritten, pixels)):
         np.testing.assert_allclose(after, before, rtol=1e-5, atol=1e-5)

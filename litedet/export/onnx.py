@@ -15,6 +15,7 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -172,6 +173,73 @@ class ImageInput(nn.Module):
         return self.network(pixels / self.std)
 
 
+def fold_image_normalisation(proto) -> bool:
+    """Fold the channel flip and ``/ std`` of an ``ImageInput`` graph into the convs reading the
+    image, in place: images -> Transpose -> Cast -> [Slice(flip)] -> Div -> Conv becomes
+    images -> Transpose -> Cast -> Conv with ``W'[:, d] = W[:, src(d)] / std[src(d)]``.
+
+    Zero padding stays exact because the mean is zero (a graph with a Sub is left as it is). The
+    result is the same sum of the same products in another rounding (outputs within ~1e-6
+    relative of the unfolded graph), and the engines then read the uint8 image almost for free:
+    ONNX Runtime's blocked-layout conv reads the NHWC Transpose directly, while a Slice or Div in
+    between costs two extra passes over the image. Returns whether it folded."""
+    from onnx import numpy_helper
+
+    graph = proto.graph
+    initializers = {init.name: init for init in graph.initializer}
+    consumers: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+
+    def only(tensor: str, op_type: str):
+        nodes = consumers.get(tensor, [])
+        return nodes[0] if len(nodes) == 1 and nodes[0].op_type == op_type else None
+
+    def constant(name: str):
+        return numpy_helper.to_array(initializers[name]) if name in initializers else None
+
+    transpose = only(INPUT_NAME, "Transpose")
+    cast = transpose and only(transpose.output[0], "Cast")
+    if cast is None:
+        return False
+    following = consumers.get(cast.output[0], [])
+    flip = following[0] if len(following) == 1 and following[0].op_type == "Slice" else None
+    if flip is not None:
+        axes = constant(flip.input[3]) if len(flip.input) > 3 else None
+        steps = constant(flip.input[4]) if len(flip.input) > 4 else None
+        if steps is None or axes is None or steps.tolist() != [-1] or axes.tolist() != [1]:
+            return False
+        following = consumers.get(flip.output[0], [])
+    divide = following[0] if len(following) == 1 and following[0].op_type == "Div" else None
+    std = None if divide is None else constant(divide.input[1])
+    if std is None or std.size != 3:
+        return False
+    convs = consumers.get(divide.output[0], [])
+    for conv in convs:
+        weight = constant(conv.input[1]) if conv.op_type == "Conv" and len(conv.input) > 1 else None
+        group = next((a.i for a in conv.attribute if a.name == "group"), 1)
+        if weight is None or weight.ndim != 4 or weight.shape[1] != 3 or group != 1 or len(consumers[conv.input[1]]) != 1:
+            return False
+    if not convs:
+        return False
+    source = [2, 1, 0] if flip is not None else [0, 1, 2]  # conv input channel d reads image channel source[d]
+    scale = std.reshape(3).astype(np.float32)[source]
+    for conv in convs:
+        weight = constant(conv.input[1]).astype(np.float32)
+        folded = (weight[:, source] / scale.reshape(1, 3, 1, 1)).astype(np.float32)
+        initializers[conv.input[1]].CopyFrom(numpy_helper.from_array(folded, conv.input[1]))
+        conv.input[0] = cast.output[0]
+    dropped = [node for node in (flip, divide) if node is not None]
+    for node in dropped:
+        graph.node.remove(node)
+    still_used = {name for node in graph.node for name in node.input}
+    for init in list(graph.initializer):
+        if init.name not in still_used:
+            graph.initializer.remove(init)
+    return True
+
+
 def locate_op(model: nn.Module, example: torch.Tensor, op_kind: str) -> list[str]:
     """Module paths (``backbone.stage2.0.branch2``) whose traced graph contains ``op_kind``
     (``aten::cumsum``), to name the layer behind an export error."""
@@ -251,6 +319,9 @@ def export_onnx(
         import onnxslim
 
         proto = onnxslim.slim(proto)
+    if uint8_input is not None:
+        fold_image_normalisation(proto)
+        onnx.checker.check_model(proto)
     onnx.save(proto, str(path))
     return output_names
 
