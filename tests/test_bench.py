@@ -588,3 +588,27 @@ def test_stage_table_puts_pre_and_post_beside_the_network_median_of_the_same_con
     assert table[2] == "| v5lite-e @320 | onnxruntime | 2 | 0.30 | 0.50 | 8.00 | 10.0 % | 9.00 | 12.5 % |"
     assert table[3] == "| v5lite-e @320 | ncnn | 2 | 0.40 | 0.60 | — | — | 20.00 | — |"
     assert stage_table([rows[0], rows[4]]) == ""
+
+
+def test_end_to_end_is_timed_in_the_same_rounds_as_the_network(tmp_path, monkeypatch):
+    """End to end minus network is what pre- and post-processing add: both figures of a model
+    come from one interleaved group, so drift of the machine between groups cannot enter it."""
+    pytest.importorskip("onnxruntime")
+    import litedet.bench.run as bench_run
+
+    groups = []
+    real = bench_run.measure_interleaved
+
+    def spy(candidates, **kwargs):
+        groups.append(sorted(candidates))
+        return real(candidates, **kwargs)
+
+    monkeypatch.setattr(bench_run, "measure_interleaved", spy)
+    images = [np.random.default_rng(0).integers(0, 255, (90, 120, 3), dtype=np.uint8)]
+    bench_run.benchmark(models="v5lite-e", engines="onnxruntime", threads="1", imgsz="64", batch="1,2", runs=2,
+                        warmup=1, end_to_end=True, images=images, out_dir=tmp_path, measure_peak=False,
+                        progress=False, cache_dir=tmp_path / "cache")
+    assert len(groups) == 2
+    batch1 = [g for g in groups if any(k.endswith("|end-to-end") for k in g)]
+    assert len(batch1) == 1 and len(batch1[0]) == 2  # the network and the end-to-end candidate, together
+    assert not any(k.endswith("|end-to-end") for g in groups if g is not batch1[0] for k in g)

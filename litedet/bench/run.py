@@ -497,7 +497,10 @@ def benchmark(
 
         sync = torch.cuda.synchronize
     rows: list[dict[str, Any]] = []
-    groups: list[tuple[str, int, dict[str, Candidate], dict[str, Subject]]] = []
+    # One interleaved group per batch size. End to end joins the batch-1 group, so each model's
+    # network and end-to-end figures come from the same rounds: their difference (what pre- and
+    # post-processing add) does not take up the machine's drift between two separate groups.
+    groups: list[tuple[int, dict[str, Candidate], dict[str, tuple[str, Subject]]]] = []
     rng = np.random.default_rng(0)
     for size_batch in batches:
         candidates, by_key = {}, {}
@@ -512,23 +515,27 @@ def benchmark(
             else:
                 tensor = rng.random((size_batch, 3, subject.imgsz, subject.imgsz), dtype=np.float32)
             candidates[subject.key] = Candidate(fn=(lambda s=subject, t=tensor: s.network(t)), before=subject.before)
-            by_key[subject.key] = subject
-        groups.append(("network", size_batch, candidates, by_key))
+            by_key[subject.key] = ("network", subject)
+        groups.append((size_batch, candidates, by_key))
     if end_to_end:
         frames = list(images) if images is not None else load_images()
-        candidates, by_key = {}, {}
+        group = next((g for g in groups if g[0] == 1), None)
+        if group is None:
+            group = (1, {}, {})
+            groups.append(group)
         for subject in subjects:
             if subject.detect is None:
                 notes.append(f"{subject.variant}@{subject.imgsz} {subject.engine}: no end-to-end path on this engine")
                 continue
-            candidates[subject.key] = Candidate(fn=_cycling(subject.detect, frames), before=subject.before)
-            by_key[subject.key] = subject
-        groups.append(("end-to-end", 1, candidates, by_key))
+            key = f"{subject.key}|end-to-end"
+            group[1][key] = Candidate(fn=_cycling(subject.detect, frames), before=subject.before)
+            group[2][key] = ("end-to-end", subject)
 
-    for mode, size_batch, candidates, by_key in groups:
+    for size_batch, candidates, by_key in groups:
         if not candidates:
             continue
-        bar = _progress_bar(progress, len(candidates) * runs, f"{mode} b{size_batch}")
+        modes = sorted({mode for mode, _ in by_key.values()}, key=lambda m: m != "network")
+        bar = _progress_bar(progress, len(candidates) * runs, f"{' + '.join(modes)} b{size_batch}")
         counts: dict[str, int] = {}
 
         def on_chunk(name: str, done: int) -> None:
@@ -544,7 +551,7 @@ def benchmark(
         if bar is not None:
             bar.close()
         for key, result in stats.items():
-            subject = by_key[key]
+            mode, subject = by_key[key]
             rows.append(_row(subject, mode, size_batch, result, _peak(machine, subject, device)))
     notes += raise_peak_to_observed(machine, rows, device)
     paths = write_report(rows, out, machine.to_dict(), notes, map_results, command) if out is not None else {}
