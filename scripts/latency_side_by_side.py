@@ -5,7 +5,8 @@
 An OpenVINO model runs in fp32 (``INFERENCE_PRECISION_HINT=f32``) unless named ``NAME=model.xml@bf16``
 (or ``@f16``): the CPU plugin's inference precision.
 
-Each model runs on a grey letterboxed batch of its own static input shape (inference only: no
+Each model runs on a grey letterboxed batch of its own static input shape and type (float32, or
+uint8 for a ``--uint8-input`` export; inference only: no
 pre/post-processing); figures are median / p90 ms with the background load measured per model
 (litedet.bench.harness.measure_interleaved). Prints one markdown table and writes JSON to --out.
 """
@@ -31,7 +32,8 @@ def open_model(path: Path, threads: int, precision: str = "f32"):
         compiled = core.compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY",
                                                      "INFERENCE_PRECISION_HINT": precision})
         shape = [int(d) for d in compiled.input(0).shape]
-        x = np.full(shape, 114 / 255, np.float32)
+        uint8 = compiled.input(0).get_element_type() == ov.Type.u8  # a --uint8-input export
+        x = np.full(shape, 114, np.uint8) if uint8 else np.full(shape, 114 / 255, np.float32)
         request = compiled.create_infer_request()
         return (lambda: request.infer({0: x})), shape
     import onnxruntime as ort
@@ -43,7 +45,8 @@ def open_model(path: Path, threads: int, precision: str = "f32"):
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     inp = session.get_inputs()[0]
     shape = [d if isinstance(d, int) else 1 for d in inp.shape]
-    x = np.full(shape, 114 / 255, np.float32)
+    uint8 = inp.type == "tensor(uint8)"  # a --uint8-input export
+    x = np.full(shape, 114, np.uint8) if uint8 else np.full(shape, 114 / 255, np.float32)
     return (lambda: session.run(None, {inp.name: x})), shape
 
 

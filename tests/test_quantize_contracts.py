@@ -303,10 +303,10 @@ def test_rewrite_for_int8_keeps_outputs_and_aligns_every_documented_channel_coun
     assert ops.count("Slice") == 1 and ops.count("Pad") == 1
 
 
-def test_rewrite_for_int8_pads_the_image_of_a_uint8_input_export_after_its_cast(tmp_path):
-    """A ``--uint8-input`` export reaches its stem conv through Transpose and Cast (its
-    normalisation folded into the conv): the conv still reads the image, so its channels are
-    padded (on the float image) and the outputs stay the same for uint8 pixels."""
+def test_rewrite_for_int8_leaves_the_image_of_a_uint8_input_export_unpadded(tmp_path):
+    """A ``--uint8-input`` export reaches its stem conv through Transpose and Cast: a Pad there
+    would become an innermost-axis pad once ONNX Runtime moves the Transpose, slower than the
+    3-channel stem it saves. The other rewrites apply and the outputs stay the same."""
     import onnx
     import torch
 
@@ -324,10 +324,8 @@ def test_rewrite_for_int8_pads_the_image_of_a_uint8_input_export_after_its_cast(
     original = onnx.load(str(path))
     rewritten = onnx.load(str(path))
     result = rewrite_for_int8(rewritten)
-    assert result.inputs_padded == 1
-    pad = _node(rewritten, result.keep_float[0])
-    producer = {out: node for node in rewritten.graph.node for out in node.output}[pad.input[0]]
-    assert producer.op_type == "Cast"
+    assert result.inputs_padded == 0 and result.outputs_padded > 0
+    assert "Pad" not in [node.op_type for node in rewritten.graph.node]
     pixels = np.random.default_rng(0).integers(0, 256, (1, 64, 64, 3), dtype=np.uint8)
     for before, after in zip(_run(original, pixels), _run(rewritten, pixels)):
         np.testing.assert_allclose(after, before, rtol=1e-5, atol=1e-5)

@@ -202,8 +202,10 @@ class Predictor:
 @dataclass
 class DetectReport:
     """What ``detect_source`` did: frames, skipped inputs, dropped live frames, stage medians (ms),
-    end-to-end FPS, the network-only reference (``network_ms``, median ms of the backend alone on
-    this input, measured in the run; None when not measured), files written and the last
+    end-to-end FPS (the seconds spent on the reference left out), the network-only reference
+    (``network_ms``, median ms of the backend alone on the first frame's input, timed at the first
+    frame and, for a source that ended on its own, again after the last: ``reference_points``;
+    None when not measured), files written and the last
     ``keep_results`` results (``results``; every result is in ``detections.jsonl``)."""
 
     frames: int
@@ -217,6 +219,7 @@ class DetectReport:
     interrupted: bool = False
     network_ms: float | None = None
     pipelined: bool = False
+    reference_points: int = 0  # 1: timed at the first frame; 2: also after the last
 
     @property
     def network_ratio(self) -> float | None:
@@ -237,7 +240,8 @@ class DetectReport:
         if self.network_ratio is not None:
             lines.append(
                 f"{self.fps:.1f} FPS = {self.network_ratio:.2f} x the network-only rate "
-                f"(1000 / {self.network_ms:.2f} ms, the backend alone on this input, measured in this run)"
+                f"(1000 / {self.network_ms:.2f} ms, the backend alone on this input, timed "
+                f"{'at the start and the end of' if self.reference_points > 1 else 'in'} this run)"
             )
         if self.skipped:
             lines.append(f"skipped {len(self.skipped)} unreadable input(s): " + ", ".join(p for p, _ in self.skipped[:5]) + (" ..." if len(self.skipped) > 5 else ""))
@@ -258,8 +262,9 @@ class DetectReport:
         }
 
 
-def measure_network_ms(predictor: Predictor, batch: np.ndarray, runs: int = 20, warmup: int = 3, budget_s: float = 1.0) -> float:
-    """Median ms of ``predictor.infer(batch)`` alone: the network-only reference of a run."""
+def time_network(predictor: Predictor, batch: np.ndarray, runs: int = 20, warmup: int = 3, budget_s: float = 1.0) -> list[float]:
+    """ms of each of up to ``runs`` calls of ``predictor.infer(batch)`` alone (at least 3, within
+    ``budget_s`` seconds after the warm-up): samples of the network-only reference of a run."""
     for _ in range(warmup):
         predictor.infer(batch)
     times: list[float] = []
@@ -268,7 +273,12 @@ def measure_network_ms(predictor: Predictor, batch: np.ndarray, runs: int = 20, 
         start = time.perf_counter()
         predictor.infer(batch)
         times.append((time.perf_counter() - start) * 1e3)
-    return float(np.median(times))
+    return times
+
+
+def measure_network_ms(predictor: Predictor, batch: np.ndarray, runs: int = 20, warmup: int = 3, budget_s: float = 1.0) -> float:
+    """Median ms of ``predictor.infer(batch)`` alone: the network-only reference of a run."""
+    return float(np.median(time_network(predictor, batch, runs, warmup, budget_s)))
 
 
 _END = object()
@@ -339,7 +349,32 @@ class _Pipeline:
         self.stop = threading.Event()
         self.errors: list[BaseException] = []
         self.network_ms: float | None = None
+        self.reference_ms: list[float] = []  # network-only samples: at the first frame and after the last
+        self.reference_s = 0.0  # wall time spent on them (not part of the stream's FPS)
+        self.reference_points = 0
+        self._reference_batch: np.ndarray | None = None
         self.interrupted = False
+
+    def _time_reference(self, batch: np.ndarray | None, runs: int) -> None:
+        """Add network-only samples on ``batch`` (a copy of the first frame's input): the
+        reference of the FPS ratio, taken at the start and, for a source that ended on its own,
+        again at the end, so drift of the machine during the run moves both figures alike."""
+        if batch is None or runs <= 0:
+            return
+        started = time.perf_counter()
+        self.reference_ms += time_network(self.predictor, batch, runs=runs)
+        self.reference_s += time.perf_counter() - started
+        self.reference_points += 1
+        self.network_ms = float(np.median(self.reference_ms))
+
+    def _first_reference(self, batch: np.ndarray, runs: int) -> None:
+        if self.reference_points == 0 and runs > 0:
+            self._reference_batch = batch.copy()
+            self._time_reference(self._reference_batch, runs)
+
+    def _last_reference(self, runs: int) -> None:
+        if not self.interrupted and not self.live and not self.errors and self.reference_points == 1:
+            self._time_reference(self._reference_batch, runs)
 
     def _put(self, target: queue.Queue, item: Any) -> None:
         while not self.stop.is_set():
@@ -422,8 +457,7 @@ class _Pipeline:
                 if item is _END:
                     break
                 frame, batch, info, pre_ms = item
-                if self.network_ms is None and reference_runs > 0:
-                    self.network_ms = measure_network_ms(self.predictor, batch, runs=reference_runs)
+                self._first_reference(batch, reference_runs)
                 start = time.perf_counter()
                 outputs = self.predictor.infer(batch)
                 infer_ms = (time.perf_counter() - start) * 1e3
@@ -438,6 +472,7 @@ class _Pipeline:
                 signal.signal(signum, handler)
         if self.errors:
             raise self.errors[0]
+        self._last_reference(reference_runs)
 
     def run_sequential(self, reference_runs: int, stop_signals: Sequence[int] = ()) -> None:
         """The same stages one after another on the caller's thread (for comparison)."""
@@ -450,8 +485,7 @@ class _Pipeline:
                 start = time.perf_counter()
                 batch, info = self.predictor.preprocess(frame.image)
                 pre_ms = (time.perf_counter() - start) * 1e3
-                if self.network_ms is None and reference_runs > 0:
-                    self.network_ms = measure_network_ms(self.predictor, batch, runs=reference_runs)
+                self._first_reference(batch, reference_runs)
                 start = time.perf_counter()
                 outputs = self.predictor.infer(batch)
                 infer_ms = (time.perf_counter() - start) * 1e3
@@ -460,6 +494,7 @@ class _Pipeline:
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
+        self._last_reference(reference_runs)
 
 
 RESULTS_FILE = "detections.jsonl"
@@ -533,7 +568,8 @@ def detect_source(
             writers.close()
         if log is not None:
             log.close()
-    wall = time.perf_counter() - start
+    # the network-only reference is timed inside the run; its seconds are not the stream's
+    wall = time.perf_counter() - start - (runner.reference_s if runner is not None else 0.0)
     frames = len(predictor.timings)
     report = DetectReport(
         frames=frames,
@@ -547,6 +583,7 @@ def detect_source(
         interrupted=interrupted,
         network_ms=runner.network_ms if runner is not None else None,
         pipelined=pipeline,
+        reference_points=runner.reference_points if runner is not None else 0,
     )
     if out_dir is not None:
         summary_path = out_dir / "summary.json"
