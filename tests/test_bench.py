@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -612,3 +613,30 @@ def test_end_to_end_is_timed_in_the_same_rounds_as_the_network(tmp_path, monkeyp
     batch1 = [g for g in groups if any(k.endswith("|end-to-end") for k in g)]
     assert len(batch1) == 1 and len(batch1[0]) == 2  # the network and the end-to-end candidate, together
     assert not any(k.endswith("|end-to-end") for g in groups if g is not batch1[0] for k in g)
+
+
+def test_prepost_script_times_float_and_uint8_exports_side_by_side(tmp_path, capsys):
+    """scripts/prepost_side_by_side.py: one table row per engine file, its input type named."""
+    import importlib.util
+
+    import cv2
+    import torch
+
+    from litedet.export.api import export_model
+    from litedet.models.registry import create_model
+
+    torch.manual_seed(0)
+    model = create_model("v5lite-e", input_size=64, num_classes=2, names=["a", "b"]).eval()
+    plain = export_model(model, "onnx", tmp_path, imgsz=64).path
+    packed = export_model(model, "onnx", tmp_path, imgsz=64, uint8_input=True).path
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for index in range(2):
+        cv2.imwrite(str(folder / f"{index}.png"), np.random.default_rng(index).integers(0, 255, (50, 70, 3), dtype=np.uint8))
+    spec = importlib.util.spec_from_file_location("prepost", Path(__file__).parents[1] / "scripts" / "prepost_side_by_side.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    assert script.main([str(plain), str(packed), "--threads", "1", "--rounds", "1", "--detections", "2", "--network", "2",
+                        "--images", str(folder)]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith(f"| {tmp_path}")]
+    assert [row.split(" | ")[1] for row in rows] == ["float32", "uint8"]
