@@ -257,7 +257,8 @@ def test_a_sidecar_from_another_export_is_refused(tiny: Detector, tmp_path: Path
     plain = export_model(tiny, "onnx", tmp_path, imgsz=SIZE)
     packed = export_model(tiny, "onnx", tmp_path, imgsz=SIZE, uint8_input=True)
     shutil.copy(plain.path.with_suffix(".json"), packed.path.with_suffix(".json"))
-    with pytest.raises(ValueError, match="model_uint8.onnx: its config says the input is float32 but the graph takes tensor.uint8."):
+    with pytest.raises(ValueError, match="model_uint8.onnx: its config says the input is float32 but the model takes "
+                                         r"tensor.uint8.; the engine file and its .json sidecar come from different exports"):
         open_backend(packed.path)
     packed.config.save(packed.path.with_suffix(".json"))
     with pytest.raises(ValueError, match=r"onnxruntime: expected uint8 images \[B, H, W, 3\], got shape \[1, 3, 64, 64\]"):

@@ -36,6 +36,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 from litedet.config import ModelConfig, find_config, sidecar_path
+from litedet.export.onnx_graph import OnnxGraph, drop_unused
 from litedet.runtime.base import Backend
 
 LOGGER = logging.getLogger(__name__)
@@ -229,50 +230,6 @@ class Int8Rewrites:
                 "conv_outputs_padded_to_4": self.outputs_padded, "image_channels_padded_to_4": self.inputs_padded}
 
 
-class _Graph:
-    """Producer/consumer maps and initializer access over an ``onnx.GraphProto``."""
-
-    def __init__(self, graph: Any) -> None:
-        self.graph = graph
-        self.producer = {out: node for node in graph.node for out in node.output}
-        self.consumers: dict[str, list[Any]] = {}
-        for node in graph.node:
-            for name in node.input:
-                self.consumers.setdefault(name, []).append(node)
-        self.initializers = {init.name: init for init in graph.initializer}
-        self.outputs = {out.name for out in graph.output}
-
-    def array(self, name: str) -> np.ndarray | None:
-        from onnx import numpy_helper
-
-        if name in self.initializers:
-            return numpy_helper.to_array(self.initializers[name])
-        node = self.producer.get(name)
-        if node is not None and node.op_type == "Constant" and node.attribute:
-            return numpy_helper.to_array(node.attribute[0].t)
-        return None
-
-    def set_array(self, name: str, value: np.ndarray) -> None:
-        from onnx import numpy_helper
-
-        self.initializers[name].CopyFrom(numpy_helper.from_array(value, name))
-
-    def add_initializer(self, name: str, value: np.ndarray) -> str:
-        from onnx import numpy_helper
-
-        tensor = numpy_helper.from_array(value, name)
-        self.graph.initializer.append(tensor)
-        self.initializers[name] = self.graph.initializer[-1]
-        return name
-
-    def only_consumer(self, tensor: str, node: Any) -> bool:
-        return tensor not in self.outputs and [id(n) for n in self.consumers.get(tensor, [])] == [id(node)]
-
-    def private_weights(self, node: Any) -> bool:
-        """The node's weight/bias inputs are initializers used by no other node."""
-        return all(name in self.initializers and len(self.consumers.get(name, [])) == 1 for name in node.input[1:] if name)
-
-
 def _attribute(node: Any, name: str, default: Any = None) -> Any:
     from onnx import helper
 
@@ -310,7 +267,7 @@ def _count_channel_shuffles(graph: Any) -> int:
     return sum(1 for node in graph.node if node.op_type == "Transpose" and list(_attribute(node, "perm", [])) == SHUFFLE_PERM)
 
 
-def _is_depthwise(g: _Graph, node: Any) -> bool:
+def _is_depthwise(g: OnnxGraph, node: Any) -> bool:
     weight = g.array(node.input[1]) if len(node.input) > 1 else None
     return (node.op_type == "Conv" and weight is not None and weight.ndim == 4 and weight.shape[1] == 1
             and _attribute(node, "group", 1) == weight.shape[0] > 1)
@@ -320,7 +277,7 @@ def _pad_depthwise(graph: Any, align: int) -> int:
     """Conv -> [Relu/Clip/LeakyRelu] -> depthwise Conv -> Conv with C % align != 0 channels in the
     middle: C is padded with zero channels (zero output filters and bias in the first conv and
     the depthwise one, zero input weights in the last), so every real value is unchanged."""
-    g = _Graph(graph)
+    g = OnnxGraph(graph)
     count = 0
     for depthwise in list(graph.node):
         if not _is_depthwise(g, depthwise):
@@ -357,7 +314,7 @@ def _pad_conv_outputs(graph: Any, align: int, minimum: int = 16) -> int:
     and a Slice gives back the first C_out, so consumers see the same tensor."""
     from onnx import helper
 
-    g = _Graph(graph)
+    g = OnnxGraph(graph)
     count = 0
     for conv in list(graph.node):
         if conv.op_type != "Conv" or _attribute(conv, "group", 1) != 1 or not g.private_weights(conv):
@@ -387,7 +344,7 @@ def _pad_image_channels(graph: Any, align: int) -> list[str]:
     and the conv zero input weights. Returns the Pad node names."""
     from onnx import helper
 
-    g = _Graph(graph)
+    g = OnnxGraph(graph)
     inputs = [i.name for i in graph.input if i.name not in g.initializers]
     pads: list[str] = []
     # Only a conv reading a graph input: in a ``--uint8-input`` export the stem conv reads the
@@ -412,16 +369,6 @@ def _pad_image_channels(graph: Any, align: int) -> list[str]:
     return pads
 
 
-def _drop_unused(graph: Any) -> None:
-    """Remove initializers and Constant nodes nothing reads any more."""
-    used = {name for node in graph.node for name in node.input} | {out.name for out in graph.output}
-    for node in [n for n in graph.node if n.op_type == "Constant" and n.output[0] not in used]:
-        graph.node.remove(node)
-    used = {name for node in graph.node for name in node.input} | {out.name for out in graph.output}
-    for init in [i for i in graph.initializer if i.name not in used]:
-        graph.initializer.remove(init)
-
-
 def rewrite_for_int8(model: Any, depthwise_align: int = 16, channel_align: int = 4) -> Int8Rewrites:
     """Exact rewrites of a float ONNX model (in place) so that ONNX Runtime's INT8 CPU kernels take
     their fast paths once it is quantized (see the comment above): depthwise convs get
@@ -442,7 +389,7 @@ def rewrite_for_int8(model: Any, depthwise_align: int = 16, channel_align: int =
     result.outputs_padded = _pad_conv_outputs(graph, channel_align)
     result.keep_float = _pad_image_channels(graph, channel_align)
     result.inputs_padded = len(result.keep_float)
-    _drop_unused(graph)
+    drop_unused(graph)
     del graph.value_info[:]  # shapes changed; quant_pre_process infers them again
     return result
 

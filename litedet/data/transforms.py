@@ -212,9 +212,8 @@ class Preprocessor:
         # the normalised pad value, by the same float32 arithmetic as the image pixels
         pad = np.full(3, spec.pad_value, dtype=np.float32)
         self.pad = (pad - self.mean) / self.std
-        self.uint8 = bool(getattr(config, "uint8_input", False))
-        if self.uint8:  # the graph normalises: the buffer holds raw BGR pixels
-            self.pad = np.full(3, spec.pad_value, dtype=np.uint8)
+        self.uint8 = config.uint8_input  # the engine normalises: the buffer holds the BGR pixels
+        self.pad_value = spec.pad_value
         self.buffers = buffers
         self._local = threading.local()
 
@@ -254,7 +253,7 @@ class Preprocessor:
         """Write the pad value into ``rows`` x ``cols`` of the first image of ``buffer``, one
         scalar fill per contiguous plane (broadcasting a 3-value pattern is ~50x slower)."""
         if self.uint8:
-            buffer[0, rows, cols] = self.pad[0]  # one pad value for every channel
+            buffer[0, rows, cols] = self.pad_value  # one pad value for every channel
         else:
             for channel in range(3):
                 buffer[0, channel, rows, cols] = self.pad[channel]

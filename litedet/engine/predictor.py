@@ -276,11 +276,6 @@ def time_network(predictor: Predictor, batch: np.ndarray, runs: int = 20, warmup
     return times
 
 
-def measure_network_ms(predictor: Predictor, batch: np.ndarray, runs: int = 20, warmup: int = 3, budget_s: float = 1.0) -> float:
-    """Median ms of ``predictor.infer(batch)`` alone: the network-only reference of a run."""
-    return float(np.median(time_network(predictor, batch, runs, warmup, budget_s)))
-
-
 _END = object()
 
 

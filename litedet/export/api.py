@@ -193,7 +193,7 @@ def _export(
     iou: float,
     max_det: int,
     start: float,
-    uint8_input: bool = False,
+    uint8_input: bool,
 ) -> ExportResult:
     """``export_model`` once the output folder exists: load, fuse, export into a staging folder,
     write the sidecar, move the files into ``out_dir``."""

@@ -183,60 +183,44 @@ def fold_image_normalisation(proto) -> bool:
     relative of the unfolded graph), and the engines then read the uint8 image almost for free:
     ONNX Runtime's blocked-layout conv reads the NHWC Transpose directly, while a Slice or Div in
     between costs two extra passes over the image. Returns whether it folded."""
-    from onnx import numpy_helper
+    from litedet.export.onnx_graph import OnnxGraph, drop_unused
 
-    graph = proto.graph
-    initializers = {init.name: init for init in graph.initializer}
-    consumers: dict[str, list] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
+    g = OnnxGraph(proto.graph)
 
-    def only(tensor: str, op_type: str):
-        nodes = consumers.get(tensor, [])
-        return nodes[0] if len(nodes) == 1 and nodes[0].op_type == op_type else None
-
-    def constant(name: str):
-        return numpy_helper.to_array(initializers[name]) if name in initializers else None
+    def only(tensor: str, op_type: str) -> Any:
+        """The one node reading ``tensor`` if it is an ``op_type`` and the tensor is no graph output."""
+        nodes = g.consumers.get(tensor, [])
+        return nodes[0] if len(nodes) == 1 and nodes[0].op_type == op_type and g.only_consumer(tensor, nodes[0]) else None
 
     transpose = only(INPUT_NAME, "Transpose")
     cast = transpose and only(transpose.output[0], "Cast")
     if cast is None:
         return False
-    following = consumers.get(cast.output[0], [])
-    flip = following[0] if len(following) == 1 and following[0].op_type == "Slice" else None
+    flip = only(cast.output[0], "Slice")
     if flip is not None:
-        axes = constant(flip.input[3]) if len(flip.input) > 3 else None
-        steps = constant(flip.input[4]) if len(flip.input) > 4 else None
-        if steps is None or axes is None or steps.tolist() != [-1] or axes.tolist() != [1]:
+        axes = g.array(flip.input[3]) if len(flip.input) > 3 else None
+        steps = g.array(flip.input[4]) if len(flip.input) > 4 else None
+        if axes is None or steps is None or axes.tolist() != [1] or steps.tolist() != [-1]:
             return False
-        following = consumers.get(flip.output[0], [])
-    divide = following[0] if len(following) == 1 and following[0].op_type == "Div" else None
-    std = None if divide is None else constant(divide.input[1])
-    if std is None or std.size != 3:
-        return False
-    convs = consumers.get(divide.output[0], [])
+    divide = only((flip or cast).output[0], "Div")
+    std = None if divide is None else g.array(divide.input[1])
+    convs = [] if std is None or std.size != 3 or divide.output[0] in g.outputs else g.consumers.get(divide.output[0], [])
     for conv in convs:
-        weight = constant(conv.input[1]) if conv.op_type == "Conv" and len(conv.input) > 1 else None
-        group = next((a.i for a in conv.attribute if a.name == "group"), 1)
-        if weight is None or weight.ndim != 4 or weight.shape[1] != 3 or group != 1 or len(consumers[conv.input[1]]) != 1:
+        weight = g.array(conv.input[1]) if conv.op_type == "Conv" and len(conv.input) > 1 else None
+        if (weight is None or weight.ndim != 4 or weight.shape[1] != 3 or next((a.i for a in conv.attribute if a.name == "group"), 1) != 1
+                or not g.private_weights(conv)):
             return False
     if not convs:
         return False
     source = [2, 1, 0] if flip is not None else [0, 1, 2]  # conv input channel d reads image channel source[d]
-    scale = std.reshape(3).astype(np.float32)[source]
+    scale = std.reshape(3).astype(np.float32)[source].reshape(1, 3, 1, 1)
     for conv in convs:
-        weight = constant(conv.input[1]).astype(np.float32)
-        folded = (weight[:, source] / scale.reshape(1, 3, 1, 1)).astype(np.float32)
-        initializers[conv.input[1]].CopyFrom(numpy_helper.from_array(folded, conv.input[1]))
+        g.set_array(conv.input[1], (g.array(conv.input[1]).astype(np.float32)[:, source] / scale).astype(np.float32))
         conv.input[0] = cast.output[0]
-    dropped = [node for node in (flip, divide) if node is not None]
-    for node in dropped:
-        graph.node.remove(node)
-    still_used = {name for node in graph.node for name in node.input}
-    for init in list(graph.initializer):
-        if init.name not in still_used:
-            graph.initializer.remove(init)
+    for node in (flip, divide):
+        if node is not None:
+            proto.graph.node.remove(node)
+    drop_unused(proto.graph)
     return True
 
 

@@ -14,8 +14,8 @@ class Backend(ABC):
 
     ``run`` takes a float32 array [B, 3, H, W] (already letterboxed and normalised per
     ``config.preprocess``), or for a ``config.uint8_input`` engine the letterboxed uint8 images
-    [B, H, W, 3] BGR (``litedet.data.transforms.Preprocessor`` makes either), and returns the raw head maps in level order as float32 numpy arrays
-    (for a YOLO head: [B, na*(5+nc), H_i, W_i], logits). Decode and NMS happen in
+    [B, H, W, 3] BGR (``litedet.data.transforms.Preprocessor`` makes either), and returns the
+    raw head maps in level order as float32 numpy arrays (for a YOLO head: [B, na*(5+nc), H_i, W_i], logits). Decode and NMS happen in
     ``litedet.ops``, the same for every engine.
     """
 

@@ -10,7 +10,7 @@ import numpy as np
 
 from litedet.config import ModelConfig
 from litedet.runtime.base import Backend
-from litedet.runtime.shapes import check_input_shape
+from litedet.runtime.shapes import check_input_shape, check_input_type
 
 PRECISIONS = ("fp32",)
 
@@ -56,12 +56,7 @@ class OnnxRuntimeBackend(Backend):
             raise ValueError(f"{path}: expected one image input, the model has {[i.name for i in inputs]}")
         self.input_name = inputs[0].name
         self.input_shape = list(inputs[0].shape)
-        expected = "tensor(uint8)" if config.uint8_input else "tensor(float)"
-        if inputs[0].type != expected:
-            raise ValueError(
-                f"{path}: its config says the input is {'uint8' if config.uint8_input else 'float32'} but the graph takes "
-                f"{inputs[0].type}; the .onnx and its .json sidecar come from different exports"
-            )
+        check_input_type(path, config.uint8_input, inputs[0].type == "tensor(uint8)", inputs[0].type)
         graph_outputs = [o.name for o in self.session.get_outputs()]
         self.output_names = list(config.output_names) or graph_outputs
         missing = [n for n in self.output_names if n not in graph_outputs]

@@ -9,7 +9,7 @@ import numpy as np
 
 from litedet.config import ModelConfig
 from litedet.runtime.base import Backend
-from litedet.runtime.shapes import check_input_shape
+from litedet.runtime.shapes import check_input_shape, check_input_type
 
 # litedet precision -> OpenVINO INFERENCE_PRECISION_HINT. BENCHMARKS.md: on AMX CPUs OpenVINO
 # defaults to bf16, so fp32 must be asked for explicitly to match torch.
@@ -57,11 +57,7 @@ class OpenVINOBackend(Backend):
         if len(self.compiled.inputs) != 1:
             raise ValueError(f"{path}: expected one image input, the model has {len(self.compiled.inputs)}")
         element = self.compiled.input(0).get_element_type()
-        if (element == ov.Type.u8) != bool(config.uint8_input):
-            raise ValueError(
-                f"{path}: its config says the input is {'uint8' if config.uint8_input else 'float32'} but the model takes "
-                f"{element.get_type_name()}; the .xml and its .json sidecar come from different exports"
-            )
+        check_input_type(path, config.uint8_input, element == ov.Type.u8, element.get_type_name())
         partial = self.compiled.input(0).get_partial_shape()
         self.input_shape = [d.get_length() if d.is_static else None for d in partial]
         graph_outputs = [sorted(o.get_names())[0] if o.get_names() else str(i) for i, o in enumerate(self.compiled.outputs)]

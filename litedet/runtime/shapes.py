@@ -24,3 +24,13 @@ def check_input_shape(batch: np.ndarray, expected: Sequence[object], engine: str
                 f"{engine}: the model takes input {list(expected)}, got {list(batch.shape)} (axis {axis}); "
                 "export with --dynamic, or with --imgsz matching the input"
             )
+
+
+def check_input_type(path: object, config_uint8: bool, takes_uint8: bool, type_name: str) -> None:
+    """Raise a ValueError when the engine file's input type (``type_name``; uint8 when
+    ``takes_uint8``) disagrees with its sidecar's ``uint8_input``: files of two exports mixed up."""
+    if config_uint8 != takes_uint8:
+        raise ValueError(
+            f"{path}: its config says the input is {'uint8' if config_uint8 else 'float32'} but the model takes "
+            f"{type_name}; the engine file and its .json sidecar come from different exports"
+        )
