@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import cv2
@@ -43,6 +44,15 @@ def _few_threads():
     except ImportError:
         pass
     yield
+
+
+@pytest.fixture(params=["pairwise", "loop"])
+def nms_path(request, monkeypatch):
+    """Run a test through both ways ``nms`` computes: the IoU matrix (up to PAIRWISE_LIMIT
+    candidates) and the box-by-box loop (above it)."""
+    if request.param == "loop":
+        monkeypatch.setattr(sys.modules["litedet.ops.nms"], "PAIRWISE_LIMIT", 0)
+    return request.param
 
 
 def logit(p: float) -> float:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import sys
 
 import numpy as np
 import pytest
@@ -201,7 +202,7 @@ def _brute_force_nms(boxes, scores, classes, iou_threshold):
 
 
 @pytest.mark.parametrize("seed, iou_threshold", list(itertools.product(range(4), (0.3, 0.45, 0.7))))
-def test_batched_nms_matches_brute_force(seed, iou_threshold):
+def test_batched_nms_matches_brute_force(seed, iou_threshold, nms_path):
     rng = np.random.default_rng(seed)
     n = 150
     xy = rng.uniform(0, 150, (n, 2))
@@ -214,6 +215,29 @@ def test_batched_nms_matches_brute_force(seed, iou_threshold):
     agnostic = _brute_force_nms(boxes.tolist(), scores.tolist(), [0] * n, iou_threshold)
     assert nms(boxes, scores, iou_threshold).tolist() == agnostic
     assert nms(boxes, scores, iou_threshold, max_keep=5).tolist() == agnostic[:5]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_nms_matrix_and_loop_keep_the_same_boxes(seed, monkeypatch):
+    """The IoU-matrix NMS and the box-by-box loop give the same indices for crowded boxes with
+    tied scores, zero-area boxes, NaN boxes and every max_keep."""
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 120))
+    xy = rng.uniform(0, 80, (n, 2))
+    boxes = np.concatenate([xy, xy + rng.uniform(0, 40, (n, 2))], 1)
+    points = rng.random(n) < 0.1
+    boxes[points, 2:] = boxes[points, :2]  # zero area
+    boxes[rng.random(n) < 0.05] = np.nan
+    scores = rng.choice(np.float32([0.3, 0.5, 0.5, 0.9]), n)  # many ties: input order decides
+    module = sys.modules["litedet.ops.nms"]
+    for iou_threshold in (0.0, 0.3, 0.5, 1.0):
+        for max_keep in (None, 0, 1, 5):
+            matrix = nms(boxes, scores, iou_threshold, max_keep)
+            monkeypatch.setattr(module, "PAIRWISE_LIMIT", 0)
+            loop = nms(boxes, scores, iou_threshold, max_keep)
+            monkeypatch.undo()
+            assert matrix.dtype == loop.dtype == np.int64
+            assert matrix.tolist() == loop.tolist(), (iou_threshold, max_keep)
 
 
 def _prediction(rows):

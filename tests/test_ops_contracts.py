@@ -204,6 +204,14 @@ def test_sigmoid_is_float32_for_any_input_dtype():
     assert sigmoid([0.0, -0.0]).tolist() == [0.5, 0.5]
 
 
+def test_sigmoid_of_a_scalar_is_a_0d_float32_array():
+    for value, expected in ((0.0, 0.5), (2.0, 1 / (1 + np.exp(-2.0))), (-3, 1 / (1 + np.exp(3.0)))):
+        out = sigmoid(value)
+        assert isinstance(out, np.ndarray) and out.shape == () and out.dtype == np.float32
+        assert out == sigmoid([value])[0]  # the same float32 arithmetic as an array element
+        assert abs(float(out) - expected) < 1e-7
+
+
 def test_sigmoid_of_float64_input_equals_sigmoid_of_its_float32_cast():
     """float32 in: a float64 map (e.g. from a float64 runtime) gives bit-identical scores to the
     same map in float32, so backends agree on every threshold decision."""
@@ -274,6 +282,31 @@ def test_decode_yolo_float64_maps_decode_like_their_float32_cast():
     expected = decode_yolo([raw.astype(np.float32)], anchors, [8], num_classes=1, min_objectness=0.3)
     assert out.shape == expected.shape == (1, 1, 6)
     np.testing.assert_array_equal(out, expected)
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_decode_yolo_with_nothing_above_min_objectness_is_empty(batch):
+    raw, anchors = _one_level(batch=batch, value=-5.0)
+    out = decode_yolo([raw, raw], [anchors[0], anchors[0]], [8, 16], num_classes=1, min_objectness=0.25)
+    assert out.shape == (batch, 0, 6) and out.dtype == np.float32
+
+
+def test_decode_yolo_levels_of_one_shape_keep_their_own_anchors_and_strides():
+    """The per-cell tables are cached by map size, stride and anchors: two levels of the same
+    size with other anchors or strides, and a later call with other anchors, decode with theirs."""
+    raw, anchors = _one_level(height=1, width=1, value=0.0)  # sigmoid 0.5: w = anchor w, cx = stride / 2
+    out = decode_yolo([raw, raw], [[[10, 13], [33, 23]], [[4, 5], [6, 7]]], [8, 32], num_classes=1)
+    np.testing.assert_array_equal(out[0, :, 0], [4, 4, 16, 16])
+    np.testing.assert_array_equal(out[0, :, 2:4], [[10, 13], [33, 23], [4, 5], [6, 7]])
+    again = decode_yolo([raw], [[[1, 2], [3, 4]]], [8], num_classes=1)
+    np.testing.assert_array_equal(again[0, :, 2:4], [[1, 2], [3, 4]])
+    again[...] = -1  # the result is the caller's: the next call is unaffected
+    np.testing.assert_array_equal(decode_yolo([raw], [[[1, 2], [3, 4]]], [8], num_classes=1)[0, :, 2:4], [[1, 2], [3, 4]])
+
+
+def test_decode_yolo_needs_an_output():
+    with pytest.raises(ValueError, match="^decode_yolo needs at least one output level$"):
+        decode_yolo([], [], [], num_classes=1)
 
 
 def test_decode_yolo_names_the_mismatched_level_counts():
@@ -366,7 +399,7 @@ def test_nms_rejects_an_iou_threshold_outside_0_1(iou_threshold):
         nms(np.zeros((1, 4)), np.zeros(1), iou_threshold)
 
 
-def test_nms_suppresses_duplicates_in_normalised_coordinates():
+def test_nms_suppresses_duplicates_in_normalised_coordinates(nms_path):
     """Boxes in 0..1 (areas far below one pixel) suppress each other like pixel boxes."""
     boxes = np.array([[0, 0, 0.5, 0.5], [0, 0, 0.5, 0.45], [0.6, 0.6, 0.9, 0.9]], np.float64)
     assert nms(boxes, np.array([0.9, 0.8, 0.7]), 0.45).tolist() == [0, 2]
@@ -507,7 +540,7 @@ def test_nms_never_suppresses_zero_area_boxes(box_every):
     assert is_point[kept].sum() == is_point.sum()
 
 
-def test_nms_emits_no_warnings(recwarn):
+def test_nms_emits_no_warnings(recwarn, nms_path):
     boxes = np.array([[0, 0, 0, 0], [0, 0, 0, 0], [0, 0, 10, 10], [1, 1, 11, 11], [50, 50, 50, 60]], np.float64)
     kept = nms(boxes, np.array([0.9, 0.8, 0.7, 0.6, 0.5]), 0.5)
     assert kept.tolist() == [0, 1, 2, 4]

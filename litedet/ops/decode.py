@@ -14,6 +14,7 @@ order, then anchors, then rows, then columns: the same order as YOLOv5's ``Detec
 
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import numpy as np
@@ -22,9 +23,14 @@ import numpy as np
 def sigmoid(x: np.ndarray) -> np.ndarray:
     """Numerically stable logistic function, float32 in, float32 out."""
     x = np.asarray(x, dtype=np.float32)
-    # exp(-|x|) never overflows; pick the matching branch per element.
+    if x.ndim == 0:  # ufuncs give a 0-d input a scalar back, which cannot be written into
+        return sigmoid(x.reshape(1)).reshape(())
+    # exp(-|x|) never overflows: e / (1 + e) for x < 0, 1 / (1 + e) for x >= 0
     e = np.exp(-np.abs(x))
-    return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e)).astype(np.float32)
+    denominator = 1.0 + e
+    np.divide(e, denominator, out=e)
+    np.divide(1.0, denominator, out=e, where=x >= 0)
+    return e
 
 
 def decode_yolo(
@@ -54,14 +60,17 @@ def decode_yolo(
             f"decode_yolo needs one anchor set and stride per output: got {len(outputs)} outputs, "
             f"{len(anchors)} anchor levels, {len(strides)} strides"
         )
+    if not outputs:
+        raise ValueError("decode_yolo needs at least one output level")
     per_row = 5 + num_classes
     if min_objectness is not None and not 0.0 <= min_objectness < 1.0:
         raise ValueError(f"min_objectness must be in [0, 1), got {min_objectness}")
     # sigmoid(t) > p  <=>  t > log(p / (1 - p)); compare logits, no sigmoid on dropped rows
     min_logit = None if not min_objectness else float(np.log(min_objectness / (1.0 - min_objectness)))
     # Gather the (surviving) rows of every level first, then one sigmoid and one decode for all:
-    # the same float32 arithmetic per element as level by level, with a few numpy calls in all.
-    logits, grids, sizes, steps = [], [], [], []
+    # the same float32 arithmetic per element as level by level, with few numpy calls in all
+    # (right after inference each call is slow, so their count, not the data, sets the time).
+    logits, cells = [], []
     for level, (raw, level_anchors, stride) in enumerate(zip(outputs, anchors, strides)):
         raw = np.asarray(raw, dtype=np.float32)
         level_anchors = np.asarray(level_anchors, dtype=np.float32).reshape(-1, 2)
@@ -73,21 +82,39 @@ def decode_yolo(
             )
         batch, _, height, width = raw.shape
         maps = raw.reshape(batch, num_anchors, per_row, height * width)
+        table = _cell_table(height, width, float(stride), level_anchors.tobytes())
         if min_logit is None:
-            anchor_index, cell = np.divmod(np.arange(num_anchors * height * width), height * width)
-        else:
-            keep = maps[:, :, 4, :] > min_logit
-            anchor_index, cell = np.nonzero(keep[0] if batch == 1 else keep.any(axis=0))
-        # rows [B, K, 5+nc], anchor-major then cell (row-major): YOLOv5's Detect order
-        logits.append(maps.transpose(1, 3, 0, 2)[anchor_index, cell].transpose(1, 0, 2))
-        grids.append(np.stack([cell % width, cell // width], axis=-1))  # (gx, gy)
-        sizes.append(level_anchors[anchor_index])
-        steps.append(np.full((len(cell), 1), stride, dtype=np.float32))
+            # every row: [B, A, 5+nc, HW] -> [B, A * HW, 5+nc], anchor-major then cell (row-major)
+            logits.append(maps.transpose(0, 1, 3, 2).reshape(batch, -1, per_row))
+            cells.append(table)
+            continue
+        keep = maps[:, :, 4, :] > min_logit
+        rows = np.flatnonzero(keep[0] if batch == 1 else keep.any(axis=0))
+        if rows.size:
+            anchor_index, cell = np.divmod(rows, height * width)
+            logits.append(maps.transpose(1, 3, 0, 2)[anchor_index, cell].transpose(1, 0, 2))
+            cells.append(table[rows])
+    if not logits:  # nothing above min_objectness anywhere
+        return np.zeros((batch, 0, per_row), dtype=np.float32)
     rows = sigmoid(np.concatenate(logits, axis=1))
-    grid = np.concatenate(grids).astype(np.float32)
-    xy = (rows[..., 0:2] * 2.0 - 0.5 + grid) * np.concatenate(steps)
-    wh = (rows[..., 2:4] * 2.0) ** 2 * np.concatenate(sizes)
+    table = np.concatenate(cells)
+    xy = (rows[..., 0:2] * 2.0 - 0.5 + table[:, 0:2]) * table[:, 2:3]
+    wh = (rows[..., 2:4] * 2.0) ** 2 * table[:, 3:]
     return np.concatenate([xy, wh, rows[..., 4:]], axis=-1)
+
+
+@functools.lru_cache(maxsize=64)
+def _cell_table(height: int, width: int, stride: float, anchors: bytes) -> np.ndarray:
+    """float32 [A * H * W, 5]: (gx, gy, stride, anchor w, anchor h) of each row of a level, in
+    ``decode_yolo``'s row order; ``anchors`` is the level's float32 (w, h) pairs as bytes."""
+    sizes = np.frombuffer(anchors, dtype=np.float32).reshape(-1, 2)
+    gy, gx = np.divmod(np.arange(height * width), width)
+    table = np.empty((len(sizes), height * width, 5), dtype=np.float32)
+    table[..., 0], table[..., 1], table[..., 2] = gx, gy, stride
+    table[..., 3:5] = sizes[:, None, :]
+    table = table.reshape(-1, 5)
+    table.flags.writeable = False  # shared between calls
+    return table
 
 
 # SSD box-coder variances for centre and size (SSD reference implementation, torchvision).

@@ -32,6 +32,8 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float, max_keep: i
         raise ValueError(f"iou_threshold must be in [0, 1], got {iou_threshold}")
     limit = len(boxes) if max_keep is None else max(0, int(max_keep))
     order = np.argsort(-scores, kind="stable")
+    if len(order) <= PAIRWISE_LIMIT:
+        return _nms_pairwise(boxes[order], iou_threshold, limit, order)
     areas = box_area(boxes)
     keep: list[int] = []
     while order.size and len(keep) < limit:
@@ -44,6 +46,35 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float, max_keep: i
         iou = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
         order = rest[iou <= iou_threshold]
     return np.asarray(keep, dtype=np.int64)
+
+
+# Up to this many candidates, ``nms`` computes every pairwise IoU at once: about 25 numpy calls
+# in all (at most 2 MiB per temporary) instead of about 15 per kept box. Numpy calls, not data,
+# set the time of post-processing; beyond ~700 candidates the N^2 work costs more than the loop.
+PAIRWISE_LIMIT = 512
+
+
+def _nms_pairwise(boxes: np.ndarray, iou_threshold: float, limit: int, order: np.ndarray) -> np.ndarray:
+    """Greedy NMS of ``boxes`` [N, 4] (float64, already by descending score) from their IoU
+    matrix; the same IoU arithmetic as the loop in ``nms``, so the same boxes are kept. Returns
+    ``order`` at the kept positions."""
+    # one [N, N] array per step (a broadcast over the last axis of [N, 1, 2] runs 2-element loops)
+    x1, y1, x2, y2 = boxes.T.copy()
+    width = np.maximum(np.minimum(x2[:, None], x2) - np.maximum(x1[:, None], x1), 0.0)
+    height = np.maximum(np.minimum(y2[:, None], y2) - np.maximum(y1[:, None], y1), 0.0)
+    inter = width * height
+    areas = box_area(boxes)
+    union = areas[:, None] + areas - inter
+    suppresses = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0) > iou_threshold
+    removed = np.zeros(len(boxes), dtype=bool)
+    keep: list[int] = []
+    for index in range(len(boxes) if limit else 0):
+        if not removed[index]:
+            keep.append(index)
+            if len(keep) == limit:
+                break
+            removed |= suppresses[index]
+    return order[np.asarray(keep, dtype=np.int64)]
 
 
 def class_offset(boxes: np.ndarray) -> float:
@@ -119,15 +150,15 @@ def non_max_suppression(
     for rows in prediction:
         rows = rows[rows[:, 4] > conf_threshold]
         class_scores = rows[:, 5:] * rows[:, 4:5]
-        boxes = xywh_to_xyxy(rows[:, :4])
         if multi_label:
             box_index, class_id = np.nonzero(class_scores > conf_threshold)
-            boxes, scores = boxes[box_index], class_scores[box_index, class_id]
+            scores = class_scores[box_index, class_id]
         else:
-            class_id = class_scores.argmax(axis=1) if len(rows) else np.zeros(0, dtype=np.int64)
-            scores = class_scores[np.arange(len(rows)), class_id]
-            keep = scores > conf_threshold
-            boxes, scores, class_id = boxes[keep], scores[keep], class_id[keep]
+            # each row's best class; its max is the score at the argmax (a NaN row gives NaN)
+            class_id, scores = class_scores.argmax(axis=1), class_scores.max(axis=1)
+            box_index = np.flatnonzero(scores > conf_threshold)
+            scores, class_id = scores[box_index], class_id[box_index]
+        boxes = xywh_to_xyxy(rows[box_index, :4])  # only the candidates' boxes
         if wanted is not None:
             keep = np.isin(class_id, wanted)
             boxes, scores, class_id = boxes[keep], scores[keep], class_id[keep]
