@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from litedet.cli import main
-from litedet.data.sources import LiveSource
+from litedet.data.sources import LiveSource, decode_threads_beside, open_source
 from litedet.engine import sinks
 from litedet.engine.predictor import Predictor, StageTimes, detect_source
 from litedet.engine.sinks import MJPEGAVIWriter, OutputError, ResultsLog
@@ -70,6 +70,18 @@ def test_pipelined_equals_sequential_and_keeps_order(tmp_path, tiny_onnx):
     # timed at the first frame and again after the last (the video ended on its own), in both modes
     assert piped.reference_points == sequential.reference_points == 2
     assert "timed at the start and the end of this run" in "\n".join(piped.summary_lines())
+
+
+def test_pipelined_video_decodes_on_the_cores_inference_leaves(tmp_path, tiny_onnx):
+    video = _write_video(tmp_path / "clip.mp4", 3)
+    backend = open_backend(tiny_onnx, threads=1)
+    piped, sequential, given = open_source(video), open_source(video), open_source(video, decode_threads=3)
+    detect_source(Predictor(backend), piped, progress=False)
+    detect_source(Predictor(backend), sequential, progress=False, pipeline=False)
+    detect_source(Predictor(backend), given, progress=False)
+    assert piped.decode_threads == decode_threads_beside(1)
+    assert sequential.decode_threads is None  # alone on the machine: the decoder's own choice
+    assert given.decode_threads == 3
 
 
 def test_results_window_and_max_frames_bound_memory(tmp_path, tiny_onnx):

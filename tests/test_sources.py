@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 import pytest
 
-from litedet.data.sources import FileSource, LiveSource, open_source
+from litedet.data.sources import FileSource, LiveSource, decode_threads_beside, open_source, open_video
 
 
 def _frame(i: int, shape=(48, 64)) -> np.ndarray:
@@ -29,6 +29,27 @@ def _write_video(path: Path, frames: int) -> Path:
         writer.write(_frame(i))
     writer.release()
     return path
+
+
+def test_video_decode_threads_give_the_same_frames(tmp_path):
+    video = _write_video(tmp_path / "clip.mp4", 6)
+    default = [f.image for f in open_source(video)]
+    capped = open_source(video, decode_threads=1)
+    assert capped.decode_threads == 1
+    frames = [f.image for f in capped]
+    assert len(frames) == 6 and all(np.array_equal(a, b) for a, b in zip(default, frames))
+    if hasattr(cv2, "CAP_PROP_N_THREADS"):  # OpenCV >= 4.6 takes it at open
+        capture = open_video(video, 1)
+        assert capture.isOpened() and capture.get(cv2.CAP_PROP_N_THREADS) == 1
+        capture.release()
+    assert not open_video(tmp_path / "missing.mp4", 1).isOpened()  # falls back, then fails like a plain open
+    with pytest.raises(ValueError, match="^decode_threads must be >= 1, got 0$"):
+        open_source(video, decode_threads=0)
+
+
+def test_decode_threads_beside_take_the_cores_inference_leaves(monkeypatch):
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    assert [decode_threads_beside(n) for n in (None, 0, 1, 2, 7, 8, 16)] == [1, 1, 7, 6, 1, 1, 1]
 
 
 def test_video_file_gives_every_frame_in_order(tmp_path):

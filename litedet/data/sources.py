@@ -159,10 +159,13 @@ class FileSource(Source):
     """Image and video files, in the given order; videos are read frame by frame. With
     ``max_frames`` the source ends after that many frames (images and video frames together)."""
 
-    def __init__(self, paths: list[Path], max_frames: int | None = None) -> None:
+    def __init__(self, paths: list[Path], max_frames: int | None = None, decode_threads: int | None = None) -> None:
         super().__init__()
+        if decode_threads is not None and decode_threads < 1:
+            raise ValueError(f"decode_threads must be >= 1, got {decode_threads}")
         self.paths = paths
         self.max_frames = max_frames
+        self.decode_threads = decode_threads
         images = [p for p in paths if p.suffix.lower() in IMAGE_SUFFIXES]
         self.total = len(images) + sum(_frame_count(p) for p in paths if p.suffix.lower() in VIDEO_SUFFIXES)
         if max_frames is not None:
@@ -198,7 +201,7 @@ class FileSource(Source):
             yield Frame(image, str(path), str(path))
 
     def _video(self, path: Path) -> Iterator[Frame]:
-        capture = cv2.VideoCapture(str(path))
+        capture = open_video(path, self.decode_threads)
         self._capture = capture
         try:
             if not capture.isOpened():
@@ -227,6 +230,26 @@ class FileSource(Source):
     def close(self) -> None:
         if self._capture is not None:
             self._capture.release()
+
+
+def open_video(path: str | os.PathLike, decode_threads: int | None = None) -> cv2.VideoCapture:
+    """``cv2.VideoCapture`` of a video file; ``decode_threads`` caps the decoder's threads (FFmpeg
+    otherwise starts one per core, which on a small device take cores from inference). A backend
+    or OpenCV that cannot set it opens the file with its defaults."""
+    n_threads = getattr(cv2, "CAP_PROP_N_THREADS", None)  # OpenCV >= 4.6
+    if decode_threads is not None and n_threads is not None:
+        capture = cv2.VideoCapture(str(path), cv2.CAP_ANY, [n_threads, int(decode_threads)])
+        if capture.isOpened():
+            return capture
+        capture.release()
+    return cv2.VideoCapture(str(path))
+
+
+def decode_threads_beside(inference_threads: int | None) -> int:
+    """Threads to decode a video with while an engine infers on ``inference_threads`` threads
+    (None: on every core): the cores it leaves free, at least one."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores - inference_threads) if inference_threads else 1
 
 
 def _frame_count(path: Path) -> int:
@@ -369,6 +392,7 @@ def open_source(
     source: str | int | os.PathLike,
     max_frames: int | None = None,
     capture_factory: Callable[[str | int], Capture] | None = None,
+    decode_threads: int | None = None,
 ) -> Source:
     """Open ``source``: an image or video file, a folder, a glob, a camera index (``0``), a V4L2
     device (``/dev/video0``), a GStreamer pipeline ending in ``appsink`` (needs an OpenCV built
@@ -377,7 +401,8 @@ def open_source(
 
     ``max_frames`` ends the source after that many frames (files, videos, cameras and streams
     alike). ``capture_factory`` opens cameras and streams (default ``cv2.VideoCapture``), e.g. a
-    stub where no camera exists.
+    stub where no camera exists. ``decode_threads`` caps the threads that decode a video file
+    (default: the decoder's own choice, one per core).
     """
     if max_frames is not None and max_frames < 1:
         raise ValueError(f"max_frames must be >= 1, got {max_frames}")
@@ -405,15 +430,15 @@ def open_source(
         files = _collect_dir(path)
         if not files:
             raise FileNotFoundError(f"no images or videos in folder {path} (suffixes {', '.join(IMAGE_SUFFIXES + VIDEO_SUFFIXES)})")
-        return FileSource(files, max_frames)
+        return FileSource(files, max_frames, decode_threads)
     if path.is_file():
         if path.suffix.lower() not in IMAGE_SUFFIXES + VIDEO_SUFFIXES:
             raise ValueError(f"{path}: unknown image/video suffix {path.suffix!r}")
-        return FileSource([path], max_frames)
+        return FileSource([path], max_frames, decode_threads)
     if glob.has_magic(spec):
         files = sorted(Path(p) for p in glob.glob(os.path.expanduser(spec), recursive=True))
         files = [p for p in files if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES + VIDEO_SUFFIXES]
         if not files:
             raise FileNotFoundError(f"no images or videos match {spec}")
-        return FileSource(files, max_frames)
+        return FileSource(files, max_frames, decode_threads)
     raise FileNotFoundError(f"source not found: {path}")

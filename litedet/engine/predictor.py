@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 
 from litedet.config import ModelConfig, write_text_atomic
-from litedet.data.sources import Frame, Source, open_source
+from litedet.data.sources import FileSource, Frame, Source, decode_threads_beside, open_source
 from litedet.data.transforms import LetterboxInfo, Preprocessor
 from litedet.engine.results import Detections, Reservoir
 from litedet.engine.sinks import OutputWriter, ResultsLog
@@ -532,6 +532,9 @@ def detect_source(
     if max_frames is not None and max_frames < 1:
         raise ValueError(f"max_frames must be >= 1, got {max_frames}")
     opened = source if isinstance(source, Source) else open_source(source, max_frames=max_frames)
+    if pipeline and isinstance(opened, FileSource) and opened.decode_threads is None:
+        # the decoder runs beside inference: give it the cores the engine leaves, not one per core
+        opened.decode_threads = decode_threads_beside(predictor.backend.threads)
     if reference_runs is None:
         reference_runs = 20 if opened.total is None or opened.total > 20 else 0
     out_dir = Path(save_dir) if save_dir is not None else None
