@@ -234,7 +234,7 @@ def test_uint8_input_detections_equal_the_float_exports_on_openvino_and_ncnn(tin
         plain = export_model(tiny, fmt, tmp_path / fmt, imgsz=SIZE)
         packed = export_model(tiny, fmt, tmp_path / fmt, imgsz=SIZE, uint8_input=True)
         assert packed.config.uint8_input and packed.path.stem.endswith("_uint8")
-        reference, fast = Predictor(open_backend(plain.path), conf=0.3), Predictor(open_backend(packed.path), conf=0.3)
+        reference, fast = Predictor(open_backend(plain.path), conf=0.2), Predictor(open_backend(packed.path), conf=0.2)
         for image in images:
             floats, _ = reference.preprocess(image)
             maps = reference.infer(floats)
@@ -248,6 +248,35 @@ def test_uint8_input_detections_equal_the_float_exports_on_openvino_and_ncnn(tin
             order_got = np.lexsort((*got.boxes.T, got.class_ids))
             np.testing.assert_array_equal(got.class_ids[order_got], want.class_ids[order_want])
             np.testing.assert_allclose(got.boxes[order_got], want.boxes[order_want], rtol=0, atol=1e-2)
+
+
+def test_ssdlite_exports_at_its_own_size_and_its_uint8_export_decodes_like_the_float_one(tmp_path: Path) -> None:
+    """SSD's strides (up to 512) need not divide the input; SSD priors scale with the input's
+    height and width, which a uint8 batch [B, H, W, 3] holds in other axes than [B, 3, H, W]."""
+    from litedet.engine.predictor import Predictor
+
+    torch.manual_seed(0)
+    model = create_model("ssdlite-mobilenetv3_small", num_classes=3).eval()
+    with torch.no_grad():
+        for parameter in model.parameters():  # a random model with distinct scores
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    plain = export_model(model, "onnx", tmp_path)  # 320: not a multiple of 512
+    packed = export_model(model, "onnx", tmp_path, uint8_input=True)
+    reference, fast = Predictor(open_backend(plain.path), conf=0.2), Predictor(open_backend(packed.path), conf=0.2)
+    image = _images(1, [(120, 200)])[0]
+    floats, info = reference.preprocess(image)
+    pixels, _ = fast.preprocess(image)
+    assert fast.input_hw(pixels) == reference.input_hw(floats) == (320, 320)
+    maps = reference.infer(floats)
+    _assert_close(fast.infer(pixels), maps, atol=1e-4)
+    # the same maps give the same boxes through either predictor (the priors see 320 x 320)
+    want = reference.postprocess(maps, [info], [""], input_size=reference.input_hw(floats))[0]
+    got = fast.postprocess(maps, [info], [""], input_size=fast.input_hw(pixels))[0]
+    assert len(want) > 0
+    np.testing.assert_array_equal(got.boxes, want.boxes)
+    np.testing.assert_array_equal(got.class_ids, want.class_ids)
+    own = fast.postprocess(fast.infer(pixels), [info], [""], input_size=(320, 320))[0]
+    np.testing.assert_array_equal(fast.predict(image)[0].boxes, own.boxes)  # predict passes (H, W)
 
 
 def test_a_sidecar_from_another_export_is_refused(tiny: Detector, tmp_path: Path) -> None:

@@ -161,6 +161,11 @@ class Predictor:
         after ``self.preprocessor.buffers`` calls on the same thread (see ``Preprocessor``)."""
         return self.preprocessor(image)
 
+    def input_hw(self, batch: np.ndarray) -> tuple[int, int]:
+        """(height, width) of a pre-processed batch: [B, 3, H, W] float32, or [B, H, W, 3] uint8 for
+        an engine that takes the letterboxed image itself."""
+        return (int(batch.shape[1]), int(batch.shape[2])) if self.preprocessor.uint8 else (int(batch.shape[2]), int(batch.shape[3]))
+
     def infer(self, batch: np.ndarray) -> list[np.ndarray]:
         """The backend's raw outputs for a pre-processed batch."""
         return self.backend.run(batch)
@@ -171,7 +176,7 @@ class Predictor:
         after_pre = time.perf_counter()
         outputs = self.infer(batch)
         after_infer = time.perf_counter()
-        detections = self.postprocess(outputs, [info], [source], input_size=batch.shape[2:])[0]
+        detections = self.postprocess(outputs, [info], [source], input_size=self.input_hw(batch))[0]
         end = time.perf_counter()
         stage_ms = ((after_pre - start) * 1e3, (after_infer - after_pre) * 1e3, (end - after_infer) * 1e3)
         self.timings.add(*stage_ms)
@@ -456,7 +461,7 @@ class _Pipeline:
                 start = time.perf_counter()
                 outputs = self.predictor.infer(batch)
                 infer_ms = (time.perf_counter() - start) * 1e3
-                self.to_sink.put(_Inferred(frame, outputs, info, tuple(batch.shape[2:]), pre_ms, infer_ms))
+                self.to_sink.put(_Inferred(frame, outputs, info, self.predictor.input_hw(batch), pre_ms, infer_ms))
         finally:
             self.stop.set()
             reader.join(timeout=10.0)
@@ -484,7 +489,7 @@ class _Pipeline:
                 start = time.perf_counter()
                 outputs = self.predictor.infer(batch)
                 infer_ms = (time.perf_counter() - start) * 1e3
-                self.sink(_Inferred(frame, outputs, info, tuple(batch.shape[2:]), pre_ms, infer_ms))
+                self.sink(_Inferred(frame, outputs, info, self.predictor.input_hw(batch), pre_ms, infer_ms))
                 given += 1
         finally:
             for signum, handler in previous.items():
