@@ -75,7 +75,9 @@ def main() -> int:
     print(f"| model | input | median ms | p90 ms | runs | other load % |\n|---|---|---|---|---|---|")
     for name, s in stats.items():
         load = "-" if s.other_load is None else f"{s.other_load:.0f}"
-        print(f"| {name} | {'x'.join(map(str, shapes[name][2:]))} | {s.median_ms:.2f} | {s.p90_ms:.2f} | {s.n} | {load} |")
+        shape = shapes[name]
+        hw = shape[1:3] if shape[-1] == 3 and shape[1] != 3 else shape[2:]  # NHWC (uint8 export) or NCHW
+        print(f"| {name} | {'x'.join(map(str, hw))} | {s.median_ms:.2f} | {s.p90_ms:.2f} | {s.n} | {load} |")
         rows.append({"name": name, "path": paths[name], "shape": shapes[name], "threads": args.threads,
                      "median_ms": s.median_ms, "p90_ms": s.p90_ms, "runs": s.n, "other_load": s.other_load})
     if args.out:
