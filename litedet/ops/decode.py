@@ -23,14 +23,11 @@ import numpy as np
 def sigmoid(x: np.ndarray) -> np.ndarray:
     """Numerically stable logistic function, float32 in, float32 out."""
     x = np.asarray(x, dtype=np.float32)
-    if x.ndim == 0:  # ufuncs give a 0-d input a scalar back, which cannot be written into
-        return sigmoid(x.reshape(1)).reshape(())
-    # exp(-|x|) never overflows: e / (1 + e) for x < 0, 1 / (1 + e) for x >= 0
+    # exp(-|x|) never overflows: 1 / (1 + e) for x >= 0, e / (1 + e) below. Both branches in full
+    # and one select: a ufunc with where= runs a masked loop that costs more than the extra divide.
     e = np.exp(-np.abs(x))
     denominator = 1.0 + e
-    np.divide(e, denominator, out=e)
-    np.divide(1.0, denominator, out=e, where=x >= 0)
-    return e
+    return np.where(x >= 0, 1.0 / denominator, e / denominator)  # a Python float keeps float32
 
 
 def decode_yolo(
