@@ -236,13 +236,16 @@ class Model:
         progress: bool = False,
         max_frames: int | None = None,
         keep_results: int = 1000,
+        streams: int | None = None,
     ) -> DetectReport:
         """Run ``litedet detect``'s pipelined loop over ``source`` (reading, inference and
         writing overlap on three threads): with ``save_dir``, annotated images and videos,
         ``detections.jsonl`` and ``summary.json`` are written there. Returns the report (frames,
-        per-stage milliseconds, FPS, files written, the last ``keep_results`` results as JSON)."""
+        per-stage milliseconds, FPS, files written, the last ``keep_results`` results as JSON).
+        ``streams``: engine copies inferring side by side (default 2 for videos and long folders
+        when the engine can, 1 otherwise; see ``litedet.engine.predictor.detect_source``)."""
         return detect_source(self._predictor_for(), source, save_dir=save_dir, progress=progress, max_frames=max_frames,
-                             keep_results=keep_results)
+                             keep_results=keep_results, streams=streams)
 
     def _generate(self, predictor: Predictor, parts: list[Any], max_frames: int | None) -> Iterator[Detections]:
         given = 0

@@ -23,6 +23,7 @@ from litedet.engine import sinks
 from litedet.engine.predictor import Predictor, StageTimes, detect_source
 from litedet.engine.sinks import MJPEGAVIWriter, OutputError, ResultsLog
 from litedet.runtime import open_backend
+from litedet.runtime.base import Backend
 
 from conftest import REPO, require_shared
 from test_sources import CameraStub, _frame, _write_video
@@ -82,6 +83,92 @@ def test_pipelined_video_decodes_on_the_cores_inference_leaves(tmp_path, tiny_on
     assert piped.decode_threads == decode_threads_beside(1)
     assert sequential.decode_threads is None  # alone on the machine: the decoder's own choice
     assert given.decode_threads == 3
+
+
+class _Jittery(Backend):
+    """Delegates to an engine after a pause that varies by frame, so that side-by-side copies
+    finish frames out of order; counts the copies it opened and closed."""
+
+    def __init__(self, inner: Backend, opened: list, closed: list, threads: int | None = None) -> None:
+        super().__init__(inner.config, threads=threads)
+        self.inner, self.opened, self.closed = inner, opened, closed
+        self.calls = 0
+        self.reopen = lambda threads: self._copy(threads)
+
+    def _copy(self, threads: int) -> "_Jittery":
+        copy = _Jittery(self.inner, self.opened, self.closed, threads)
+        self.opened.append(copy)
+        return copy
+
+    def run(self, batch: np.ndarray) -> list[np.ndarray]:
+        self.calls += 1
+        time.sleep(0.004 * (self.calls % 3) * (len(self.opened) - self.opened.index(self) if self in self.opened else 0))
+        return self.inner.run(batch)
+
+    def close(self) -> None:
+        self.closed.append(self)
+
+
+def test_streams_infer_side_by_side_and_keep_the_order(tmp_path, tiny_onnx):
+    video = _write_video(tmp_path / "clip.mp4", 30)
+    opened: list = []
+    closed: list = []
+    backend = _Jittery(open_backend(tiny_onnx, threads=1), opened, closed, threads=4)
+    seen: list[int] = []
+    report = detect_source(Predictor(backend, conf=0.01), video, progress=False, streams=3,
+                           on_result=lambda f, d: seen.append(f.index))
+    sequential = detect_source(Predictor(backend, conf=0.01), video, progress=False, pipeline=False)
+    assert seen == list(range(30)) and report.results == sequential.results
+    assert report.streams == 3 and report.stream_threads == 1  # 4 threads // 3 streams
+    assert len(opened) == 3 and sorted(map(id, closed)) == sorted(map(id, opened))  # every copy closed
+    assert all(copy.calls > 0 for copy in opened)  # each copy took frames
+    assert "3 inference streams of 1 thread(s) each" in report.summary_lines()[0]
+    assert report.to_dict()["streams"] == 3
+
+
+def test_default_streams_two_for_long_files_one_for_short_and_live(tmp_path, tiny_onnx):
+    long_video, short_video = _write_video(tmp_path / "long.mp4", 25), _write_video(tmp_path / "short.mp4", 5)
+    backend = open_backend(tiny_onnx, threads=2)
+    assert detect_source(Predictor(backend), long_video, progress=False).streams == 2
+    assert detect_source(Predictor(backend), short_video, progress=False).streams == 1
+    assert detect_source(Predictor(backend), long_video, progress=False, pipeline=False).streams == 1
+    live = LiveSource("camera0", CameraStub(frames=30, period=0.001))
+    assert detect_source(Predictor(backend), live, progress=False).streams == 1
+    single = open_backend(tiny_onnx, threads=1)  # one thread: nothing to share out
+    assert detect_source(Predictor(single), long_video, progress=False).streams == 1
+
+
+def test_streams_are_refused_where_they_cannot_run(tmp_path, tiny_onnx):
+    video = _write_video(tmp_path / "clip.mp4", 3)
+    backend = open_backend(tiny_onnx, threads=2)
+    with pytest.raises(ValueError, match="streams must be >= 1"):
+        detect_source(Predictor(backend), video, progress=False, streams=0)
+    with pytest.raises(ValueError, match="need the pipeline"):
+        detect_source(Predictor(backend), video, progress=False, streams=2, pipeline=False)
+    backend.reopen = None
+    with pytest.raises(ValueError, match="opened from a file"):
+        detect_source(Predictor(backend), video, progress=False, streams=2)
+    backend.concurrent_copies = False
+    with pytest.raises(ValueError, match="cannot run 2 streams"):
+        detect_source(Predictor(backend), video, progress=False, streams=2)
+
+
+def test_an_engine_error_in_a_stream_reaches_the_caller(tmp_path, tiny_onnx):
+    video = _write_video(tmp_path / "clip.mp4", 30)
+
+    class Failing(_Jittery):
+        def run(self, batch):
+            if self is self.opened[-1] and self.calls >= 2:
+                raise RuntimeError("engine failed")
+            return super().run(batch)
+
+    opened: list = []
+    closed: list = []
+    backend = Failing(open_backend(tiny_onnx, threads=1), opened, closed, threads=2)
+    backend.reopen = lambda threads: opened.append(Failing(backend.inner, opened, closed, threads)) or opened[-1]
+    with pytest.raises(RuntimeError, match="engine failed"):
+        detect_source(Predictor(backend), video, progress=False, streams=2)
+    assert len(closed) == 2
 
 
 def test_results_window_and_max_frames_bound_memory(tmp_path, tiny_onnx):
@@ -203,14 +290,18 @@ def test_results_log_names_the_path_on_error(tmp_path, monkeypatch):
 # ------------------------------------------------------------------ signals
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL], ids=["SIGTERM", "SIGINT", "SIGKILL"])
-def test_a_kill_loses_no_finished_frame(tmp_path, tiny_onnx, signum):
+@pytest.mark.parametrize(
+    ("signum", "streams"),
+    [(signal.SIGTERM, 1), (signal.SIGINT, 1), (signal.SIGINT, 2), (signal.SIGKILL, 2)],
+    ids=["SIGTERM", "SIGINT", "SIGINT-2-streams", "SIGKILL-2-streams"],
+)
+def test_a_kill_loses_no_finished_frame(tmp_path, tiny_onnx, signum, streams):
     video = _write_video(tmp_path / "long.mp4", 1500)
     out_dir = tmp_path / "out"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     child = subprocess.Popen(
         [sys.executable, "-m", "litedet", "detect", "--weights", str(tiny_onnx), "--source", str(video), "--save",
-         str(out_dir), "--no-progress", "--threads", "1", "--conf", "0.01"],
+         str(out_dir), "--no-progress", "--threads", "1", "--conf", "0.01", "--streams", str(streams)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
     )
     results = out_dir / "detections.jsonl"

@@ -33,6 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, help="engine CPU threads")
     parser.add_argument("--engine", choices=sorted(ENGINES), help="engine (default: from the weights' suffix)")
     parser.add_argument("--precision", default="fp32", help="fp32 (default), bf16 or fp16 where the engine supports it")
+    parser.add_argument("--streams", type=int,
+                        help="engine copies inferring side by side, each on threads/streams threads (default: 2 for videos "
+                             "and folders of more than 20 images, 1 for cameras and streams; not with the torch engine)")
     parser.add_argument("--no-pipeline", action="store_true", help="run the stages one after another (to compare with the pipelined default)")
     add_progress_option(parser)
 
@@ -52,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
             iou=args.iou, max_det=args.max_det, classes=args.classes, agnostic=args.agnostic, imgsz=args.imgsz,
             threads=args.threads, precision=args.precision, progress=not args.no_progress, max_frames=args.max_frames,
             keep_results=LISTED_FRAMES, results_stream=sys.stdout if args.json else None, pipeline=not args.no_pipeline,
-            stop_signals=(signal.SIGINT, signal.SIGTERM),
+            stop_signals=(signal.SIGINT, signal.SIGTERM), streams=args.streams,
         )
     except KeyboardInterrupt:  # before the first frame (loading the model): nothing to keep
         print("litedet detect: interrupted before the first frame", file=sys.stderr)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import queue
 import signal
 import sys
@@ -225,6 +226,8 @@ class DetectReport:
     network_ms: float | None = None
     pipelined: bool = False
     reference_points: int = 0  # 1: timed at the first frame; 2: also after the last
+    streams: int = 1  # engine copies inferring side by side
+    stream_threads: int | None = None  # threads of each (None: the engine's default)
 
     @property
     def network_ratio(self) -> float | None:
@@ -242,10 +245,13 @@ class DetectReport:
             f"{ms['infer']:.1f} ms, post-process {ms['post']:.1f} ms (median per frame"
             f"{', overlapped' if self.pipelined else ''}), {self.fps:.1f} FPS end to end",
         ]
+        if self.streams > 1:
+            threads = f"{self.stream_threads} thread(s)" if self.stream_threads else "the engine's threads"
+            lines[0] += f", {self.streams} inference streams of {threads} each"
         if self.network_ratio is not None:
             lines.append(
                 f"{self.fps:.1f} FPS = {self.network_ratio:.2f} x the network-only rate "
-                f"(1000 / {self.network_ms:.2f} ms, the backend alone on this input, timed "
+                f"(1000 / {self.network_ms:.2f} ms, one call of the backend alone on this input, timed "
                 f"{'at the start and the end of' if self.reference_points > 1 else 'in'} this run)"
             )
         if self.skipped:
@@ -263,6 +269,7 @@ class DetectReport:
             "frames": self.frames, "skipped": [p for p, _ in self.skipped], "dropped": self.dropped,
             "stage_ms_median": self.stage_ms, "fps": self.fps, "wall_s": self.wall_s,
             "network_ms": self.network_ms, "network_ratio": self.network_ratio, "pipelined": self.pipelined,
+            "streams": self.streams, "stream_threads": self.stream_threads,
             "interrupted": self.interrupted, "saved": [str(p) for p in self.saved],
         }
 
@@ -335,17 +342,32 @@ class _Sink:
 
 
 class _Pipeline:
-    """Read + pre-process on one thread, inference on the caller's thread, the ``_Sink`` on a
-    third, joined by bounded FIFO queues (order kept, memory bounded). A live source keeps only
-    the newest pre-processed frame waiting: an older one still queued is dropped and counted."""
+    """Read + pre-process on one thread, inference on one thread per engine (the caller's thread
+    runs the first), the ``_Sink`` on another, joined by FIFO queues. Frames are numbered as an
+    engine takes them and reach the sink in that order, so several engines (inference streams)
+    keep the order too; at most ``depth + len(engines)`` frames are taken and not yet handled by
+    the sink (memory bounded). A live source keeps only the newest pre-processed frame waiting:
+    an older one still queued is dropped and counted."""
 
-    def __init__(self, predictor: Predictor, source: Source, sink: _Sink, max_frames: int | None, depth: int = 2) -> None:
+    def __init__(
+        self,
+        predictor: Predictor,
+        source: Source,
+        sink: _Sink,
+        max_frames: int | None,
+        depth: int = 2,
+        engines: Sequence[Backend] = (),
+    ) -> None:
         self.predictor, self.source, self.sink, self.max_frames = predictor, source, sink, max_frames
+        self.engines = list(engines) or [predictor.backend]
         self.live = source.live
         self.to_infer: queue.Queue = queue.Queue(maxsize=1 if self.live else depth)
-        self.to_sink: queue.Queue = queue.Queue(maxsize=depth)
-        # Buffers in flight: the queue, one waiting to be put, one in inference.
-        predictor.preprocessor.buffers = max(predictor.preprocessor.buffers, depth + 3)
+        self.to_sink: queue.Queue = queue.Queue()  # bounded by ``in_flight``
+        self.in_flight = threading.Semaphore(depth + len(self.engines))
+        self._take_lock = threading.Lock()
+        self._taken = 0
+        # Buffers in flight: the queue, one waiting to be put, one in each engine.
+        predictor.preprocessor.buffers = max(predictor.preprocessor.buffers, depth + 1 + len(self.engines))
         self.stop = threading.Event()
         self.errors: list[BaseException] = []
         self.network_ms: float | None = None
@@ -353,12 +375,14 @@ class _Pipeline:
         self.reference_s = 0.0  # wall time spent on them (not part of the stream's FPS)
         self.reference_points = 0
         self._reference_batch: np.ndarray | None = None
+        self._reader: threading.Thread | None = None
         self.interrupted = False
 
     def _time_reference(self, batch: np.ndarray | None, runs: int) -> None:
-        """Add network-only samples on ``batch`` (a copy of the first frame's input): the
-        reference of the FPS ratio, taken at the start and, for a source that ended on its own,
-        again at the end, so drift of the machine during the run moves both figures alike."""
+        """Add network-only samples on ``batch`` (a copy of the first frame's input) with the
+        predictor's own backend, nothing else inferring: the reference of the FPS ratio, taken at
+        the start and, for a source that ended on its own, again at the end, so drift of the
+        machine during the run moves both figures alike."""
         if batch is None or runs <= 0:
             return
         started = time.perf_counter()
@@ -412,20 +436,68 @@ class _Pipeline:
         finally:
             self._put(self.to_infer, _END)
 
+    def _take(self) -> tuple[int, Any] | None:
+        """The next pre-processed frame and its number, or None at the end or on stop."""
+        while not self.stop.is_set():
+            if not self.in_flight.acquire(timeout=0.1):
+                continue
+            with self._take_lock:
+                try:
+                    item = self.to_infer.get(timeout=0.1)
+                except queue.Empty:
+                    self.in_flight.release()
+                    if self._reader is not None and not self._reader.is_alive() and self.to_infer.empty():
+                        return None
+                    continue
+                if item is _END:
+                    self.in_flight.release()
+                    self.to_infer.put(_END)  # for the other engines; nothing is put after it
+                    return None
+                number = self._taken
+                self._taken += 1
+            return number, item
+        return None
+
+    def _infer(self, engine: Backend, taken: tuple[int, Any] | None) -> None:
+        """Infer with ``engine`` the frame ``taken`` and every next one it takes."""
+        while taken is not None:
+            number, (frame, batch, info, pre_ms) = taken
+            start = time.perf_counter()
+            outputs = engine.run(batch)
+            infer_ms = (time.perf_counter() - start) * 1e3
+            self.to_sink.put((number, _Inferred(frame, outputs, info, self.predictor.input_hw(batch), pre_ms, infer_ms)))
+            taken = self._take()
+
+    def _infer_beside(self, engine: Backend) -> None:
+        try:
+            self._infer(engine, self._take())
+        except BaseException as err:  # noqa: BLE001 - handed to the caller's thread
+            self.errors.append(err)
+            self.stop.set()
+
     def _drain_sink(self) -> None:
+        """Hand inferred frames to the sink in their order (an engine may finish a later frame
+        first); after a sink error, only release them."""
+        waiting: dict[int, _Inferred] = {}
+        following = 0
         failed = False
         while True:
-            item = self.to_sink.get()
-            if item is _END:
+            got = self.to_sink.get()
+            if got is _END:
                 return
-            if failed:
-                continue
-            try:
-                self.sink(item)
-            except BaseException as err:  # noqa: BLE001 - handed to the caller's thread
-                self.errors.append(err)
-                self.stop.set()
-                failed = True
+            waiting[got[0]] = got[1]
+            while following in waiting:
+                item = waiting.pop(following)
+                following += 1
+                self.in_flight.release()
+                if failed:
+                    continue
+                try:
+                    self.sink(item)
+                except BaseException as err:  # noqa: BLE001 - handed to the caller's thread
+                    self.errors.append(err)
+                    self.stop.set()
+                    failed = True
 
     def _on_signal(self, signum: int, _frame: Any) -> None:
         if self.interrupted:  # a second Ctrl-C ends at once
@@ -441,30 +513,29 @@ class _Pipeline:
         return {signum: signal.signal(signum, self._on_signal) for signum in signals}
 
     def run(self, reference_runs: int, stop_signals: Sequence[int] = ()) -> None:
-        reader = threading.Thread(target=self._read, name="litedet-read", daemon=True)
+        self._reader = threading.Thread(target=self._read, name="litedet-read", daemon=True)
         sink = threading.Thread(target=self._drain_sink, name="litedet-sink", daemon=True)
+        beside: list[threading.Thread] = []
         previous = self._trap(stop_signals)
-        reader.start()
+        self._reader.start()
         sink.start()
         try:
-            while not self.stop.is_set():
-                try:
-                    item = self.to_infer.get(timeout=0.1)
-                except queue.Empty:
-                    if not reader.is_alive() and self.to_infer.empty():
-                        break
-                    continue
-                if item is _END:
-                    break
-                frame, batch, info, pre_ms = item
-                self._first_reference(batch, reference_runs)
-                start = time.perf_counter()
-                outputs = self.predictor.infer(batch)
-                infer_ms = (time.perf_counter() - start) * 1e3
-                self.to_sink.put(_Inferred(frame, outputs, info, self.predictor.input_hw(batch), pre_ms, infer_ms))
+            first = self._take()
+            if first is not None:
+                # the reference first, while no engine infers; then every engine takes frames
+                self._first_reference(first[1][1], reference_runs)
+                beside = [
+                    threading.Thread(target=self._infer_beside, args=(engine,), name=f"litedet-infer-{i}", daemon=True)
+                    for i, engine in enumerate(self.engines[1:], start=1)
+                ]
+                for thread in beside:
+                    thread.start()
+                self._infer(self.engines[0], first)
         finally:
             self.stop.set()
-            reader.join(timeout=10.0)
+            self._reader.join(timeout=10.0)
+            for thread in beside:
+                thread.join()
             # every inferred frame reaches the sink before it stops: a kill loses nothing finished
             self.to_sink.put(_END)
             sink.join()
@@ -500,6 +571,44 @@ class _Pipeline:
 RESULTS_FILE = "detections.jsonl"
 
 
+def engine_threads(backend: Backend) -> int:
+    """The CPU threads ``backend`` infers on: its ``threads``, or every core it may use."""
+    if backend.threads:
+        return int(backend.threads)
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def open_streams(backend: Backend, streams: int | None, pipeline: bool = True, auto: bool = True) -> list[Backend]:
+    """The engine copies of ``streams`` inference streams (see ``detect_source``), each opened
+    with ``backend.reopen`` on ``threads // streams`` threads (at least one); [] for one stream,
+    which ``backend`` itself runs. ``streams`` None: 2 when ``auto`` and the backend can run
+    copies side by side on two or more threads, else 1."""
+    possible = pipeline and backend.reopen is not None and backend.concurrent_copies
+    if streams is None:
+        streams = 2 if auto and possible and engine_threads(backend) >= 2 else 1
+    if streams < 1:
+        raise ValueError(f"streams must be >= 1, got {streams}")
+    if streams == 1:
+        return []
+    if not pipeline:
+        raise ValueError(f"{streams} inference streams need the pipeline (leave out --no-pipeline)")
+    if not backend.concurrent_copies:
+        raise ValueError(f"the {backend.name} engine cannot run {streams} streams in one process (its thread count is "
+                         "the process's); export the model (litedet export) and run the .onnx, .xml or .param file")
+    if backend.reopen is None:
+        raise ValueError(f"{streams} inference streams need an engine opened from a file (litedet.runtime.open_backend)")
+    threads = max(1, engine_threads(backend) // streams)
+    engines: list[Backend] = []
+    try:
+        for _ in range(streams):
+            engines.append(backend.reopen(threads=threads))
+    except BaseException:
+        for engine in engines:
+            engine.close()
+        raise
+    return engines
+
+
 def detect_source(
     predictor: Predictor,
     source: str | int | Path | Source,
@@ -512,6 +621,7 @@ def detect_source(
     pipeline: bool = True,
     reference_runs: int | None = None,
     stop_signals: Sequence[int] = (signal.SIGINT,),
+    streams: int | None = None,
 ) -> DetectReport:
     """Run ``predictor`` over every frame of ``source`` (anything ``open_source`` takes).
 
@@ -524,7 +634,12 @@ def detect_source(
 
     With ``pipeline`` (default), reading + pre-processing, inference and post-processing +
     drawing + writing overlap on three threads with bounded queues; frames stay in order and
-    ``on_result(frame, detections)`` is called in order on the writing thread. ``max_frames``
+    ``on_result(frame, detections)`` is called in order on the writing thread. ``streams``: how
+    many copies of the engine infer side by side, each on its share of the backend's threads
+    (``threads // streams``; throughput mode, as OpenVINO's THROUGHPUT hint): small models keep
+    two cores busier with two one-thread streams than with one two-thread call. Default: 2 for
+    a file source of more than 20 frames on an engine opened by ``open_backend`` (not torch) with
+    two or more threads, else 1 (a live source: one stream, for latency). ``max_frames``
     stops after that many frames. ``reference_runs`` times the backend alone on the first
     frame's input that many times (the network-only reference of the FPS ratio; default: for
     videos, streams and more than 20 files). A progress bar is shown for files and videos
@@ -540,11 +655,18 @@ def detect_source(
     if pipeline and isinstance(opened, FileSource) and opened.decode_threads is None:
         # the decoder runs beside inference: give it the cores the engine leaves, not one per core
         opened.decode_threads = decode_threads_beside(predictor.backend.threads)
+    long_source = opened.total is None or opened.total > 20
     if reference_runs is None:
-        reference_runs = 20 if opened.total is None or opened.total > 20 else 0
+        reference_runs = 20 if long_source else 0
     out_dir = Path(save_dir) if save_dir is not None else None
     writers = log = None
     predictor.timings = StageTimes()
+    try:
+        engines = open_streams(predictor.backend, streams, pipeline=pipeline, auto=long_source and not opened.live)
+    except BaseException:
+        if opened is not source:
+            opened.close()
+        raise
     interrupted = False
     total = opened.total if max_frames is None or opened.total is None else min(opened.total, max_frames)
     bar = tqdm(total=total, unit="frame", disable=not progress or total is None, leave=False, file=sys.stderr)
@@ -556,7 +678,7 @@ def detect_source(
             writers = OutputWriter(out_dir, opened.fps)
             log = ResultsLog(out_dir / RESULTS_FILE)
         sink = _Sink(predictor, writers, log, results_stream, keep_results, on_result, bar)
-        runner = _Pipeline(predictor, opened, sink, max_frames)
+        runner = _Pipeline(predictor, opened, sink, max_frames, engines=engines)
         if pipeline:
             runner.run(reference_runs, stop_signals)
         else:
@@ -571,6 +693,8 @@ def detect_source(
             writers.close()
         if log is not None:
             log.close()
+        for engine in engines:
+            engine.close()
     # the network-only reference is timed inside the run; its seconds are not the stream's
     wall = time.perf_counter() - start - (runner.reference_s if runner is not None else 0.0)
     frames = len(predictor.timings)
@@ -587,6 +711,8 @@ def detect_source(
         network_ms=runner.network_ms if runner is not None else None,
         pipelined=pipeline,
         reference_points=runner.reference_points if runner is not None else 0,
+        streams=max(1, len(engines)),
+        stream_threads=engines[0].threads if engines else predictor.backend.threads,
     )
     if out_dir is not None:
         summary_path = out_dir / "summary.json"
@@ -632,6 +758,7 @@ def detect(
     pipeline: bool = True,
     reference_runs: int | None = None,
     stop_signals: Sequence[int] = (signal.SIGINT,),
+    streams: int | None = None,
 ) -> DetectReport:
     """Open ``weights`` (``litedet.runtime.open_backend``) and detect on every frame of ``source``
     (``detect_source`` says what is written and kept); what ``litedet detect`` runs."""
@@ -649,6 +776,7 @@ def detect(
         return detect_source(
             predictor, opened, save_dir=save_dir, progress=progress, max_frames=max_frames, keep_results=keep_results,
             results_stream=results_stream, pipeline=pipeline, reference_runs=reference_runs, stop_signals=stop_signals,
+            streams=streams,
         )
     finally:
         opened.close()

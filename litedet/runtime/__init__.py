@@ -7,6 +7,7 @@ numpy + opencv + one engine can run detection.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 import os
 from pathlib import Path
@@ -93,8 +94,8 @@ def open_backend(
             backend = backend_cls(path, None, threads=threads, precision=precision, model=model, **options)
             if imgsz is not None:
                 backend.config = with_input_size(backend.config, imgsz)
-            return backend
-        return backend_cls(path, config, threads=threads, precision=precision, **options)
+        else:
+            backend = backend_cls(path, config, threads=threads, precision=precision, **options)
     except ModuleNotFoundError as err:
         if err.name == module_name:
             raise ValueError(f"engine {engine!r} is not available in this version of litedet") from None
@@ -102,6 +103,10 @@ def open_backend(
         if missing is None:
             raise
         raise missing from None
+    backend.reopen = functools.partial(
+        open_backend, path, engine=engine, precision=precision, model=model, imgsz=imgsz, device=device,
+    )
+    return backend
 
 
 def with_input_size(config: ModelConfig, imgsz: int | tuple[int, int]) -> ModelConfig:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import Callable
 
 import numpy as np
 
@@ -20,11 +21,18 @@ class Backend(ABC):
     """
 
     name: str = "base"
+    # Whether copies with their own threads can run side by side in one process (torch's thread
+    # count is the process's, so a torch engine cannot).
+    concurrent_copies: bool = True
 
     def __init__(self, config: ModelConfig, threads: int | None = None, precision: str = "fp32") -> None:
         self.config = config
         self.threads = threads
         self.precision = precision
+        # ``open_backend`` sets this: ``reopen(threads=n)`` opens the same file with the same
+        # options on n threads (an inference stream of ``detect_source``); None for an engine
+        # built otherwise.
+        self.reopen: Callable[..., "Backend"] | None = None
 
     @abstractmethod
     def run(self, batch: np.ndarray) -> list[np.ndarray]:

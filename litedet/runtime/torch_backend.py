@@ -22,6 +22,7 @@ class TorchBackend(Backend):
     """
 
     name = "torch"
+    concurrent_copies = False  # torch.set_num_threads is per process
 
     def __init__(
         self,
