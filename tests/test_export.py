@@ -420,3 +420,20 @@ def test_image_normalisation_is_folded_only_into_convs_that_alone_read_the_image
     del proto.graph.output[-1]
     assert fold_image_normalisation(proto)
     assert [n.op_type for n in proto.graph.node][:3] == ["Transpose", "Cast", "Conv"]
+
+
+def test_openvino_pins_threads_only_when_it_has_every_core(tiny: Detector, tmp_path: Path, monkeypatch) -> None:
+    # Two inference streams each on a share of the cores: pinned, both would land on the same ones.
+    path = export_model(tiny, "openvino", tmp_path, imgsz=SIZE).path
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(4)), raising=False)
+    share = open_backend(path, threads=2)
+    assert share.compiled.get_property("ENABLE_CPU_PINNING") is False
+    whole = open_backend(path, threads=4)  # every core: OpenVINO's own choice
+    assert whole.compiled.get_property("ENABLE_CPU_PINNING") == ov_default_pinning()
+    assert share.reopen(threads=1).compiled.get_property("ENABLE_CPU_PINNING") is False
+
+
+def ov_default_pinning() -> bool:
+    import openvino as ov
+
+    return ov.Core().get_property("CPU", "ENABLE_CPU_PINNING")

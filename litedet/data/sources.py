@@ -27,6 +27,7 @@ from typing import Callable, Iterator, Protocol
 import cv2
 import numpy as np
 
+from litedet.config import usable_cores
 from litedet.data.transforms import ensure_bgr
 
 LOGGER = logging.getLogger(__name__)
@@ -248,7 +249,7 @@ def open_video(path: str | os.PathLike, decode_threads: int | None = None) -> cv
 def decode_threads_beside(inference_threads: int | None) -> int:
     """Threads to decode a video with while an engine infers on ``inference_threads`` threads
     (None: on every core): the cores it leaves free, at least one."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = usable_cores()
     return max(1, cores - inference_threads) if inference_threads else 1
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import queue
 import signal
 import sys
@@ -24,7 +23,7 @@ from typing import Any, Callable, Sequence, TextIO
 import cv2
 import numpy as np
 
-from litedet.config import ModelConfig, write_text_atomic
+from litedet.config import ModelConfig, usable_cores, write_text_atomic
 from litedet.data.sources import FileSource, Frame, Source, decode_threads_beside, open_source
 from litedet.data.transforms import LetterboxInfo, Preprocessor
 from litedet.engine.results import Detections, Reservoir
@@ -573,9 +572,7 @@ RESULTS_FILE = "detections.jsonl"
 
 def engine_threads(backend: Backend) -> int:
     """The CPU threads ``backend`` infers on: its ``threads``, or every core it may use."""
-    if backend.threads:
-        return int(backend.threads)
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return int(backend.threads) if backend.threads else usable_cores()
 
 
 def open_streams(backend: Backend, streams: int | None, pipeline: bool = True, auto: bool = True) -> list[Backend]:

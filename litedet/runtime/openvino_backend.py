@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from litedet.config import ModelConfig
+from litedet.config import ModelConfig, usable_cores
 from litedet.runtime.base import Backend
 from litedet.runtime.shapes import check_input_shape, check_input_type
 
@@ -21,7 +21,8 @@ class OpenVINOBackend(Backend):
 
     ``precision``: ``fp32`` (exact; set explicitly since the CPU default is bf16 where AMX is
     present), ``bf16`` or ``fp16`` (the CPU plugin's inference precision; the weights file may be
-    fp32 or compressed fp16 either way). ``threads`` sets ``INFERENCE_NUM_THREADS``. ``device``
+    fp32 or compressed fp16 either way). ``threads`` sets ``INFERENCE_NUM_THREADS`` on the CPU
+    (below the core count, threads are not pinned to cores). ``device``
     is an OpenVINO device name (``CPU``, ``GPU``, ``NPU``, ``AUTO``; any case).
     """
 
@@ -46,8 +47,12 @@ class OpenVINOBackend(Backend):
         device = device.upper()
         core = ov.Core()
         properties: dict[str, object] = {"INFERENCE_PRECISION_HINT": PRECISION_HINTS[precision], "PERFORMANCE_HINT": "LATENCY"}
-        if threads is not None:
+        if threads is not None and device == "CPU":  # a CPU setting; other devices refuse it
             properties["INFERENCE_NUM_THREADS"] = int(threads)
+            if int(threads) < usable_cores():
+                # OpenVINO pins its threads to cores it picks alone: two copies on a share of the
+                # cores each (detect's inference streams) would both land on the same ones
+                properties["ENABLE_CPU_PINNING"] = False
         try:
             network = core.read_model(str(path))
             self.compiled = core.compile_model(network, device, properties)
@@ -73,3 +78,4 @@ class OpenVINOBackend(Backend):
         check_input_shape(batch, self.input_shape, self.name, channels_last=self.config.uint8_input)
         results = self.request.infer({0: batch})
         return [np.array(results[port], dtype=np.float32, copy=True) for port in self.outputs]
+
