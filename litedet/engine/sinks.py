@@ -88,7 +88,8 @@ class MJPEGAVIWriter:
         self.size: tuple[int, int] | None = None  # (width, height)
         self._file: BinaryIO | None = None
         self._current: Path | None = None
-        self._index: list[tuple[int, int]] = []  # (offset from 'movi', size) per frame in the segment
+        # the segment's idx1 entries, 16 bytes per frame (a list of tuples would hold ~120 per frame)
+        self._index = bytearray()
         self._written = 0
         self._movi_at = 0
 
@@ -119,7 +120,7 @@ class MJPEGAVIWriter:
         start = b"RIFF" + struct.pack("<I", 0) + b"AVI " + header + b"LIST" + struct.pack("<I", 0) + b"movi"
         self._write(start)
         self._movi_at = len(start) - 4  # offsets in idx1 count from the 'movi' fourcc
-        self._index = []
+        self._index = bytearray()
 
     def _write(self, data: bytes) -> None:
         assert self._file is not None and self._current is not None
@@ -143,13 +144,14 @@ class MJPEGAVIWriter:
         if not ok:
             raise OutputError(f"cannot encode a frame for {self.path}")
         data = jpeg.tobytes()
-        if self._file is None or (self._written + len(data) + 8 + 16 * (len(self._index) + 1) > self.segment_bytes and self._index):
+        if self._file is None or (self._written + len(data) + 8 + len(self._index) + 16 > self.segment_bytes and self._index):
             self._close_segment()
             self._written = 0
             self._open_segment()
         offset = self._written - self._movi_at
         self._write(_chunk(b"00dc", data))
-        self._index.append((offset, len(data)))
+        # AVIIF_KEYFRAME (0x10): every JPEG stands alone
+        self._index += struct.pack("<4sIII", b"00dc", 0x10, offset, len(data))
         self.frames += 1
 
     def _close_segment(self) -> None:
@@ -157,11 +159,11 @@ class MJPEGAVIWriter:
             return
         file, self._file = self._file, None
         try:
-            # idx1, then the sizes and frame counts (AVIIF_KEYFRAME: every JPEG stands alone)
-            index = _chunk(b"idx1", b"".join(struct.pack("<4sIII", b"00dc", 0x10, offset, size) for offset, size in self._index))
+            # idx1, then the sizes and frame counts
+            index = _chunk(b"idx1", bytes(self._index))
             movi_end = file.seek(0, os.SEEK_END)
             file.write(index)
-            header = self._header(*self.size, len(self._index))  # type: ignore[misc]
+            header = self._header(*self.size, len(self._index) // 16)  # type: ignore[misc]
             for position, value in ((4, movi_end + len(index) - 8), (self._movi_at - 4, movi_end - self._movi_at)):
                 file.seek(position)
                 file.write(struct.pack("<I", value))
