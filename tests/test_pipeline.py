@@ -126,6 +126,30 @@ def test_streams_infer_side_by_side_and_keep_the_order(tmp_path, tiny_onnx):
     assert report.to_dict()["streams"] == 3
 
 
+def test_a_slow_stream_keeps_its_input_while_the_others_run_ahead(tmp_path, tiny_onnx):
+    # The first copy holds frame 0 for a long time; the reader must not reuse its input buffer
+    # for the frames the other copy races through meanwhile.
+    video = _write_video(tmp_path / "clip.mp4", 30)
+    changed: list[int] = []
+
+    class SlowFirst(_Jittery):
+        def run(self, batch):
+            self.calls += 1
+            given = batch.copy()
+            if self is self.opened[0] and self.calls == 1:
+                time.sleep(0.5)
+            if not np.array_equal(batch, given):
+                changed.append(self.calls)
+            return self.inner.run(batch)
+
+    opened: list = []
+    backend = SlowFirst(open_backend(tiny_onnx, threads=1), opened, [], threads=2)
+    backend.reopen = lambda threads: opened.append(SlowFirst(backend.inner, opened, [], threads)) or opened[-1]
+    report = detect_source(Predictor(backend, conf=0.01), video, progress=False, streams=2)
+    assert report.frames == 30 and opened[1].calls >= 3  # the fast copy ran ahead
+    assert changed == []
+
+
 def test_default_streams_two_for_long_files_one_for_short_and_live(tmp_path, tiny_onnx):
     long_video, short_video = _write_video(tmp_path / "long.mp4", 25), _write_video(tmp_path / "short.mp4", 5)
     backend = open_backend(tiny_onnx, threads=2)

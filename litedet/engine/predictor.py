@@ -365,8 +365,10 @@ class _Pipeline:
         self.in_flight = threading.Semaphore(depth + len(self.engines))
         self._take_lock = threading.Lock()
         self._taken = 0
-        # Buffers in flight: the queue, one waiting to be put, one in each engine.
-        predictor.preprocessor.buffers = max(predictor.preprocessor.buffers, depth + 1 + len(self.engines))
+        # A batch stays in use until its engine returns. Up to depth + engines frames are taken
+        # and not yet sunk, the queue holds depth more and the reader fills one: a frame in an
+        # engine is at most 2 * depth + engines calls behind the reader.
+        predictor.preprocessor.buffers = max(predictor.preprocessor.buffers, 2 * depth + len(self.engines) + 1)
         self.stop = threading.Event()
         self.errors: list[BaseException] = []
         self.network_ms: float | None = None
