@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
+import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Union
@@ -26,7 +28,7 @@ import numpy as np
 from litedet.config import ModelConfig
 from litedet.data.sources import IMAGE_SUFFIXES, STREAM_SCHEMES, Source, open_source
 from litedet.data.transforms import ensure_bgr
-from litedet.engine.predictor import DetectReport, Predictor, detect_source, resolve_classes
+from litedet.engine.predictor import LONG_SOURCE_FRAMES, DetectReport, Predictor, detect_source, resolve_classes
 from litedet.engine.results import Detections
 from litedet.runtime import open_backend
 from litedet.runtime.base import Backend
@@ -219,9 +221,11 @@ class Model:
         max_frames: int | None = None,
     ) -> Iterator[Detections]:
         """Yield one ``Detections`` per image or frame of ``source`` as it is read (the same
-        sources as ``predict``), holding only the current frame: videos, cameras, streams and
-        long folders in constant memory. The source is opened now (a missing file fails here)
-        and closed when the generator ends or is closed."""
+        sources as ``predict``), holding only a few frames: videos, cameras, streams and long
+        folders in constant memory. A video or a folder of more than 20 images runs through
+        ``detect_source``'s pipeline on background threads (inference streams included; the same
+        results in the same order); closing the generator stops it. The source is opened now (a
+        missing file fails here) and closed when the generator ends or is closed."""
         predictor = self._predictor_for(conf=conf, iou=iou, classes=classes, max_det=max_det, agnostic=agnostic)
         if max_frames is not None and max_frames < 1:
             raise ValueError(f"max_frames must be >= 1, got {max_frames}")
@@ -251,6 +255,14 @@ class Model:
         given = 0
         try:
             for part in parts:
+                if max_frames is not None and given >= max_frames:
+                    return
+                if _throughput_job(part):
+                    left = None if max_frames is None else max_frames - given
+                    for result in _pipelined(predictor, part, left):
+                        given += 1
+                        yield result
+                    continue
                 for image, name in _images(part):
                     if max_frames is not None and given >= max_frames:
                         return
@@ -292,6 +304,64 @@ class Model:
         name = self.weights.name if self.weights is not None else self.config.model
         return (f"Model({name}: {self.config.model}, {len(self.names)} classes, input {height}x{width}, "
                 f"engine {self.engine})")
+
+
+class _Closed(Exception):
+    """The consumer of ``Model.stream`` closed it before the end."""
+
+
+_DONE = object()
+
+
+def _throughput_job(part: Any) -> bool:
+    """A video or a long folder: what ``detect_source`` pipelines with several inference streams
+    (a camera or network stream keeps its frame-by-frame loop: its consumer sets the pace)."""
+    return isinstance(part, Source) and not part.live and (part.total is None or part.total > LONG_SOURCE_FRAMES)
+
+
+def _pipelined(predictor: Predictor, source: Source, max_frames: int | None) -> Iterator[Detections]:
+    """``detect_source``'s pipeline over ``source`` on a background thread, its results handed
+    over in order through a small queue (back-pressure: the pipeline waits for the consumer).
+    Closing the generator stops the pipeline; an error in it is raised here."""
+    results: queue.Queue = queue.Queue(maxsize=4)
+    closed = threading.Event()
+    failure: list[BaseException] = []
+
+    def hand_over(item: Any) -> bool:
+        while not closed.is_set():
+            try:
+                results.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def on_result(frame: Any, detections: Detections) -> None:
+        detections.image = frame.image
+        if not hand_over(detections):
+            raise _Closed
+
+    def run() -> None:
+        try:
+            detect_source(predictor, source, progress=False, on_result=on_result, max_frames=max_frames, keep_results=0,
+                          reference_runs=0, stop_signals=())
+        except _Closed:
+            pass
+        except BaseException as err:  # noqa: BLE001 - raised on the consumer's thread
+            failure.append(err)
+        finally:
+            hand_over(_DONE)
+
+    thread = threading.Thread(target=run, name="litedet-stream", daemon=True)
+    thread.start()
+    try:
+        while (item := results.get()) is not _DONE:
+            yield item
+    finally:
+        closed.set()
+        thread.join()
+    if failure:
+        raise failure[0]
 
 
 def _is_live(source: Any) -> bool:

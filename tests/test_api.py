@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import inspect
 import json
+import threading
+import time
 from pathlib import Path
 
 import cv2
@@ -131,6 +133,65 @@ def test_stream_yields_one_frame_at_a_time_and_closes_the_source(files, onnx_mod
     assert inspect.isgenerator(via_call) and len(list(via_call)) == 2
     with pytest.raises(FileNotFoundError, match="nothere"):
         onnx_model.stream(files["root"] / "nothere.jpg")  # fails at the call, not at the first next()
+
+
+def test_a_long_video_runs_pipelined_in_two_streams_with_frame_by_frame_results(files, tmp_path, monkeypatch):
+    import litedet.api as api
+
+    video = _write_video(tmp_path / "long.mp4", 30)
+    reports = []
+    original = api.detect_source
+
+    def spy(*args, **kwargs):
+        reports.append(original(*args, **kwargs))
+        return reports[-1]
+
+    monkeypatch.setattr(api, "detect_source", spy)
+    with litedet.load(files["onnx"], threads=2) as model:
+        results = model(video)
+        assert len(reports) == 1 and reports[0].streams == 2  # a throughput job: two inference streams
+        single = [model.predict(frame.image)[0] for frame in open_source(video)]  # arrays: frame by frame
+        assert [r.source for r in results] == [f"{video}:{i}" for i in range(30)]
+        for piped, alone in zip(results, single):
+            np.testing.assert_array_equal(piped.boxes, alone.boxes)
+            np.testing.assert_array_equal(piped.scores, alone.scores)
+            assert piped.image is not None and piped.image.shape == alone.image.shape
+        assert len(model(video, max_frames=25)) == 25
+        # a short video keeps the frame-by-frame loop
+        assert len(model(files["video"])) == 7 and len(reports) == 2
+
+        stream = model.stream(video)
+        assert next(stream).source.endswith(":0")
+        stream.close()  # stops the pipeline: its threads end, the engine copies are closed
+        deadline = time.monotonic() + 10
+        while _litedet_threads() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _litedet_threads() == []
+
+
+def _litedet_threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.startswith("litedet-")]
+
+
+def test_an_error_inside_the_pipeline_reaches_the_caller(files, tmp_path, monkeypatch):
+    video = _write_video(tmp_path / "long.mp4", 30)
+    with litedet.load(files["onnx"], threads=1) as model:
+        calls = {"n": 0}
+        run = model.backend.run
+
+        def failing(batch):
+            calls["n"] += 1
+            if calls["n"] == 12:
+                raise RuntimeError("engine failed on frame 11")
+            return run(batch)
+
+        monkeypatch.setattr(model.backend, "run", failing)
+        stream = model.stream(video)
+        got = []
+        with pytest.raises(RuntimeError, match="engine failed on frame 11"):
+            for result in stream:
+                got.append(result)
+        assert 0 < len(got) <= 11
 
 
 def test_call_options_override_load_defaults(files, onnx_model):

@@ -570,6 +570,8 @@ class _Pipeline:
 
 
 RESULTS_FILE = "detections.jsonl"
+# A file source longer than this is a throughput job: two inference streams, a network-only reference.
+LONG_SOURCE_FRAMES = 20
 
 
 def engine_threads(backend: Backend) -> int:
@@ -654,7 +656,7 @@ def detect_source(
     if pipeline and isinstance(opened, FileSource) and opened.decode_threads is None:
         # the decoder runs beside inference: give it the cores the engine leaves, not one per core
         opened.decode_threads = decode_threads_beside(predictor.backend.threads)
-    long_source = opened.total is None or opened.total > 20
+    long_source = opened.total is None or opened.total > LONG_SOURCE_FRAMES
     if reference_runs is None:
         reference_runs = 20 if long_source else 0
     out_dir = Path(save_dir) if save_dir is not None else None
