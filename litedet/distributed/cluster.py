@@ -66,6 +66,9 @@ def start_local_ray(num_cpus: int, resources: dict[str, float] | None = None, da
     ray_constants.ENABLE_RAY_CLUSTER = False
     try:
         ray.init(
+            # "local": a new private instance even when another Ray runs on this machine (without
+            # it ray.init joins the newest cluster in /tmp/ray and refuses num_cpus)
+            address="local",
             num_cpus=num_cpus,
             resources=resources or None,
             include_dashboard=dashboard,
