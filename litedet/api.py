@@ -259,9 +259,13 @@ class Model:
                     return
                 if _throughput_job(part):
                     left = None if max_frames is None else max_frames - given
-                    for result in _pipelined(predictor, part, left):
-                        given += 1
-                        yield result
+                    pipelined = _pipelined(predictor, part, left)
+                    try:
+                        for result in pipelined:
+                            given += 1
+                            yield result
+                    finally:
+                        pipelined.close()  # stops its threads before the source is closed below
                     continue
                 for image, name in _images(part):
                     if max_frames is not None and given >= max_frames:
