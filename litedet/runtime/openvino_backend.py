@@ -78,4 +78,3 @@ class OpenVINOBackend(Backend):
         check_input_shape(batch, self.input_shape, self.name, channels_last=self.config.uint8_input)
         results = self.request.infer({0: batch})
         return [np.array(results[port], dtype=np.float32, copy=True) for port in self.outputs]
-
