@@ -534,3 +534,137 @@ def test_quantize_rejects_an_unknown_method_listing_the_choices(tiny_onnx, tmp_p
     message = f"unknown quantization method {method!r}; choose one of ['ort-static', 'ort-dynamic', 'openvino']"
     with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
         quantize(tiny_onnx, tmp_path / "out.onnx", method, tmp_path)
+
+
+# ------------------------------------------------------------ shared concat ranges, uint8 image
+
+
+def _split_concat_graph():
+    """images -> conv -> relu (a) -> Split (s0, s1); s1 -> conv -> relu (b); Concat(s0, b) = c;
+    Resize(c) = r; Concat(r, a) = d: one ShuffleNetV2-like unit, then a YOLO-neck-like concat."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((8, 3, 1, 1)).astype(np.float32), "w1"),
+             numpy_helper.from_array(rng.standard_normal((4, 4, 1, 1)).astype(np.float32), "w2"),
+             numpy_helper.from_array(np.array([4, 4], np.int64), "sizes"),
+             numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales")]
+    nodes = [helper.make_node("Conv", ["images", "w1"], ["x"]), helper.make_node("Relu", ["x"], ["a"]),
+             helper.make_node("Split", ["a", "sizes"], ["s0", "s1"], axis=1),
+             helper.make_node("Conv", ["s1", "w2"], ["y"]), helper.make_node("Relu", ["y"], ["b"]),
+             helper.make_node("Concat", ["s0", "b"], ["c"], axis=1),
+             helper.make_node("Resize", ["c", "", "scales"], ["r"], mode="nearest"),
+             helper.make_node("MaxPool", ["a"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
+             helper.make_node("Resize", ["p", "", "scales"], ["q"], mode="nearest"),
+             helper.make_node("Concat", ["r", "q"], ["d"], axis=1)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("d", TensorProto.FLOAT, [1, 16, 16, 16])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def test_concat_groups_join_a_stage_split_and_concat_chain_but_not_a_neck_concat():
+    from litedet.compress.quantize import concat_groups
+
+    groups = concat_groups(_split_concat_graph().graph)
+    assert groups == [["a", "s0", "s1", "b", "c"]]  # graph order; the Resize-fed concat stays out
+
+
+def test_shared_ranges_give_every_member_the_union_of_their_ranges_with_zero():
+    from litedet.compress.quantize import shared_ranges
+
+    ranges = {"a": (0.0, 3.0), "b": (0.5, 7.5), "c": (-1.0, 2.0), "other": (-4.0, 9.0)}
+    shared = shared_ranges([["a", "b", "c", "missing"], ["nothing", "known"]], ranges)
+    assert shared == {"a": (-1.0, 7.5), "b": (-1.0, 7.5), "c": (-1.0, 7.5)}
+    assert shared_ranges([["b"]], {"b": (0.5, 7.5)}) == {"b": (0.0, 7.5)}  # 0 is always representable
+
+
+@pytest.fixture(scope="module")
+def uint8_export(tmp_path_factory) -> Path:
+    """A 64x64 v5lite-e ``--uint8-input`` ONNX export (shuffles folded) with its sidecar."""
+    import torch
+
+    from litedet.export.api import export_model
+    from litedet.models.registry import create_model
+
+    torch.manual_seed(0)
+    model = create_model("v5lite-e", input_size=64, num_classes=2, names=["a", "b"]).eval()
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.2, 0.2)
+    return export_model(model, "onnx", tmp_path_factory.mktemp("u8"), imgsz=64, uint8_input=True).path
+
+
+def _calibration_folder(folder: Path, count: int = 4) -> Path:
+    rng = np.random.default_rng(3)
+    folder.mkdir(parents=True, exist_ok=True)
+    for index in range(count):
+        cv2.imwrite(str(folder / f"{index}.png"), rng.integers(0, 256, (48, 64, 3), dtype=np.uint8))
+    return folder
+
+
+def test_quantized_uint8_export_reads_the_image_directly_and_its_stage_concats_copy(uint8_export, tmp_path, monkeypatch):
+    """ort-static of a ``--uint8-input`` export: the INT8 graph takes the uint8 image without
+    Cast/QuantizeLinear (exactly the same outputs as with them) and every concat of a
+    ShuffleNetV2 stage has one scale and zero point on all its inputs and its output."""
+    import onnx
+    import onnxruntime as ort
+
+    import litedet.compress.quantize as quantize_module
+    from litedet.compress.quantize import quantize_onnx_static
+
+    calib = _calibration_folder(tmp_path / "calib")
+    direct = quantize_onnx_static(uint8_export, tmp_path / "direct" / "m.onnx", calib, num_images=4)
+    assert direct.settings["uint8_image_direct"] is True and direct.settings["shared_concat_ranges"] > 0
+    model = onnx.load(str(direct.output))
+    assert not any(n.op_type == "Cast" for n in model.graph.node)
+    assert [n.op_type for n in model.graph.node if "images" in n.input] == ["Transpose"]
+    producer = {out: n for n in model.graph.node for out in n.output}
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
+    consumers = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    stage_concats = 0
+    for node in model.graph.node:
+        if node.op_type != "Concat" or not all(producer[i].op_type == "DequantizeLinear" for i in node.input):
+            continue
+        sources = [producer[producer[i].input[0]] for i in node.input]  # the QuantizeLinear before each DQ
+        if any(s.op_type != "QuantizeLinear" or producer.get(s.input[0]) is None
+               or producer[s.input[0]].op_type not in ("Split", "Relu", "Concat", "Conv", "MaxPool") for s in sources):
+            continue
+        after = [c for c in consumers[node.output[0]] if c.op_type == "QuantizeLinear"]
+        params = {(float(inits[q.input[1]]), int(inits[q.input[2]])) for q in sources + after}
+        assert len(params) == 1, params
+        stage_concats += 1
+    assert stage_concats >= 3
+
+    monkeypatch.setattr(quantize_module, "feed_uint8_image", lambda model, tensor: False)
+    through_cast = quantize_onnx_static(uint8_export, tmp_path / "cast" / "m.onnx", calib, num_images=4)
+    assert through_cast.settings["uint8_image_direct"] is False
+    pixels = np.random.default_rng(0).integers(0, 256, (1, 64, 64, 3), dtype=np.uint8)
+    outputs = []
+    for path in (direct.output, through_cast.output):
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        outputs.append(session.run(None, {"images": pixels}))
+    for a, b in zip(*outputs):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_feed_uint8_image_leaves_a_quantize_that_is_not_the_identity_alone():
+    from onnx import TensorProto, helper, numpy_helper
+
+    from litedet.compress.quantize import feed_uint8_image
+
+    nodes = [helper.make_node("Cast", ["images"], ["f"], to=TensorProto.FLOAT),
+             helper.make_node("QuantizeLinear", ["f", "s", "z"], ["q"]),
+             helper.make_node("DequantizeLinear", ["q", "s", "z"], ["out"])]
+    for scale, zero in ((0.5, 0), (1.0, 3)):
+        inits = [numpy_helper.from_array(np.array(scale, np.float32), "s"), numpy_helper.from_array(np.array(zero, np.uint8), "z")]
+        graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("images", TensorProto.UINT8, [1, 4])],
+                                  [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 4])], inits)
+        model = helper.make_model(graph)
+        assert feed_uint8_image(model, "f") is False
+        assert [n.op_type for n in model.graph.node] == ["Cast", "QuantizeLinear", "DequantizeLinear"]

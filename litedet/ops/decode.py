@@ -21,13 +21,14 @@ import numpy as np
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
-    """Numerically stable logistic function, float32 in, float32 out."""
+    """Logistic function, float32 in, float32 out: ``1 / (1 + exp(-x))``. Where ``exp(-x)``
+    overflows (x < -88) the result is the exact limit 0, so the overflow is not reported."""
     x = np.asarray(x, dtype=np.float32)
-    # exp(-|x|) never overflows: 1 / (1 + e) for x >= 0, e / (1 + e) below. Both branches in full
-    # and one select: a ufunc with where= runs a masked loop that costs more than the extra divide.
-    e = np.exp(-np.abs(x))
-    denominator = 1.0 + e
-    return np.where(x >= 0, 1.0 / denominator, e / denominator)  # a Python float keeps float32
+    # four ufunc calls: after inference their count, not the data, sets the time of decode
+    with np.errstate(over="ignore"):
+        y = np.exp(np.negative(x))
+    y += np.float32(1.0)
+    return np.reciprocal(y, out=y) if x.ndim else np.asarray(np.reciprocal(y), dtype=np.float32)
 
 
 def decode_yolo(
@@ -86,18 +87,27 @@ def decode_yolo(
             cells.append(table)
             continue
         keep = maps[:, :, 4, :] > min_logit
-        rows = np.flatnonzero(keep[0] if batch == 1 else keep.any(axis=0))
+        rows = np.flatnonzero(keep if batch == 1 else keep.any(axis=0))
         if rows.size:
             anchor_index, cell = np.divmod(rows, height * width)
-            logits.append(maps.transpose(1, 3, 0, 2)[anchor_index, cell].transpose(1, 0, 2))
+            # [B, A, 5+nc, HW][:, a, :, c] is [k, B, 5+nc] (index arrays apart from each other go first)
+            logits.append(maps[:, anchor_index, :, cell].transpose(1, 0, 2))
             cells.append(table[rows])
     if not logits:  # nothing above min_objectness anywhere
         return np.zeros((batch, 0, per_row), dtype=np.float32)
-    rows = sigmoid(np.concatenate(logits, axis=1))
-    table = np.concatenate(cells)
-    xy = (rows[..., 0:2] * 2.0 - 0.5 + table[:, 0:2]) * table[:, 2:3]
-    wh = (rows[..., 2:4] * 2.0) ** 2 * table[:, 3:]
-    return np.concatenate([xy, wh, rows[..., 4:]], axis=-1)
+    rows = sigmoid(logits[0] if len(logits) == 1 else np.concatenate(logits, axis=1))
+    table = cells[0] if len(cells) == 1 else np.concatenate(cells)
+    # (2 * sigmoid - 0.5 + grid) * stride and (2 * sigmoid) ** 2 * anchor, in this order, in place
+    xy = rows[..., 0:2]
+    xy *= 2.0
+    xy -= 0.5
+    xy += table[:, 0:2]
+    xy *= table[:, 2:3]
+    wh = rows[..., 2:4]
+    wh *= 2.0
+    np.square(wh, out=wh)
+    wh *= table[:, 3:]
+    return rows
 
 
 @functools.lru_cache(maxsize=64)
