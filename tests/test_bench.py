@@ -470,6 +470,90 @@ def test_tiny_litedet_model_end_to_end(tmp_path):
     assert cache
 
 
+def test_stream_gang_runs_its_copies_at_the_same_time_and_passes_errors_on():
+    """Each copy's call waits for the other's at a barrier: only concurrent calls get through."""
+    import threading
+
+    from litedet.bench.run import _StreamGang
+
+    gang = _StreamGang(3)
+    try:
+        meeting = threading.Barrier(3, timeout=10)
+        seen = []
+
+        def copy(index):
+            def call():
+                meeting.wait()
+                seen.append(index)
+                return index
+            return call
+
+        for _ in range(2):  # the resident threads serve call after call
+            assert gang.run([copy(0), copy(1), copy(2)]) == 0
+        assert sorted(seen) == [0, 0, 1, 1, 2, 2]
+
+        def boom():
+            raise RuntimeError("copy 2 failed")
+
+        with pytest.raises(RuntimeError, match="copy 2 failed"):
+            gang.run([lambda: 1, lambda: 2, boom])
+        assert gang.run([lambda: "after", lambda: None, lambda: None]) == "after"  # still usable
+        with pytest.raises(ValueError, match="2 callables for 3 streams"):
+            gang.run([lambda: 1, lambda: 2])
+    finally:
+        gang.close()
+    assert not any(thread.is_alive() for thread in gang._threads)
+
+
+def test_streams_add_images_per_second_rows_for_copies_side_by_side(tmp_path):
+    """--streams 1,2 on ONNX Runtime: every single-copy row gets a 2-stream twin (network and end
+    to end) whose images/s counts both copies; torch gets none (a note says why); the report and
+    the terminal summary show images/s side by side."""
+    pytest.importorskip("onnxruntime")
+    from litedet.bench.report import terminal_summary
+    from litedet.bench.run import benchmark
+
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 255, (90, 120, 3), dtype=np.uint8) for _ in range(3)]
+    result = benchmark(models="v5lite-e", engines="torch,onnxruntime", threads="1", imgsz="64", streams="1,2",
+                       runs=3, warmup=1, end_to_end=True, images=images, out_dir=tmp_path, measure_peak=False,
+                       progress=False, cache_dir=tmp_path / "cache")
+    combos = {(r["engine"], r["mode"], r["streams"]) for r in result.rows}
+    assert combos == {(e, m, 1) for e in ("torch", "onnxruntime") for m in ("network", "end-to-end")} | {
+        ("onnxruntime", "network", 2), ("onnxruntime", "end-to-end", 2)}
+    for row in result.rows:
+        _required_row_types(row)
+        assert row["images_per_s"] == pytest.approx(row["streams"] * 1e3 / row["median_ms"])
+        if row["streams"] == 2:
+            assert "pre_ms" not in row  # per-stage figures belong to one copy
+    assert any("torch: no streams rows" in note for note in result.notes)
+    report = (tmp_path / "report.md").read_text()
+    assert "## network, 2 streams of 1 thread, batch 1" in report and "## Throughput" in report
+    assert "network 2 x 1 thr" in report
+    summary = terminal_summary(result.rows, result.notes)
+    assert "images/s, batch 1" in summary and "2x1thr" in summary and "e2e 2x1thr" in summary
+
+    only = benchmark(models="v5lite-e", engines="onnxruntime", threads="1", imgsz="64", streams="2", runs=2, warmup=1,
+                     out_dir=None, measure_peak=False, progress=False, cache_dir=tmp_path / "cache")
+    assert {r["streams"] for r in only.rows} == {2}  # the single copies were only opened, not timed
+    with pytest.raises(ValueError, match="streams must be >= 1"):
+        benchmark(models="v5lite-e", engines="onnxruntime", streams="0", out_dir=None, cache_dir=tmp_path / "cache")
+
+
+def test_stage_and_throughput_tables_keep_single_copies_and_streams_apart():
+    from litedet.bench.report import stage_table, throughput_table
+
+    base = {"model": "m", "variant": "m", "engine": "onnxruntime", "threads": 1, "imgsz": 64, "batch": 1,
+            "precision": "fp32", "disturbed": False}
+    rows = [dict(base, mode="network", streams=1, median_ms=4.0, images_per_s=250.0),
+            dict(base, mode="network", streams=2, median_ms=5.0, images_per_s=400.0),
+            dict(base, mode="end-to-end", streams=1, median_ms=5.0, images_per_s=200.0, pre_ms=0.3, post_ms=0.2)]
+    assert "| 4.00 |" in stage_table(rows)  # the single copy's network median, not the 2-stream call
+    table = throughput_table(rows)
+    assert "network 1 x 1 thr | network 2 x 1 thr" in table and "250.0 | 400.0" in table
+    assert throughput_table([r for r in rows if r["streams"] == 1]) == ""
+
+
 # --------------------------------------------------------------------------- CLI
 
 

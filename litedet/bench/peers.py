@@ -140,10 +140,9 @@ def open_engine_file(engine: str, path: Path, threads: int, input_name: str | No
     if engine == "openvino":
         import openvino as ov
 
-        compiled = ov.Core().compile_model(
-            str(path), "CPU",
-            {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"},
-        )
+        from litedet.runtime.openvino_backend import compile_properties
+
+        compiled = ov.Core().compile_model(str(path), "CPU", compile_properties("fp32", threads))
         request = compiled.create_infer_request()
 
         def run_openvino(batch: np.ndarray) -> list[np.ndarray]:

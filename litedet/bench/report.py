@@ -30,7 +30,7 @@ logger = logging.getLogger(__name__)
 # Keys every row carries (``--json`` prints rows with at least these).
 REQUIRED_KEYS = ("model", "engine", "threads", "imgsz", "batch", "median_ms", "p90_ms", "gflops", "params")
 ROW_KEYS = REQUIRED_KEYS + (
-    "variant", "kind", "mode", "precision", "mean_ms", "std_ms", "n", "images_per_s", "mac_m", "activation_mb",
+    "streams", "variant", "kind", "mode", "precision", "mean_ms", "std_ms", "n", "images_per_s", "mac_m", "activation_mb",
     "achieved_gflops", "peak_share", "other_load", "steal", "disturbed", "attempts", "energy_mj_per_image",
     "energy_source", "source", "notes",
 )
@@ -112,15 +112,24 @@ def _label(row: dict[str, Any]) -> str:
     return f"{name} @{row['imgsz']}"
 
 
+def _streams(row: dict[str, Any]) -> int:
+    return int(row.get("streams", 1))
+
+
+def _single(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows of one engine copy (latency figures); stream rows are throughput figures."""
+    return [r for r in rows if _streams(r) == 1]
+
+
 def rows_table(rows: Sequence[dict[str, Any]]) -> str:
-    """Every row with every measured figure."""
-    header = ("| model | engine | thr | batch | mode | params M | GFLOPs | MAC M | act MB | median ms | p90 ms | "
+    """Every row with every measured figure (a stream row's ms are per call of ``streams`` images)."""
+    header = ("| model | engine | thr | streams | batch | mode | params M | GFLOPs | MAC M | act MB | median ms | p90 ms | "
               "img/s | GFLOP/s | % peak | load % | mJ/img |")
     lines = [header, "|---" * (header.count("|") - 1) + "|"]
     for row in rows:
         params = row.get("params")
         lines.append(
-            f"| {_label(row)} | {row['engine']} | {row['threads']} | {row['batch']} | {row.get('mode', 'network')} | "
+            f"| {_label(row)} | {row['engine']} | {row['threads']} | {_streams(row)} | {row['batch']} | {row.get('mode', 'network')} | "
             f"{_fmt(None if params is None else params / 1e6)} | {_fmt(row.get('gflops'), '.3f')} | "
             f"{_fmt(row.get('mac_m'), '.1f')} | {_fmt(row.get('activation_mb'), '.1f')} | {_fmt(row['median_ms'])} | "
             f"{_fmt(row['p90_ms'])} | {_fmt(row.get('images_per_s'), '.1f')} | {_fmt(row.get('achieved_gflops'), '.1f')} | "
@@ -131,10 +140,11 @@ def rows_table(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def pivot_table(rows: Sequence[dict[str, Any]], mode: str, threads: int, batch: int = 1) -> str:
+def pivot_table(rows: Sequence[dict[str, Any]], mode: str, threads: int, batch: int = 1, streams: int = 1) -> str:
     """Median ms with model@size down and engine across (BENCHMARKS.md's layout), for one mode,
-    thread count and batch."""
-    chosen = [r for r in rows if r.get("mode", "network") == mode and r["threads"] == threads and r["batch"] == batch]
+    thread count, batch and number of streams."""
+    chosen = [r for r in rows if r.get("mode", "network") == mode and r["threads"] == threads and r["batch"] == batch
+              and _streams(r) == streams]
     if not chosen:
         return ""
     engines = [e for e in ("torch", "onnxruntime", "openvino", "ncnn") if any(r["engine"] == e for r in chosen)]
@@ -159,6 +169,7 @@ def pivot_table(rows: Sequence[dict[str, Any]], mode: str, threads: int, batch: 
 
 def stage_table(rows: Sequence[dict[str, Any]]) -> str:
     """Pre/post ms of every end-to-end row that has them, beside its network median; '' if none."""
+    rows = _single(rows)
     network = {(r["model"], r["variant"], r["engine"], r["threads"], r["imgsz"], r.get("precision")): r["median_ms"]
                for r in rows if r.get("mode", "network") == "network" and r["batch"] == 1}
     lines = []
@@ -177,6 +188,39 @@ def stage_table(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(head + lines)
 
 
+def _throughput_grid(rows: Sequence[dict[str, Any]]) -> tuple[list[tuple[str, int, int]], list[tuple[str, str]], dict[tuple, dict[str, Any]]]:
+    """Batch-1 rows as (columns (mode, streams, threads), row keys (model@size, engine), cells);
+    no columns when the run has no stream rows."""
+    chosen = [r for r in rows if r["batch"] == 1]
+    if not any(_streams(r) > 1 for r in chosen):
+        return [], [], {}
+    columns = sorted({(r.get("mode", "network"), _streams(r), r["threads"]) for r in chosen},
+                     key=lambda c: (c[0] != "network", c[0], c[1] * c[2], c[1]))
+    keys = list(dict.fromkeys((_label(r), r["engine"]) for r in chosen))
+    cells = {(_label(r), r["engine"], r.get("mode", "network"), _streams(r), r["threads"]): r for r in chosen}
+    return columns, keys, cells
+
+
+def _images_per_s(row: dict[str, Any] | None) -> str:
+    if row is None or row.get("images_per_s") is None:
+        return ""
+    return f"{row['images_per_s']:.1f}{'!' if row.get('disturbed') else ''}"
+
+
+def throughput_table(rows: Sequence[dict[str, Any]]) -> str:
+    """Images/s at batch 1, model@size and engine down, (mode, streams x threads) across; '' when
+    the run has no stream rows."""
+    columns, keys, cells = _throughput_grid(rows)
+    if not columns:
+        return ""
+    titles = [f"{mode} {streams} x {threads} thr" for mode, streams, threads in columns]
+    lines = ["| model | engine | " + " | ".join(titles) + " |", "|---" * (2 + len(titles)) + "|"]
+    for label, engine in keys:
+        values = [_images_per_s(cells.get((label, engine, *column))) for column in columns]
+        lines.append(f"| {label} | {engine} | " + " | ".join(values) + " |")
+    return "\n".join(lines)
+
+
 def markdown_report(rows: Sequence[dict[str, Any]], machine: dict[str, Any] | None = None,
                     notes: Sequence[str] = (), command: str | None = None) -> str:
     """The whole report: machine, pivot tables per mode/threads/batch, then every row."""
@@ -191,11 +235,19 @@ def markdown_report(rows: Sequence[dict[str, Any]], machine: dict[str, Any] | No
                   f"Engines: {engines}.", ""]
     lines += ["Median ms after warm-up, configurations interleaved in rounds. `!` marks a figure measured while "
               "other processes used more of the machine than the threshold (`load %`). GFLOPs = 2 x multiply-adds.", ""]
-    combos = sorted({(r.get("mode", "network"), r["threads"], r["batch"]) for r in rows},
-                    key=lambda c: (c[0] != "network", -c[1], c[2]))
-    for mode, threads, batch in combos:
-        lines += [f"## {mode}, {threads} thread{'s' if threads > 1 else ''}, batch {batch} (median ms)", "",
-                  pivot_table(rows, mode, threads, batch), ""]
+    combos = sorted({(r.get("mode", "network"), r["threads"], r["batch"], _streams(r)) for r in rows},
+                    key=lambda c: (c[0] != "network", c[3], -c[1], c[2]))
+    for mode, threads, batch, streams in combos:
+        title = f"## {mode}, {threads} thread{'s' if threads > 1 else ''}, batch {batch} (median ms)"
+        if streams > 1:
+            title = (f"## {mode}, {streams} streams of {threads} thread{'s' if threads > 1 else ''}, batch {batch} "
+                     f"(median ms per call: {streams} copies side by side, one input each)")
+        lines += [title, "", pivot_table(rows, mode, threads, batch, streams), ""]
+    throughput = throughput_table(rows)
+    if throughput:
+        lines += ["## Throughput: images/s of one copy and of copies side by side (batch 1)", "",
+                  "`N x T thr`: N engine copies of T threads each, every copy on its own input at the same time "
+                  "(`litedet detect --streams N`); images/s counts all of them.", "", throughput, ""]
     stages = stage_table(rows)
     if stages:
         lines += ["## Pre- and post-processing of litedet models (median ms per image)", "",
@@ -212,16 +264,19 @@ def terminal_summary(rows: Sequence[dict[str, Any]], notes: Sequence[str] = (),
                      paths: dict[str, Path] | None = None) -> str:
     """A few lines for the terminal: median ms at batch 1, model@size x engine down, mode and
     thread count across (``!`` = disturbed), how many figures were disturbed, and where the full
-    report is. ``markdown_report`` has every figure."""
-    chosen = [r for r in rows if r["batch"] == 1] or list(rows)
+    report is; with stream rows, also images/s of one copy and of copies side by side.
+    ``markdown_report`` has every figure."""
+    chosen = _single(r for r in rows if r["batch"] == 1) or _single(rows)
     columns = sorted({(r.get("mode", "network"), r["threads"]) for r in chosen}, key=lambda c: (c[0] != "network", c[1]))
     keys = list(dict.fromkeys((_label(r), r["engine"]) for r in chosen))
     cells = {(_label(r), r["engine"], r.get("mode", "network"), r["threads"]): r for r in chosen}
     titles = [f"{threads} thr" if mode == "network" else f"{mode} {threads} thr" for mode, threads in columns]
     width = max([len("model") + 2] + [len(label) for label, _ in keys])
     engine_width = max([len("engine")] + [len(engine) for _, engine in keys])
-    lines = [f"median ms, batch 1 ({len(rows)} figures):",
-             f"{'model':<{width}}  {'engine':<{engine_width}}  " + "  ".join(f"{t:>9}" for t in titles)]
+    lines = []
+    if chosen:
+        lines += [f"median ms, batch 1 ({len(rows)} figures):",
+                  f"{'model':<{width}}  {'engine':<{engine_width}}  " + "  ".join(f"{t:>9}" for t in titles)]
     for label, engine in keys:
         values = []
         for (mode, threads), title in zip(columns, titles):
@@ -229,6 +284,17 @@ def terminal_summary(rows: Sequence[dict[str, Any]], notes: Sequence[str] = (),
             text = "" if row is None else f"{row['median_ms']:.2f}{'!' if row.get('disturbed') else ''}"
             values.append(f"{text:>{max(9, len(title))}}")
         lines.append(f"{label:<{width}}  {engine:<{engine_width}}  " + "  ".join(values))
+    columns3, keys3, cells3 = _throughput_grid(rows)
+    if columns3:
+        titles3 = [f"{'' if mode == 'network' else 'e2e '}{streams}x{threads}thr" for mode, streams, threads in columns3]
+        width3 = max([len("model") + 2] + [len(label) for label, _ in keys3])
+        engine_width = max([engine_width] + [len(engine) for _, engine in keys3])
+        lines += ["images/s, batch 1 (NxT: N engine copies of T threads side by side):",
+                  f"{'model':<{width3}}  {'engine':<{engine_width}}  " + "  ".join(f"{t:>9}" for t in titles3)]
+        for label, engine in keys3:
+            values = [f"{_images_per_s(cells3.get((label, engine, *column))):>{max(9, len(title))}}"
+                      for column, title in zip(columns3, titles3)]
+            lines.append(f"{label:<{width3}}  {engine:<{engine_width}}  " + "  ".join(values))
     disturbed = sum(1 for r in rows if r.get("disturbed"))
     if disturbed:
         lines.append(f"{disturbed} figure(s) marked ! were measured while other processes used the machine "
@@ -368,11 +434,12 @@ def write_report(rows: Sequence[dict[str, Any]], out_dir: str | os.PathLike, mac
         logger.warning("no PNG plots: matplotlib is not installed (pip install matplotlib); %s has every figure",
                        paths["markdown"])
         return paths
-    if rows:
-        paths["latency_png"] = plot_latency(rows, out / "latency.png")
+    single = _single(rows)  # latency plots: one engine copy per figure
+    if single:
+        paths["latency_png"] = plot_latency(single, out / "latency.png")
     if map_results:
         for mode in ("network", "end-to-end"):
-            pareto = plot_pareto(rows, map_results, out / f"pareto_{mode}.png", mode)
+            pareto = plot_pareto(single, map_results, out / f"pareto_{mode}.png", mode)
             if pareto is not None:
                 paths[f"pareto_{mode}_png"] = pareto
     return paths

@@ -13,6 +13,7 @@ pre/post-processing for peers).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import logging
 import os
@@ -51,10 +52,12 @@ class Subject:
     notes: list[str] = field(default_factory=list)
     example: Callable[[int], np.ndarray] | None = None  # batch -> network input; None: random float32 NCHW
     stages: Callable[[], dict[str, float]] | None = None  # median ms per stage (pre, infer, post) of detect
+    streams: int = 1  # engine copies run side by side per call (``_StreamGang``); detect then takes a list
 
     @property
     def key(self) -> str:
-        return f"{self.model}|{self.variant}|{self.engine}|{self.threads}|{self.imgsz}|{self.precision}"
+        key = f"{self.model}|{self.variant}|{self.engine}|{self.threads}|{self.imgsz}|{self.precision}"
+        return key if self.streams == 1 else f"{key}|x{self.streams}"
 
 
 def _torch_threads(threads: int) -> Callable[[], None]:
@@ -296,6 +299,123 @@ def _peer_detector(peer: Peer, variant: PeerVariant, runner: Callable[[np.ndarra
     return detect
 
 
+# --------------------------------------------------------------------------- streams
+
+
+class _StreamGang:
+    """Runs one callable per engine copy at the same time: ``count - 1`` resident threads and the
+    caller, started together and joined before ``run`` returns (what ``litedet detect --streams``
+    does to a video: several engine copies inferring side by side). Resident threads avoid a
+    thread start per call; ``close`` ends them."""
+
+    def __init__(self, count: int) -> None:
+        import threading
+
+        if count < 2:
+            raise ValueError(f"a stream gang needs at least 2 copies, got {count}")
+        self.count = count
+        self._start = threading.Barrier(count)
+        self._done = threading.Barrier(count)
+        self._work: list[Callable[[], Any]] = []
+        self._errors: list[BaseException | None] = [None] * count
+        self._threads = [threading.Thread(target=self._serve, args=(index,), daemon=True, name=f"litedet-bench-stream-{index}")
+                         for index in range(1, count)]
+        for thread in self._threads:
+            thread.start()
+
+    def _serve(self, index: int) -> None:
+        import threading
+
+        while True:
+            try:
+                self._start.wait()
+            except threading.BrokenBarrierError:
+                return
+            try:
+                self._work[index]()
+            except BaseException as err:  # handed to the caller of run
+                self._errors[index] = err
+            try:
+                self._done.wait()
+            except threading.BrokenBarrierError:
+                return
+
+    def run(self, work: Sequence[Callable[[], Any]]) -> Any:
+        """Call every ``work[i]`` (one per copy) concurrently; the first copy's result, or the
+        first error raised by any."""
+        if len(work) != self.count:
+            raise ValueError(f"{len(work)} callables for {self.count} streams")
+        self._work = list(work)
+        self._errors = [None] * self.count
+        self._start.wait()
+        result, error = None, None
+        try:
+            result = self._work[0]()
+        except BaseException as err:
+            error = err
+        self._done.wait()
+        error = error or next((e for e in self._errors if e is not None), None)
+        if error is not None:
+            raise error
+        return result
+
+    def close(self) -> None:
+        self._start.abort()
+        self._done.abort()
+        for thread in self._threads:
+            thread.join(timeout=5)
+
+
+def _stream_subject(copies: Sequence[Subject], gang: _StreamGang) -> Subject:
+    """One subject timing ``len(copies)`` copies of the same configuration side by side: a
+    network call runs every copy on the batch; a detect call takes one image per copy."""
+    first = copies[0]
+    networks = [copy.network for copy in copies]
+    detects = [copy.detect for copy in copies]
+
+    def network(batch: np.ndarray) -> Any:
+        return gang.run([functools.partial(run, batch) for run in networks])
+
+    def detect(images: Sequence[np.ndarray]) -> Any:
+        return gang.run([functools.partial(run, image) for run, image in zip(detects, images)])
+
+    return dataclasses.replace(first, streams=len(copies), network=network,
+                               detect=None if any(d is None for d in detects) else detect, stages=None,
+                               notes=list(first.notes))
+
+
+def _add_streams(build: Callable[[list[str]], list[Subject]], first: list[Subject], counts: Sequence[int],
+                 notes: list[str], gangs: list[_StreamGang]) -> list[Subject]:
+    """Stream subjects for every count > 1 in ``counts``: ``max(counts) - 1`` more openings of the
+    subjects ``build`` made as ``first`` (same order), grouped ``count`` at a time. The torch
+    engine is left out: its thread pool is one per process, so copies do not run independently."""
+    wanted = sorted({c for c in counts if c > 1})
+    candidates = [subject for subject in first if subject.engine != "torch"]
+    if any(subject.engine == "torch" for subject in first):
+        note = "torch: no streams rows (one thread pool per process: engine copies do not run independently)"
+        if note not in notes:
+            notes.append(note)
+    if not wanted or not candidates:
+        return []
+    extra = [build([]) for _ in range(max(wanted) - 1)]
+    made = []
+    for subject in candidates:
+        copies = [subject]
+        for opening in extra:
+            match = next((other for other in opening if other.key == subject.key), None)
+            if match is None:
+                break
+            copies.append(match)
+        for count in wanted:
+            if len(copies) < count:
+                notes.append(f"{subject.variant}@{subject.imgsz} {subject.engine}: could not open {count} copies")
+                continue
+            gang = _StreamGang(count)
+            gangs.append(gang)
+            made.append(_stream_subject(copies[:count], gang))
+    return made
+
+
 # --------------------------------------------------------------------------- the run
 
 
@@ -315,10 +435,13 @@ def load_images(count: int = 16, folder: str | os.PathLike | None = None) -> lis
 
 
 def _row(subject: Subject, mode: str, batch: int, stats: LatencyStats, peak: float | None) -> dict[str, Any]:
+    """One result row; a stream subject's call handles ``streams x batch`` images, so its
+    images/s, GFLOP/s and energy per image count all of them (its ms are per call)."""
     gflops = subject.profile.get("gflops")
+    images = batch * subject.streams
     achieved = None
     if mode == "network" and gflops is not None and stats.median_ms > 0:
-        achieved = gflops * batch / (stats.median_ms / 1e3)
+        achieved = gflops * images / (stats.median_ms / 1e3)
     energy = stats.energy_per_call_mj
     return {
         "model": subject.model,
@@ -326,6 +449,7 @@ def _row(subject: Subject, mode: str, batch: int, stats: LatencyStats, peak: flo
         "kind": subject.kind,
         "engine": subject.engine,
         "threads": subject.threads,
+        "streams": subject.streams,
         "imgsz": subject.imgsz,
         "batch": batch,
         "mode": mode,
@@ -335,7 +459,7 @@ def _row(subject: Subject, mode: str, batch: int, stats: LatencyStats, peak: flo
         "mean_ms": stats.mean_ms,
         "std_ms": stats.std_ms,
         "n": stats.n,
-        "images_per_s": batch * 1e3 / stats.median_ms if stats.median_ms > 0 else None,
+        "images_per_s": images * 1e3 / stats.median_ms if stats.median_ms > 0 else None,
         "params": subject.profile.get("params"),
         "gflops": gflops,
         "mac_m": subject.profile.get("mac_m"),
@@ -346,7 +470,7 @@ def _row(subject: Subject, mode: str, batch: int, stats: LatencyStats, peak: flo
         "steal": stats.steal,
         "disturbed": stats.disturbed,
         "attempts": stats.attempts,
-        "energy_mj_per_image": None if energy is None else energy / batch,
+        "energy_mj_per_image": None if energy is None else energy / images,
         "energy_source": stats.energy_source,
         "source": subject.source,
         "notes": "; ".join(subject.notes),
@@ -358,7 +482,7 @@ def _stage_columns(subject: Subject, mode: str) -> dict[str, float]:
     """``pre_ms`` / ``post_ms`` of a litedet end-to-end row: median letterbox and decode + NMS
     time per image, measured inside each call (a direct figure, where end-to-end minus network
     subtracts two noisy medians)."""
-    if mode != "end-to-end" or subject.stages is None:
+    if mode != "end-to-end" or subject.stages is None or subject.streams > 1:
         return {}
     medians = subject.stages()
     if not all(np.isfinite(medians.get(stage, np.nan)) for stage in ("pre", "post")):
@@ -426,6 +550,7 @@ def benchmark(
     progress: bool = True,
     command: str | None = None,
     cache_dir: str | os.PathLike | None = None,
+    streams: Sequence[int] | str = (1,),
 ) -> BenchmarkResult:
     """Measure every combination and return one row dict per (model, engine, threads, imgsz,
     batch, mode); with ``out_dir`` also write ``report.md``, ``results.json`` and PNG plots there.
@@ -441,8 +566,11 @@ def benchmark(
     A configuration whose background load exceeded ``load_threshold`` (percent of the machine) is
     measured again, up to ``max_attempts`` in all, and flagged ``disturbed`` if it stays above.
     Exports are cached in ``cache_dir`` (default ``runs/bench/cache``) and reused by later runs.
+    ``streams`` counts above 1 add rows where that many copies of a configuration (each at its
+    thread count) run side by side, one image each per call (``litedet detect --streams``): their
+    ``images_per_s`` is the throughput of all copies together (``streams`` in the row; not for the
+    torch engine, whose thread pool is one per process).
     """
-    from litedet.bench.energy import open_energy_meter
     from litedet.bench.machine import machine_info, raise_peak_to_observed
     from litedet.bench.report import write_report
 
@@ -452,6 +580,7 @@ def benchmark(
     sizes = _split_csv(imgsz, int)
     batches = _split_csv(batch, int)
     peer_names = _split_csv(peers)
+    stream_counts = _split_csv(streams, int)
     bad = [e for e in engines if e not in ENGINES]
     if bad:
         raise ValueError(f"unknown engine(s) {bad}; choose from {', '.join(ENGINES)}")
@@ -459,6 +588,8 @@ def benchmark(
         raise ValueError(f"threads must be >= 1, got {threads}")
     if not batches or min(batches) < 1:
         raise ValueError(f"batch sizes must be >= 1, got {batches}")
+    if not stream_counts or min(stream_counts) < 1:
+        raise ValueError(f"streams must be >= 1, got {stream_counts}")
     if not sizes or min(sizes) < 32:
         raise ValueError(f"input sizes must be >= 32, got {sizes}")
     if not models and not peer_names:
@@ -470,23 +601,52 @@ def benchmark(
     out = Path(out_dir) if out_dir is not None else None
     cache = Path(cache_dir) if cache_dir is not None else DEFAULT_OUT / "cache"
     notes: list[str] = []
-    machine = machine_info(threads, measure=measure_peak)
+    # the peak at every total thread count a row uses (streams x threads for stream rows)
+    machine = machine_info(sorted({t * c for t in threads for c in stream_counts}), measure=measure_peak)
     dynamic_batch = max(batches) > 1
 
-    subjects: list[Subject] = []
+    builders: list[Callable[[list[str]], list[Subject]]] = []
     for spec in models:
         name, model_sizes = _model_spec(spec, sizes)
         for size in model_sizes:
-            subjects += _litedet_subjects(name, engines, threads, size, cache, (weights or {}).get(name), conf, iou, notes,
-                                          dynamic_batch, precision)
+            builders.append(functools.partial(
+                lambda notes_, n, z: _litedet_subjects(n, engines, threads, z, cache, (weights or {}).get(n), conf, iou,
+                                                       notes_, dynamic_batch, precision), n=name, z=size))
     found, skipped = resolve_peers(peer_names)
     notes += skipped
     for peer in found:
         for variant in peer.variants(sizes):
-            subjects += _peer_subjects(peer, variant, engines, threads, cache, conf, iou, notes, dynamic_batch, device,
-                                       precision)
-    if not subjects:
-        raise ValueError("no configuration could be opened; see the notes: " + "; ".join(notes))
+            builders.append(functools.partial(
+                lambda notes_, p, v: _peer_subjects(p, v, engines, threads, cache, conf, iou, notes_, dynamic_batch,
+                                                    device, precision), p=peer, v=variant))
+    subjects: list[Subject] = []
+    gangs: list[_StreamGang] = []
+    try:
+        for build in builders:
+            first = build(notes)
+            subjects += first
+            subjects += _add_streams(build, first, stream_counts, notes, gangs)
+        if 1 not in stream_counts:  # the single copies were opened only to be grouped
+            subjects = [subject for subject in subjects if subject.streams > 1]
+        if not subjects:
+            raise ValueError("no configuration could be opened; see the notes: " + "; ".join(notes))
+        rows = _measure_subjects(subjects, batches, end_to_end, images, runs, budget_s, warmup, load_threshold,
+                                 max_attempts, device, progress, machine, notes)
+    finally:
+        for gang in gangs:
+            gang.close()
+    notes += raise_peak_to_observed(machine, rows, device)
+    paths = write_report(rows, out, machine.to_dict(), notes, map_results, command) if out is not None else {}
+    return BenchmarkResult(rows, notes, machine.to_dict(), paths)
+
+
+def _measure_subjects(subjects: Sequence[Subject], batches: Sequence[int], end_to_end: bool,
+                      images: Sequence[np.ndarray] | None, runs: int, budget_s: float | None, warmup: int,
+                      load_threshold: float, max_attempts: int, device: str, progress: bool, machine: Any,
+                      notes: list[str]) -> list[dict[str, Any]]:
+    """Every subject timed side by side, one interleaved group per batch size (end to end joins
+    the batch-1 group); one row each."""
+    from litedet.bench.energy import open_energy_meter
 
     meter = (lambda: open_energy_meter(device)) if open_energy_meter(device).available else None
     if meter is None:
@@ -528,7 +688,7 @@ def benchmark(
                 notes.append(f"{subject.variant}@{subject.imgsz} {subject.engine}: no end-to-end path on this engine")
                 continue
             key = f"{subject.key}|end-to-end"
-            group[1][key] = Candidate(fn=_cycling(subject.detect, frames), before=subject.before)
+            group[1][key] = Candidate(fn=_cycling(subject.detect, frames, subject.streams), before=subject.before)
             group[2][key] = ("end-to-end", subject)
 
     for size_batch, candidates, by_key in groups:
@@ -553,9 +713,7 @@ def benchmark(
         for key, result in stats.items():
             mode, subject = by_key[key]
             rows.append(_row(subject, mode, size_batch, result, _peak(machine, subject, device)))
-    notes += raise_peak_to_observed(machine, rows, device)
-    paths = write_report(rows, out, machine.to_dict(), notes, map_results, command) if out is not None else {}
-    return BenchmarkResult(rows, notes, machine.to_dict(), paths)
+    return rows
 
 
 def _peak(machine: Any, subject: Subject, device: str) -> float | None:
@@ -565,17 +723,20 @@ def _peak(machine: Any, subject: Subject, device: str) -> float | None:
     if device.startswith("cuda") and subject.engine == "torch":
         tflops = machine.gpu_peak_tflops.get("fp16" if subject.precision in ("fp16", "bf16") else "fp32")
         return None if tflops is None else tflops * 1e3
-    return machine.peak_for(subject.threads)
+    return machine.peak_for(subject.threads * subject.streams)
 
 
-def _cycling(detect: Callable[[np.ndarray], Any], frames: Sequence[np.ndarray]) -> Callable[[], Any]:
-    """Each call detects in the next image, so every configuration sees the same image mix."""
+def _cycling(detect: Callable[[Any], Any], frames: Sequence[np.ndarray], per_call: int = 1) -> Callable[[], Any]:
+    """Each call detects in the next image (the next ``per_call`` images, as a list, for a
+    stream subject), so every configuration sees the same image mix."""
     state = {"i": 0}
 
     def call() -> Any:
-        image = frames[state["i"] % len(frames)]
-        state["i"] += 1
-        return detect(image)
+        start = state["i"]
+        state["i"] += per_call
+        if per_call == 1:
+            return detect(frames[start % len(frames)])
+        return detect([frames[(start + k) % len(frames)] for k in range(per_call)])
 
     return call
 

@@ -22,6 +22,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", default="1,2", help="comma-separated thread counts (default 1,2)")
     parser.add_argument("--imgsz", default="320", help="comma-separated input sizes, square (default 320)")
     parser.add_argument("--batch", default="1", help="comma-separated batch sizes for throughput (default 1)")
+    parser.add_argument("--streams", default="1",
+                        help="comma-separated numbers of engine copies run side by side, each at --threads, one input "
+                             "each (litedet detect --streams): N > 1 adds images/s rows for N copies; 1 = one copy "
+                             "(default 1)")
     parser.add_argument("--peers", default="", help="comma-separated peers: yolov8n, yolo11n, ssdlite, v5lite-ncnn, "
                         "nanodet-plus, fastestdet, yolo-fastestv2; absent ones are skipped with a note (default: none)")
     parser.add_argument("--end-to-end", action="store_true",
@@ -106,6 +110,7 @@ def _run(args: argparse.Namespace) -> object:
         load_threshold=args.load_threshold, max_attempts=args.max_attempts, device=args.device,
         precision=args.precision, progress=not args.no_progress,
         command=" ".join(shlex.quote(a) for a in ["litedet", *sys.argv[1:]]), cache_dir=args.cache,
+        streams=args.streams,
     )
     if args.full:
         print(markdown_report(result.rows, result.machine, result.notes))

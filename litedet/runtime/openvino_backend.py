@@ -16,6 +16,19 @@ from litedet.runtime.shapes import check_input_shape, check_input_type
 PRECISION_HINTS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
 
 
+def compile_properties(precision: str = "fp32", threads: int | None = None) -> dict[str, object]:
+    """OpenVINO ``compile_model`` properties for latency at ``precision``, on ``threads`` CPU
+    threads when given (litedet's backend and the benchmark's peers alike)."""
+    properties: dict[str, object] = {"INFERENCE_PRECISION_HINT": PRECISION_HINTS[precision], "PERFORMANCE_HINT": "LATENCY"}
+    if threads is not None:
+        properties["INFERENCE_NUM_THREADS"] = int(threads)
+        if int(threads) < usable_cores():
+            # OpenVINO pins its threads to cores it picks alone: two copies on a share of the
+            # cores each (detect's inference streams, bench --streams) would land on the same ones
+            properties["ENABLE_CPU_PINNING"] = False
+    return properties
+
+
 class OpenVINOBackend(Backend):
     """Runs an OpenVINO IR on ``device`` (default CPU).
 
@@ -46,13 +59,7 @@ class OpenVINOBackend(Backend):
             raise FileNotFoundError(f"{path}: its weights file {path.with_suffix('.bin')} is missing (copy the .xml and .bin together)")
         device = device.upper()
         core = ov.Core()
-        properties: dict[str, object] = {"INFERENCE_PRECISION_HINT": PRECISION_HINTS[precision], "PERFORMANCE_HINT": "LATENCY"}
-        if threads is not None and device == "CPU":  # a CPU setting; other devices refuse it
-            properties["INFERENCE_NUM_THREADS"] = int(threads)
-            if int(threads) < usable_cores():
-                # OpenVINO pins its threads to cores it picks alone: two copies on a share of the
-                # cores each (detect's inference streams) would both land on the same ones
-                properties["ENABLE_CPU_PINNING"] = False
+        properties = compile_properties(precision, threads if device == "CPU" else None)  # thread settings: CPU only
         try:
             network = core.read_model(str(path))
             self.compiled = core.compile_model(network, device, properties)
