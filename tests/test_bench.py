@@ -506,36 +506,38 @@ def test_stream_gang_runs_its_copies_at_the_same_time_and_passes_errors_on():
 
 
 def test_streams_add_images_per_second_rows_for_copies_side_by_side(tmp_path):
-    """--streams 1,2 on ONNX Runtime: every single-copy row gets a 2-stream twin (network and end
-    to end) whose images/s counts both copies; torch gets none (a note says why); the report and
-    the terminal summary show images/s side by side."""
+    """--threads 1,2 --streams 1,2 on ONNX Runtime: the 2-thread budget gets a 2-stream row (two
+    copies of one thread; network and end to end) whose images/s counts both copies; 1 thread
+    cannot hold two streams and torch runs no copies (notes say why); the report and the terminal
+    summary show images/s side by side."""
     pytest.importorskip("onnxruntime")
     from litedet.bench.report import terminal_summary
     from litedet.bench.run import benchmark
 
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 255, (90, 120, 3), dtype=np.uint8) for _ in range(3)]
-    result = benchmark(models="v5lite-e", engines="torch,onnxruntime", threads="1", imgsz="64", streams="1,2",
+    result = benchmark(models="v5lite-e", engines="torch,onnxruntime", threads="1,2", imgsz="64", streams="1,2",
                        runs=3, warmup=1, end_to_end=True, images=images, out_dir=tmp_path, measure_peak=False,
                        progress=False, cache_dir=tmp_path / "cache")
-    combos = {(r["engine"], r["mode"], r["streams"]) for r in result.rows}
-    assert combos == {(e, m, 1) for e in ("torch", "onnxruntime") for m in ("network", "end-to-end")} | {
-        ("onnxruntime", "network", 2), ("onnxruntime", "end-to-end", 2)}
+    combos = {(r["engine"], r["mode"], r["threads"], r["streams"]) for r in result.rows}
+    assert combos == {(e, m, t, 1) for e in ("torch", "onnxruntime") for m in ("network", "end-to-end") for t in (1, 2)} | {
+        ("onnxruntime", "network", 2, 2), ("onnxruntime", "end-to-end", 2, 2)}
     for row in result.rows:
         _required_row_types(row)
         assert row["images_per_s"] == pytest.approx(row["streams"] * 1e3 / row["median_ms"])
         if row["streams"] == 2:
             assert "pre_ms" not in row  # per-stage figures belong to one copy
     assert any("torch: no streams rows" in note for note in result.notes)
+    assert any("2 streams need at least 2 threads" in note for note in result.notes)
     report = (tmp_path / "report.md").read_text()
-    assert "## network, 2 streams of 1 thread, batch 1" in report and "## Throughput" in report
-    assert "network 2 x 1 thr" in report
+    assert "## network, 2 threads in 2 streams, batch 1" in report and "## Throughput" in report
+    assert "| network 2 thr | network 2 thr 2 streams |" in report
     summary = terminal_summary(result.rows, result.notes)
-    assert "images/s, batch 1" in summary and "2x1thr" in summary and "e2e 2x1thr" in summary
+    assert "images/s, batch 1" in summary and "2thr 2str" in summary and "e2e 2thr 2str" in summary
 
-    only = benchmark(models="v5lite-e", engines="onnxruntime", threads="1", imgsz="64", streams="2", runs=2, warmup=1,
+    only = benchmark(models="v5lite-e", engines="onnxruntime", threads="2", imgsz="64", streams="2", runs=2, warmup=1,
                      out_dir=None, measure_peak=False, progress=False, cache_dir=tmp_path / "cache")
-    assert {r["streams"] for r in only.rows} == {2}  # the single copies were only opened, not timed
+    assert {(r["threads"], r["streams"]) for r in only.rows} == {(2, 2)}
     with pytest.raises(ValueError, match="streams must be >= 1"):
         benchmark(models="v5lite-e", engines="onnxruntime", streams="0", out_dir=None, cache_dir=tmp_path / "cache")
 
@@ -550,7 +552,7 @@ def test_stage_and_throughput_tables_keep_single_copies_and_streams_apart():
             dict(base, mode="end-to-end", streams=1, median_ms=5.0, images_per_s=200.0, pre_ms=0.3, post_ms=0.2)]
     assert "| 4.00 |" in stage_table(rows)  # the single copy's network median, not the 2-stream call
     table = throughput_table(rows)
-    assert "network 1 x 1 thr | network 2 x 1 thr" in table and "250.0 | 400.0" in table
+    assert "network 1 thr | network 1 thr 2 streams" in table and "250.0 | 400.0" in table
     assert throughput_table([r for r in rows if r["streams"] == 1]) == ""
 
 

@@ -325,19 +325,15 @@ def raise_peak_to_observed(machine: "MachineInfo", rows: list[dict[str, Any]], d
     notes = []
     cpu_rows = [r for r in rows if r.get("achieved_gflops") and r.get("peak_share") is not None
                 and not (device.startswith("cuda") and r.get("engine") == "torch")]
-
-    def total(row: dict[str, Any]) -> int:  # threads in use: streams x threads for a stream row
-        return int(row["threads"]) * int(row.get("streams", 1))
-
-    for threads in sorted({total(r) for r in cpu_rows}):
+    for threads in sorted({int(r["threads"]) for r in cpu_rows}):
         peak = machine.peak_for(threads)
-        best = max((r for r in cpu_rows if total(r) == threads), key=lambda r: r["achieved_gflops"])
+        best = max((r for r in cpu_rows if int(r["threads"]) == threads), key=lambda r: r["achieved_gflops"])
         if peak is None or best["achieved_gflops"] <= peak:
             continue
         observed = round(best["achieved_gflops"], 1)
         machine.peak_gflops[threads] = observed
         for row in cpu_rows:
-            if total(row) == threads:
+            if int(row["threads"]) == threads:
                 row["peak_share"] = row["achieved_gflops"] / observed
         notes.append(f"{threads} thread(s): {best['model']} on {best['engine']} reached {observed} GFLOP/s, above the "
                      f"measured peak {peak}: the peak is raised to that (it was measured too low, e.g. under load)")

@@ -122,7 +122,8 @@ def _single(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def rows_table(rows: Sequence[dict[str, Any]]) -> str:
-    """Every row with every measured figure (a stream row's ms are per call of ``streams`` images)."""
+    """Every row with every measured figure (a stream row's ms are per call of ``streams`` images,
+    its ``thr`` the threads all copies share)."""
     header = ("| model | engine | thr | streams | batch | mode | params M | GFLOPs | MAC M | act MB | median ms | p90 ms | "
               "img/s | GFLOP/s | % peak | load % | mJ/img |")
     lines = [header, "|---" * (header.count("|") - 1) + "|"]
@@ -213,7 +214,7 @@ def throughput_table(rows: Sequence[dict[str, Any]]) -> str:
     columns, keys, cells = _throughput_grid(rows)
     if not columns:
         return ""
-    titles = [f"{mode} {streams} x {threads} thr" for mode, streams, threads in columns]
+    titles = [f"{mode} {threads} thr" + (f" {streams} streams" if streams > 1 else "") for mode, streams, threads in columns]
     lines = ["| model | engine | " + " | ".join(titles) + " |", "|---" * (2 + len(titles)) + "|"]
     for label, engine in keys:
         values = [_images_per_s(cells.get((label, engine, *column))) for column in columns]
@@ -240,14 +241,16 @@ def markdown_report(rows: Sequence[dict[str, Any]], machine: dict[str, Any] | No
     for mode, threads, batch, streams in combos:
         title = f"## {mode}, {threads} thread{'s' if threads > 1 else ''}, batch {batch} (median ms)"
         if streams > 1:
-            title = (f"## {mode}, {streams} streams of {threads} thread{'s' if threads > 1 else ''}, batch {batch} "
-                     f"(median ms per call: {streams} copies side by side, one input each)")
+            title = (f"## {mode}, {threads} threads in {streams} streams, batch {batch} "
+                     f"(median ms per call: {streams} engine copies of {threads // streams} thread"
+                     f"{'s' if threads // streams > 1 else ''} side by side, one input each)")
         lines += [title, "", pivot_table(rows, mode, threads, batch, streams), ""]
     throughput = throughput_table(rows)
     if throughput:
-        lines += ["## Throughput: images/s of one copy and of copies side by side (batch 1)", "",
-                  "`N x T thr`: N engine copies of T threads each, every copy on its own input at the same time "
-                  "(`litedet detect --streams N`); images/s counts all of them.", "", throughput, ""]
+        lines += ["## Throughput: images/s of one engine copy and of copies side by side (batch 1)", "",
+                  "`T thr N streams`: N engine copies sharing T threads (T // N each), every copy on its own input "
+                  "at the same time, as `litedet detect --threads T --streams N` runs a video; images/s counts all "
+                  "of them.", "", throughput, ""]
     stages = stage_table(rows)
     if stages:
         lines += ["## Pre- and post-processing of litedet models (median ms per image)", "",
@@ -286,10 +289,11 @@ def terminal_summary(rows: Sequence[dict[str, Any]], notes: Sequence[str] = (),
         lines.append(f"{label:<{width}}  {engine:<{engine_width}}  " + "  ".join(values))
     columns3, keys3, cells3 = _throughput_grid(rows)
     if columns3:
-        titles3 = [f"{'' if mode == 'network' else 'e2e '}{streams}x{threads}thr" for mode, streams, threads in columns3]
+        titles3 = [f"{'' if mode == 'network' else 'e2e '}{threads}thr" + (f" {streams}str" if streams > 1 else "")
+                   for mode, streams, threads in columns3]
         width3 = max([len("model") + 2] + [len(label) for label, _ in keys3])
         engine_width = max([engine_width] + [len(engine) for _, engine in keys3])
-        lines += ["images/s, batch 1 (NxT: N engine copies of T threads side by side):",
+        lines += ["images/s, batch 1 (T thr N str: N engine copies sharing T threads, side by side):",
                   f"{'model':<{width3}}  {'engine':<{engine_width}}  " + "  ".join(f"{t:>9}" for t in titles3)]
         for label, engine in keys3:
             values = [f"{_images_per_s(cells3.get((label, engine, *column))):>{max(9, len(title))}}"

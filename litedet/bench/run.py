@@ -366,9 +366,10 @@ class _StreamGang:
             thread.join(timeout=5)
 
 
-def _stream_subject(copies: Sequence[Subject], gang: _StreamGang) -> Subject:
-    """One subject timing ``len(copies)`` copies of the same configuration side by side: a
-    network call runs every copy on the batch; a detect call takes one image per copy."""
+def _stream_subject(copies: Sequence[Subject], gang: _StreamGang, threads: int) -> Subject:
+    """One subject timing ``len(copies)`` copies of the same configuration side by side on a
+    budget of ``threads`` threads: a network call runs every copy on the batch; a detect call
+    takes one image per copy."""
     first = copies[0]
     networks = [copy.network for copy in copies]
     detects = [copy.detect for copy in copies]
@@ -379,40 +380,47 @@ def _stream_subject(copies: Sequence[Subject], gang: _StreamGang) -> Subject:
     def detect(images: Sequence[np.ndarray]) -> Any:
         return gang.run([functools.partial(run, image) for run, image in zip(detects, images)])
 
-    return dataclasses.replace(first, streams=len(copies), network=network,
+    return dataclasses.replace(first, threads=threads, streams=len(copies), network=network,
                                detect=None if any(d is None for d in detects) else detect, stages=None,
                                notes=list(first.notes))
 
 
-def _add_streams(build: Callable[[list[str]], list[Subject]], first: list[Subject], counts: Sequence[int],
+SubjectBuilder = Callable[[list[str], Sequence[str], Sequence[int]], list[Subject]]  # (notes, engines, threads)
+
+
+def _add_streams(build: SubjectBuilder, engines: Sequence[str], threads: Sequence[int], counts: Sequence[int],
                  notes: list[str], gangs: list[_StreamGang]) -> list[Subject]:
-    """Stream subjects for every count > 1 in ``counts``: ``max(counts) - 1`` more openings of the
-    subjects ``build`` made as ``first`` (same order), grouped ``count`` at a time. The torch
-    engine is left out: its thread pool is one per process, so copies do not run independently."""
-    wanted = sorted({c for c in counts if c > 1})
-    candidates = [subject for subject in first if subject.engine != "torch"]
-    if any(subject.engine == "torch" for subject in first):
+    """Stream subjects, as ``litedet detect --streams N --threads T`` runs a video: for every
+    count N > 1 in ``counts`` and thread budget T >= N in ``threads``, N copies of each
+    configuration ``build`` opens, each on T // N threads, side by side. Not the torch engine:
+    its thread pool is one per process, so copies would not run independently."""
+    made: list[Subject] = []
+    if "torch" in engines and any(c > 1 for c in counts):
         note = "torch: no streams rows (one thread pool per process: engine copies do not run independently)"
         if note not in notes:
             notes.append(note)
-    if not wanted or not candidates:
-        return []
-    extra = [build([]) for _ in range(max(wanted) - 1)]
-    made = []
-    for subject in candidates:
-        copies = [subject]
-        for opening in extra:
-            match = next((other for other in opening if other.key == subject.key), None)
-            if match is None:
-                break
-            copies.append(match)
-        for count in wanted:
+    engines = [engine for engine in engines if engine != "torch"]
+    for count in sorted({c for c in counts if c > 1}):
+        budgets = [t for t in threads if t >= count]
+        if len(budgets) < len(threads):
+            note = f"{count} streams need at least {count} threads (one per copy): --threads {min(threads)} left out"
+            if note not in notes:
+                notes.append(note)
+        if not budgets or not engines:
+            continue
+        per_copy = sorted({t // count for t in budgets})
+        openings = [build([], engines, per_copy) for _ in range(count)]
+        for subject in openings[0]:
+            copies = [subject] + [match for opening in openings[1:]
+                                  for match in opening if match.key == subject.key][:count - 1]
             if len(copies) < count:
                 notes.append(f"{subject.variant}@{subject.imgsz} {subject.engine}: could not open {count} copies")
                 continue
-            gang = _StreamGang(count)
-            gangs.append(gang)
-            made.append(_stream_subject(copies[:count], gang))
+            for budget in budgets:
+                if budget // count == subject.threads:
+                    gang = _StreamGang(count)
+                    gangs.append(gang)
+                    made.append(_stream_subject(copies, gang, budget))
     return made
 
 
@@ -566,10 +574,11 @@ def benchmark(
     A configuration whose background load exceeded ``load_threshold`` (percent of the machine) is
     measured again, up to ``max_attempts`` in all, and flagged ``disturbed`` if it stays above.
     Exports are cached in ``cache_dir`` (default ``runs/bench/cache``) and reused by later runs.
-    ``streams`` counts above 1 add rows where that many copies of a configuration (each at its
-    thread count) run side by side, one image each per call (``litedet detect --streams``): their
-    ``images_per_s`` is the throughput of all copies together (``streams`` in the row; not for the
-    torch engine, whose thread pool is one per process).
+    ``streams`` counts N above 1 add rows where N copies of a configuration share its thread count
+    T (T // N threads each; T >= N) and run side by side, one image each per call, as
+    ``litedet detect --streams N --threads T`` runs a video: their ``images_per_s`` is the
+    throughput of all copies together (``streams`` in the row; not for the torch engine, whose
+    thread pool is one per process). Streams 1 (in the default) are the single-copy rows.
     """
     from litedet.bench.machine import machine_info, raise_peak_to_observed
     from litedet.bench.report import write_report
@@ -601,33 +610,32 @@ def benchmark(
     out = Path(out_dir) if out_dir is not None else None
     cache = Path(cache_dir) if cache_dir is not None else DEFAULT_OUT / "cache"
     notes: list[str] = []
-    # the peak at every total thread count a row uses (streams x threads for stream rows)
-    machine = machine_info(sorted({t * c for t in threads for c in stream_counts}), measure=measure_peak)
+    machine = machine_info(threads, measure=measure_peak)
     dynamic_batch = max(batches) > 1
 
-    builders: list[Callable[[list[str]], list[Subject]]] = []
+    builders: list[SubjectBuilder] = []
     for spec in models:
         name, model_sizes = _model_spec(spec, sizes)
         for size in model_sizes:
             builders.append(functools.partial(
-                lambda notes_, n, z: _litedet_subjects(n, engines, threads, z, cache, (weights or {}).get(n), conf, iou,
-                                                       notes_, dynamic_batch, precision), n=name, z=size))
+                lambda notes_, engines_, threads_, n, z: _litedet_subjects(
+                    n, engines_, threads_, z, cache, (weights or {}).get(n), conf, iou, notes_, dynamic_batch, precision),
+                n=name, z=size))
     found, skipped = resolve_peers(peer_names)
     notes += skipped
     for peer in found:
         for variant in peer.variants(sizes):
             builders.append(functools.partial(
-                lambda notes_, p, v: _peer_subjects(p, v, engines, threads, cache, conf, iou, notes_, dynamic_batch,
-                                                    device, precision), p=peer, v=variant))
+                lambda notes_, engines_, threads_, p, v: _peer_subjects(
+                    p, v, engines_, threads_, cache, conf, iou, notes_, dynamic_batch, device, precision),
+                p=peer, v=variant))
     subjects: list[Subject] = []
     gangs: list[_StreamGang] = []
     try:
         for build in builders:
-            first = build(notes)
-            subjects += first
-            subjects += _add_streams(build, first, stream_counts, notes, gangs)
-        if 1 not in stream_counts:  # the single copies were opened only to be grouped
-            subjects = [subject for subject in subjects if subject.streams > 1]
+            if 1 in stream_counts:
+                subjects += build(notes, engines, threads)
+            subjects += _add_streams(build, engines, threads, stream_counts, notes, gangs)
         if not subjects:
             raise ValueError("no configuration could be opened; see the notes: " + "; ".join(notes))
         rows = _measure_subjects(subjects, batches, end_to_end, images, runs, budget_s, warmup, load_threshold,
@@ -723,7 +731,7 @@ def _peak(machine: Any, subject: Subject, device: str) -> float | None:
     if device.startswith("cuda") and subject.engine == "torch":
         tflops = machine.gpu_peak_tflops.get("fp16" if subject.precision in ("fp16", "bf16") else "fp32")
         return None if tflops is None else tflops * 1e3
-    return machine.peak_for(subject.threads * subject.streams)
+    return machine.peak_for(subject.threads)
 
 
 def _cycling(detect: Callable[[Any], Any], frames: Sequence[np.ndarray], per_call: int = 1) -> Callable[[], Any]:

@@ -23,9 +23,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--imgsz", default="320", help="comma-separated input sizes, square (default 320)")
     parser.add_argument("--batch", default="1", help="comma-separated batch sizes for throughput (default 1)")
     parser.add_argument("--streams", default="1",
-                        help="comma-separated numbers of engine copies run side by side, each at --threads, one input "
-                             "each (litedet detect --streams): N > 1 adds images/s rows for N copies; 1 = one copy "
-                             "(default 1)")
+                        help="comma-separated numbers of engine copies side by side, sharing each --threads count "
+                             "(T // N threads each, one input each; litedet detect --streams N): N > 1 adds images/s "
+                             "rows; 1 = one copy (default 1)")
     parser.add_argument("--peers", default="", help="comma-separated peers: yolov8n, yolo11n, ssdlite, v5lite-ncnn, "
                         "nanodet-plus, fastestdet, yolo-fastestv2; absent ones are skipped with a note (default: none)")
     parser.add_argument("--end-to-end", action="store_true",
