@@ -106,6 +106,29 @@ class Preprocess:
             raise ValueError(f"preprocess.std must not contain 0, got {self.std}")
 
 
+def _quantized_outputs(value: Any, levels: int | None) -> list[dict[str, Any]]:
+    """``ModelConfig.quantized_outputs`` checked: [] or one {scale > 0, zero_point 0..255, channels
+    >= 1} per output level (YOLO heads only)."""
+    if not isinstance(value, (list, tuple)):
+        raise ValueError(f"quantized_outputs must be a list, got {_show(value)}")
+    if not value:
+        return []
+    if levels is None:
+        raise ValueError("quantized_outputs are only decoded for YOLO heads")
+    if len(value) != levels:
+        raise ValueError(f"quantized_outputs has {len(value)} entries for {levels} output levels")
+    checked = []
+    for entry in value:
+        if not isinstance(entry, dict) or sorted(entry) != ["channels", "scale", "zero_point"]:
+            raise ValueError(f"each quantized_outputs entry must be {{scale, zero_point, channels}}, got {_show(entry)}")
+        scale = entry["scale"]
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale <= 0:
+            raise ValueError(f"quantized_outputs scale must be a positive number, got {_show(scale)}")
+        checked.append({"scale": float(scale), "zero_point": _integer(entry["zero_point"], "quantized_outputs.zero_point", 0, 255),
+                        "channels": _integer(entry["channels"], "quantized_outputs.channels", 1)})
+    return checked
+
+
 @dataclass
 class ModelConfig:
     """What a litedet checkpoint or export says about itself.
@@ -116,6 +139,9 @@ class ModelConfig:
     names in level order. ``uint8_input``: the engine takes the letterboxed image as it is, uint8
     [B, H, W, 3] in BGR order, and does the channel order and ``preprocess`` normalisation in its
     graph (``litedet export --uint8-input``); otherwise it takes float32 [B, 3, H, W], normalised.
+    ``quantized_outputs`` (an INT8 model, ``litedet quantize``): one ``{"scale", "zero_point",
+    "channels"}`` per output, which is then uint8 [B, H, W, C >= channels], channels last, holding
+    the level's first ``channels`` channels quantized: value = (q - zero_point) * scale.
     """
 
     model: str
@@ -130,6 +156,7 @@ class ModelConfig:
     dynamic: bool = False
     nms_in_graph: bool = False
     uint8_input: bool = False
+    quantized_outputs: list[dict[str, Any]] = field(default_factory=list)
     precision: str = "fp32"
     source: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
@@ -173,6 +200,7 @@ class ModelConfig:
         self.dynamic = _boolean(self.dynamic, "dynamic")
         self.nms_in_graph = _boolean(self.nms_in_graph, "nms_in_graph")
         self.uint8_input = _boolean(self.uint8_input, "uint8_input")
+        self.quantized_outputs = _quantized_outputs(self.quantized_outputs, len(self.strides) if self.head == "yolo" else None)
         for name in ("precision", "source"):
             if not isinstance(getattr(self, name), str):
                 raise ValueError(f"{name} must be a string, got {_show(getattr(self, name))}")
@@ -183,8 +211,9 @@ class ModelConfig:
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["input_size"] = list(self.input_size)
-        if not self.uint8_input:  # written only when set: float exports stay readable by older litedet
-            del data["uint8_input"]
+        for name in ("uint8_input", "quantized_outputs"):  # written only when set: other exports stay
+            if not data[name]:  # readable by older litedet
+                del data[name]
         return data
 
     @classmethod

@@ -545,3 +545,76 @@ def test_nms_emits_no_warnings(recwarn, nms_path):
     kept = nms(boxes, np.array([0.9, 0.8, 0.7, 0.6, 0.5]), 0.5)
     assert kept.tolist() == [0, 1, 2, 4]
     assert [str(w.message) for w in recwarn] == []
+
+
+# ----------------------------------------------------------------------------- quantized maps
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+@pytest.mark.parametrize("min_objectness", [None, 0.25, 0.6])
+def test_decode_yolo_of_quantized_channels_last_maps_equals_decode_of_their_dequantized_values(batch, min_objectness):
+    """An INT8 model's uint8 channels-last maps (one spare padding channel) decode to exactly the
+    rows of the float maps its DequantizeLinear would have given: same rows, order and values."""
+    rng = np.random.default_rng(7)
+    anchors = [[[10, 13], [16, 30]], [[30, 61], [62, 45]]]
+    strides, num_classes = [8, 16], 3
+    channels = 2 * (5 + num_classes)
+    quantized, floats, params = [], [], []
+    for level, size in enumerate((4, 2)):
+        q = rng.integers(0, 256, (batch, size, size + 1, channels + 1), dtype=np.uint8)
+        scale, zero = float(rng.uniform(0.02, 0.2)), int(rng.integers(60, 200))
+        values = (q[..., :channels].astype(np.float32) - np.float32(zero)) * np.float32(scale)
+        quantized.append(q)
+        floats.append(values.transpose(0, 3, 1, 2))
+        params.append({"scale": scale, "zero_point": zero, "channels": channels})
+    expected = decode_yolo(floats, anchors, strides, num_classes, min_objectness)
+    decoded = decode_yolo(quantized, anchors, strides, num_classes, min_objectness, params)
+    assert expected.shape[1] > 0
+    np.testing.assert_array_equal(decoded, expected)
+
+
+def test_decode_yolo_quantized_threshold_at_a_representable_objectness_leaves_it_out():
+    """A row whose dequantized objectness is exactly the threshold logit is left out, as in float."""
+    anchors = [[[10, 13]]]
+    q = np.zeros((1, 1, 2, 6), np.uint8)
+    q[0, 0, 0, 4], q[0, 0, 1, 4] = 140, 141  # (q - 128) * 0.1: 1.2 and 1.3
+    params = [{"scale": 0.1, "zero_point": 128, "channels": 6}]
+    threshold = float(np.float32((np.float32(140) - np.float32(128)) * np.float32(0.1)))
+    probability = 1.0 / (1.0 + np.exp(-threshold))
+    kept = decode_yolo([q], anchors, [8], 1, probability, params)
+    assert kept.shape == (1, 1, 6)  # only the cell with q = 141
+
+
+def test_decode_yolo_quantized_names_the_level_with_the_wrong_layout():
+    anchors = [[[10, 13]]]
+    params = [{"scale": 0.1, "zero_point": 0, "channels": 6}]
+    with pytest.raises(ValueError, match=r"quantized output 0 has shape \(1, 6, 2, 2\) \(float32\)"):
+        decode_yolo([np.zeros((1, 6, 2, 2), np.float32)], anchors, [8], 1, 0.25, params)
+    with pytest.raises(ValueError, match="1 output quantizations for 2 outputs"):
+        decode_yolo([np.zeros((1, 2, 2, 6), np.uint8)] * 2, anchors * 2, [8, 16], 1, 0.25, params)
+
+
+@pytest.mark.parametrize("entries, message", [
+    ([{"scale": 0.1, "zero_point": 0}] * 3, "each quantized_outputs entry must be"),
+    ([{"scale": -0.1, "zero_point": 0, "channels": 255}] * 3, "scale must be a positive number"),
+    ([{"scale": 0.1, "zero_point": 300, "channels": 255}] * 3, "zero_point must be in 0..255"),
+    ([{"scale": 0.1, "zero_point": 0, "channels": 255}], "1 entries for 3 output levels"),
+    ("q", "quantized_outputs must be a list"),
+])
+def test_model_config_checks_quantized_outputs(entries, message):
+    from litedet.config import ModelConfig
+
+    with pytest.raises(ValueError, match=message):
+        ModelConfig(model="v5lite-s", num_classes=80, names=[str(i) for i in range(80)], input_size=(416, 416),
+                    quantized_outputs=entries)
+
+
+def test_model_config_writes_quantized_outputs_only_when_set(tmp_path):
+    from litedet.config import ModelConfig
+
+    names = [str(i) for i in range(80)]
+    plain = ModelConfig(model="v5lite-s", num_classes=80, names=names, input_size=(416, 416))
+    assert "quantized_outputs" not in plain.to_dict()
+    entries = [{"scale": 0.1, "zero_point": 7, "channels": 255}] * 3
+    config = ModelConfig(model="v5lite-s", num_classes=80, names=names, input_size=(416, 416), quantized_outputs=entries)
+    assert ModelConfig.load(config.save(tmp_path / "m.json")).quantized_outputs == entries

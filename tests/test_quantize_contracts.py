@@ -639,9 +639,17 @@ def test_quantized_uint8_export_reads_the_image_directly_and_its_stage_concats_c
         stage_concats += 1
     assert stage_concats >= 3
 
+    # it ends in its quantized head maps, uint8 channels last, described in its sidecar
+    from litedet.config import find_config
+
+    config = find_config(direct.output)
+    assert direct.settings["uint8_outputs"] is True and len(config.quantized_outputs) == 3
+    assert [o.name for o in model.graph.output] == config.output_names
+    assert not any(n.op_type == "DequantizeLinear" and n.output[0] in config.output_names for n in model.graph.node)
+
     monkeypatch.setattr(quantize_module, "feed_uint8_image", lambda model, tensor: False)
     through_cast = quantize_onnx_static(uint8_export, tmp_path / "cast" / "m.onnx", calib, num_images=4)
-    assert through_cast.settings["uint8_image_direct"] is False
+    assert through_cast.settings["uint8_image_direct"] is False and through_cast.settings["uint8_outputs"] is False
     pixels = np.random.default_rng(0).integers(0, 256, (1, 64, 64, 3), dtype=np.uint8)
     outputs = []
     for path in (direct.output, through_cast.output):
@@ -649,8 +657,20 @@ def test_quantized_uint8_export_reads_the_image_directly_and_its_stage_concats_c
         options.intra_op_num_threads = 1
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         outputs.append(session.run(None, {"images": pixels}))
-    for a, b in zip(*outputs):
-        np.testing.assert_array_equal(a, b)
+    for quantized, plain, params in zip(*outputs, config.quantized_outputs):
+        assert quantized.dtype == np.uint8 and quantized.shape[3] >= params["channels"]
+        values = (quantized[..., :params["channels"]].astype(np.float32) - np.float32(params["zero_point"])) * np.float32(params["scale"])
+        np.testing.assert_array_equal(values.transpose(0, 3, 1, 2), plain)  # what its DequantizeLinear gave
+
+    # and litedet's runtime finds the same boxes in both
+    from litedet.engine.predictor import Predictor
+    from litedet.runtime import open_backend
+
+    image = np.random.default_rng(1).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    found = [Predictor(open_backend(path, threads=1), conf=0.01).predict(image)[0] for path in (direct.output, through_cast.output)]
+    np.testing.assert_array_equal(found[0].boxes, found[1].boxes)
+    np.testing.assert_array_equal(found[0].class_ids, found[1].class_ids)
+    np.testing.assert_array_equal(found[0].scores, found[1].scores)
 
 
 def test_feed_uint8_image_leaves_a_quantize_that_is_not_the_identity_alone():

@@ -516,6 +516,77 @@ def feed_uint8_image(model: Any, tensor: str) -> bool:
     return True
 
 
+def quantized_head_outputs(model: Any, config: ModelConfig) -> list[dict[str, Any]] | None:
+    """Let a QDQ YOLO model end in its quantized head maps: each output ``DequantizeLinear(
+    QuantizeLinear(x))`` (x optionally ``Slice`` of the zero-padded head conv, see
+    ``_pad_conv_outputs``) becomes the uint8 map itself, channels last (``Transpose`` to NHWC,
+    which ONNX Runtime's NHWC INT8 kernels already produce: the layout transposes and the
+    dequantization leave the graph). Returns ``ModelConfig.quantized_outputs`` for the new
+    outputs, or None (and the model is unchanged) unless every output has that form."""
+    from onnx import TensorProto, helper
+
+    if config.head != "yolo" or len(model.graph.output) != len(config.anchors):
+        return None
+    graph = model.graph
+    g = OnnxGraph(graph)
+    plans = []
+    for output, anchors in zip(graph.output, config.anchors):
+        channels = len(anchors) * (5 + config.num_classes)
+        dequantize = g.producer.get(output.name)
+        if dequantize is None or dequantize.op_type != "DequantizeLinear":
+            return None
+        quantize = g.producer.get(dequantize.input[0])
+        if quantize is None or quantize.op_type != "QuantizeLinear":
+            return None
+        params = _scalar_params(g, quantize)
+        if params is None or params != _scalar_params(g, dequantize):
+            return None
+        source = quantize.output[0]
+        sliced = g.producer.get(quantize.input[0])
+        if sliced is not None and sliced.op_type == "Slice":  # a padded head conv: take it unsliced
+            starts, ends, axes = (g.array(name) for name in sliced.input[1:4])
+            inner = g.producer.get(sliced.input[0])
+            earlier = g.producer.get(inner.input[0]) if inner is not None and inner.op_type == "DequantizeLinear" else None
+            if (starts is None or ends is None or axes is None or starts.tolist() != [0] or ends.tolist() != [channels]
+                    or axes.tolist() != [1] or earlier is None or earlier.op_type != "QuantizeLinear"
+                    or _scalar_params(g, earlier) != params or _scalar_params(g, inner) != params):
+                return None
+            source = earlier.output[0]
+        plans.append((output.name, source, params, channels))
+    del graph.output[:]
+    entries = []
+    for name, source, (scale, zero), channels in plans:
+        graph.node.append(helper.make_node("Transpose", [source], [name + "_uint8"], name=name + "_channels_last",
+                                           perm=[0, 2, 3, 1]))
+        graph.output.append(helper.make_tensor_value_info(name + "_uint8", TensorProto.UINT8, None))
+        entries.append({"scale": scale, "zero_point": zero, "channels": channels})
+    _drop_dead_nodes(graph)
+    drop_unused(graph)
+    del graph.value_info[:]
+    return entries
+
+
+def _scalar_params(g: OnnxGraph, node: Any) -> tuple[float, int] | None:
+    """(scale, zero point) of a per-tensor uint8 Quantize/DequantizeLinear, else None."""
+    scale = g.array(node.input[1])
+    zero = g.array(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+    if scale is None or zero is None or scale.size != 1 or zero.size != 1 or zero.dtype != np.uint8:
+        return None
+    return float(scale.reshape(-1)[0]), int(zero.reshape(-1)[0])
+
+
+def _drop_dead_nodes(graph: Any) -> None:
+    """Remove nodes whose outputs nothing reads (repeatedly, so whole dead chains go)."""
+    outputs = {out.name for out in graph.output}
+    while True:
+        used = {name for node in graph.node for name in node.input} | outputs
+        dead = [node for node in graph.node if not any(out in used for out in node.output)]
+        if not dead:
+            return
+        for node in dead:
+            graph.node.remove(node)
+
+
 def _calibrated_ranges(model: Path, reader: Any, method: Any, work: Path) -> dict[str, tuple[float, float]]:
     """(min, max) of every activation of ``model`` over ``reader``'s images, as quantize_static
     computes them (``onnxruntime.quantization.calibrate``)."""
@@ -613,11 +684,15 @@ def quantize_onnx_static(
             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, calibrate_method=method,
             nodes_to_exclude=list(exclude) + rewrites.keep_float, extra_options=extra,
         )
-        image_direct = False
+        image_direct, outputs = False, None
         if image_tensor is not None:
             quantized = onnx.load(str(staged))
             image_direct = feed_uint8_image(quantized, image_tensor)
-            if image_direct:
+            if image_direct:  # a litedet-runtime model: it may end in uint8 as it starts
+                outputs = quantized_head_outputs(quantized, config)
+                if outputs is not None:
+                    config = dataclasses.replace(config, output_names=[o.name for o in quantized.graph.output],
+                                                 quantized_outputs=outputs)
                 onnx.save(quantized, str(staged))
         shutil.move(str(staged), output)
     settings = {"method": "ort-static", "format": "QDQ", "per_channel": per_channel, "weights": "int8",
@@ -625,7 +700,8 @@ def quantize_onnx_static(
                 "excluded_nodes": list(exclude), "reduce_range": reduce_range,
                 "int8_rewrites": rewrites.to_dict() if rewrite else None,
                 "fixed_ranges": len(ranges) if ranges else 0,
-                "shared_concat_ranges": len(shared), "uint8_image_direct": image_direct if rewrite else False}
+                "shared_concat_ranges": len(shared), "uint8_image_direct": image_direct if rewrite else False,
+                "uint8_outputs": outputs is not None}
     _write_sidecar(config, output, "int8", settings)
     return QuantizeResult(output, "ort-static", model_files_size(model), model_files_size(output), count, settings)
 

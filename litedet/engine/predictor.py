@@ -81,7 +81,8 @@ def decode_outputs(
     with it; default ``config.input_size``); rows with objectness at most ``min_objectness`` may
     be left out (NMS drops them anyway)."""
     if config.head == "yolo":
-        return decode_yolo(outputs, config.anchors, config.strides, config.num_classes, min_objectness)
+        return decode_yolo(outputs, config.anchors, config.strides, config.num_classes, min_objectness,
+                           config.quantized_outputs or None)
     if config.head == "ssdlite":
         variances = tuple(config.extra.get("variances", SSD_VARIANCES))
         return decode_ssdlite(outputs, config.anchors, config.num_classes, config.input_size, input_size, variances)

@@ -15,7 +15,7 @@ order, then anchors, then rows, then columns: the same order as YOLOv5's ``Detec
 from __future__ import annotations
 
 import functools
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -37,6 +37,7 @@ def decode_yolo(
     strides: Sequence[int],
     num_classes: int,
     min_objectness: float | None = None,
+    quantized: Sequence[dict[str, Any]] | None = None,
 ) -> np.ndarray:
     """Decode YOLO raw maps.
 
@@ -48,6 +49,10 @@ def decode_yolo(
         min_objectness: when given, rows whose objectness is at most this in every image of the
             batch are left out before the sigmoids are computed (NMS drops them anyway; most
             rows go this way at detection thresholds, so post-processing gets much cheaper).
+        quantized: the maps of an INT8 model (``ModelConfig.quantized_outputs``): per level
+            ``{"scale", "zero_point", "channels"}``, each output then uint8 [B, H, W, C >= channels]
+            channels last; a row's logits are (q - zero_point) * scale in float32, which is what
+            the model's DequantizeLinear would have output, so the result is the same.
 
     Returns:
         float32 [B, N, 5 + num_classes]: (cx, cy, w, h, obj, cls...); N = sum(na * H_i * W_i)
@@ -68,31 +73,21 @@ def decode_yolo(
     # Gather the (surviving) rows of every level first, then one sigmoid and one decode for all:
     # the same float32 arithmetic per element as level by level, with few numpy calls in all
     # (right after inference each call is slow, so their count, not the data, sets the time).
+    if quantized is not None and len(quantized) != len(outputs):
+        raise ValueError(f"{len(quantized)} output quantizations for {len(outputs)} outputs")
     logits, cells = [], []
     for level, (raw, level_anchors, stride) in enumerate(zip(outputs, anchors, strides)):
-        raw = np.asarray(raw, dtype=np.float32)
         level_anchors = np.asarray(level_anchors, dtype=np.float32).reshape(-1, 2)
         num_anchors = len(level_anchors)
-        if raw.ndim != 4 or raw.shape[1] != num_anchors * per_row:
-            raise ValueError(
-                f"output {level} has shape {raw.shape}; expected [B, {num_anchors * per_row}, H, W] "
-                f"for {num_anchors} anchors and {num_classes} classes"
-            )
-        batch, _, height, width = raw.shape
-        maps = raw.reshape(batch, num_anchors, per_row, height * width)
-        table = _cell_table(height, width, float(stride), level_anchors.tobytes())
-        if min_logit is None:
-            # every row: [B, A, 5+nc, HW] -> [B, A * HW, 5+nc], anchor-major then cell (row-major)
-            logits.append(maps.transpose(0, 1, 3, 2).reshape(batch, -1, per_row))
-            cells.append(table)
-            continue
-        keep = maps[:, :, 4, :] > min_logit
-        rows = np.flatnonzero(keep if batch == 1 else keep.any(axis=0))
-        if rows.size:
-            anchor_index, cell = np.divmod(rows, height * width)
-            # [B, A, 5+nc, HW][:, a, :, c] is [k, B, 5+nc] (index arrays apart from each other go first)
-            logits.append(maps[:, anchor_index, :, cell].transpose(1, 0, 2))
-            cells.append(table[rows])
+        if quantized is not None:
+            picked, rows, height, width = _quantized_level(raw, quantized[level], num_anchors, per_row, min_logit, level)
+        else:
+            picked, rows, height, width = _float_level(raw, num_anchors, per_row, min_logit, level)
+        batch = picked.shape[0]
+        if picked.shape[1]:
+            table = _cell_table(height, width, float(stride), level_anchors.tobytes())
+            logits.append(picked)
+            cells.append(table if rows is None else table[rows])
     if not logits:  # nothing above min_objectness anywhere
         return np.zeros((batch, 0, per_row), dtype=np.float32)
     rows = sigmoid(logits[0] if len(logits) == 1 else np.concatenate(logits, axis=1))
@@ -108,6 +103,59 @@ def decode_yolo(
     np.square(wh, out=wh)
     wh *= table[:, 3:]
     return rows
+
+
+def _float_level(raw: Any, num_anchors: int, per_row: int, min_logit: float | None,
+                 level: int) -> tuple[np.ndarray, np.ndarray | None, int, int]:
+    """One float level [B, A * (5+nc), H, W]: its rows as [B, k, 5+nc] logits, anchor-major then
+    cell, and their row numbers (None: every row); then H and W."""
+    raw = np.asarray(raw, dtype=np.float32)
+    if raw.ndim != 4 or raw.shape[1] != num_anchors * per_row:
+        raise ValueError(
+            f"output {level} has shape {raw.shape}; expected [B, {num_anchors * per_row}, H, W] "
+            f"for {num_anchors} anchors and {per_row - 5} classes"
+        )
+    batch, _, height, width = raw.shape
+    maps = raw.reshape(batch, num_anchors, per_row, height * width)
+    if min_logit is None:
+        # every row: [B, A, 5+nc, HW] -> [B, A * HW, 5+nc], anchor-major then cell (row-major)
+        return maps.transpose(0, 1, 3, 2).reshape(batch, -1, per_row), None, height, width
+    keep = maps[:, :, 4, :] > min_logit
+    rows = np.flatnonzero(keep if batch == 1 else keep.any(axis=0))
+    anchor_index, cell = np.divmod(rows, height * width)
+    # [B, A, 5+nc, HW][:, a, :, c] is [k, B, 5+nc] (index arrays apart from each other go first)
+    return maps[:, anchor_index, :, cell].transpose(1, 0, 2), rows, height, width
+
+
+def _quantized_level(raw: Any, quantization: dict[str, Any], num_anchors: int, per_row: int, min_logit: float | None,
+                     level: int) -> tuple[np.ndarray, np.ndarray | None, int, int]:
+    """``_float_level`` for a uint8 channels-last level of an INT8 model: the rows are picked on
+    the quantized objectness (the same threshold, moved to the integers exactly), then only they
+    are dequantized."""
+    raw = np.asarray(raw)
+    needed = num_anchors * per_row
+    if raw.ndim != 4 or raw.dtype != np.uint8 or raw.shape[3] < needed or int(quantization["channels"]) != needed:
+        raise ValueError(
+            f"quantized output {level} has shape {raw.shape} ({raw.dtype}) and {quantization['channels']} channels "
+            f"in its config; expected uint8 [B, H, W, >= {needed}] holding {needed} channels "
+            f"for {num_anchors} anchors and {per_row - 5} classes"
+        )
+    batch, height, width, _ = raw.shape
+    scale, zero = np.float32(quantization["scale"]), np.float32(quantization["zero_point"])
+    maps = raw.reshape(batch, height * width, raw.shape[3])[:, :, :needed].reshape(batch, height * width, num_anchors, per_row)
+    if min_logit is None:
+        rows = maps.transpose(0, 2, 1, 3).reshape(batch, -1, per_row)
+        return (rows.astype(np.float32) - zero) * scale, None, height, width
+    # the smallest q whose dequantized value (float32, as DequantizeLinear computes it) is above
+    # min_logit: values grow with q, so "value > min_logit" is "q >= lowest"
+    values = (np.arange(256, dtype=np.float32) - zero) * scale
+    lowest = int(np.searchsorted(values > min_logit, True))
+    keep = maps[:, :, :, 4] >= lowest  # [B, HW, A]
+    keep = keep.transpose(0, 2, 1)  # [B, A, HW]: anchor-major, as the float maps
+    rows = np.flatnonzero(keep if batch == 1 else keep.any(axis=0))
+    anchor_index, cell = np.divmod(rows, height * width)
+    picked = maps[:, cell, anchor_index, :]  # [B, k, 5+nc]
+    return (picked.astype(np.float32) - zero) * scale, rows, height, width
 
 
 @functools.lru_cache(maxsize=64)
