@@ -436,19 +436,24 @@ def test_benchmark_rejects_bad_arguments(tmp_path):
         benchmark(models="v5lite-e", threads="0", out_dir=tmp_path)
 
 
-def test_tiny_litedet_model_end_to_end(tmp_path):
-    """A litedet model through torch and ONNX Runtime at 64 px, network (batch 1 and 2) and
-    end-to-end, 3 runs each: the run completes and every row is well formed."""
+def _tiny_benchmark(tmp_path, images: int = 2, **options):
+    """v5lite-e at 64 px on torch and ONNX Runtime, end to end on random images, 3 runs each."""
     pytest.importorskip("onnxruntime")
     import litedet.bench.profile  # noqa: F401  (litedet's own code: an import error fails, never skips)
     import litedet.export.api  # noqa: F401
     from litedet.bench.run import benchmark
 
     rng = np.random.default_rng(0)
-    images = [rng.integers(0, 255, (90, 120, 3), dtype=np.uint8) for _ in range(2)]
-    result = benchmark(models="v5lite-e", engines="torch,onnxruntime", threads="1", imgsz="64", batch="1,2",
-                       runs=3, warmup=1, end_to_end=True, images=images, out_dir=tmp_path, measure_peak=False,
-                       progress=False, cache_dir=tmp_path / "cache")
+    frames = [rng.integers(0, 255, (90, 120, 3), dtype=np.uint8) for _ in range(images)]
+    return benchmark(models="v5lite-e", engines="torch,onnxruntime", imgsz="64", runs=3, warmup=1, end_to_end=True,
+                     images=frames, out_dir=tmp_path, measure_peak=False, progress=False, cache_dir=tmp_path / "cache",
+                     **options)
+
+
+def test_tiny_litedet_model_end_to_end(tmp_path):
+    """A litedet model through torch and ONNX Runtime at 64 px, network (batch 1 and 2) and
+    end-to-end, 3 runs each: the run completes and every row is well formed."""
+    result = _tiny_benchmark(tmp_path, threads="1", batch="1,2")
     combos = {(r["engine"], r["batch"], r["mode"]) for r in result.rows}
     assert ("torch", 1, "network") in combos and ("onnxruntime", 1, "end-to-end") in combos
     assert ("torch", 2, "network") in combos
@@ -510,15 +515,10 @@ def test_streams_add_images_per_second_rows_for_copies_side_by_side(tmp_path):
     copies of one thread; network and end to end) whose images/s counts both copies; 1 thread
     cannot hold two streams and torch runs no copies (notes say why); the report and the terminal
     summary show images/s side by side."""
-    pytest.importorskip("onnxruntime")
     from litedet.bench.report import terminal_summary
     from litedet.bench.run import benchmark
 
-    rng = np.random.default_rng(0)
-    images = [rng.integers(0, 255, (90, 120, 3), dtype=np.uint8) for _ in range(3)]
-    result = benchmark(models="v5lite-e", engines="torch,onnxruntime", threads="1,2", imgsz="64", streams="1,2",
-                       runs=3, warmup=1, end_to_end=True, images=images, out_dir=tmp_path, measure_peak=False,
-                       progress=False, cache_dir=tmp_path / "cache")
+    result = _tiny_benchmark(tmp_path, images=3, threads="1,2", streams="1,2")
     combos = {(r["engine"], r["mode"], r["threads"], r["streams"]) for r in result.rows}
     assert combos == {(e, m, t, 1) for e in ("torch", "onnxruntime") for m in ("network", "end-to-end") for t in (1, 2)} | {
         ("onnxruntime", "network", 2, 2), ("onnxruntime", "end-to-end", 2, 2)}
