@@ -61,6 +61,15 @@ PRECISION_ENGINES = {
 # bench --end-to-end's thresholds: what a deployed detector runs with
 LATENCY_CONF, LATENCY_IOU = 0.25, 0.45
 CACHE_VERSION = 1
+
+
+def _cache_version() -> str:
+    """The cache's format and the revisions of the exporter and quantizer whose files its latencies
+    and scores were measured on: a newer exporter or quantizer measures afresh."""
+    from litedet.compress.quantize import QUANTIZE_REVISION
+    from litedet.export.formats import EXPORT_REVISION
+
+    return f"{CACHE_VERSION}.{EXPORT_REVISION}.{QUANTIZE_REVISION}"
 ENGINE_SHORT = {"onnxruntime": "ORT", "openvino": "OV", "ncnn": "ncnn", "torch": "torch"}
 
 
@@ -340,7 +349,7 @@ class TuneCache:
                 loaded = json.loads(self.path.read_text())
             except json.JSONDecodeError as err:
                 raise ValueError(f"{self.path}: unreadable tune cache ({err}); delete it to start afresh") from None
-            if loaded.get("version") == CACHE_VERSION:
+            if loaded.get("version") == _cache_version():
                 self.entries = {"latency": loaded.get("latency", {}), "accuracy": loaded.get("accuracy", {})}
 
     @staticmethod
@@ -354,7 +363,7 @@ class TuneCache:
     def save(self) -> None:
         from litedet.config import write_text_atomic
 
-        write_text_atomic(self.path, json.dumps({"version": CACHE_VERSION, **self.entries}, indent=1))
+        write_text_atomic(self.path, json.dumps({"version": _cache_version(), **self.entries}, indent=1))
 
 
 # ------------------------------------------------------------------------------ measuring
@@ -408,8 +417,10 @@ class DeviceMeasurer:
             return fp32
         if not self.data.calibration:
             raise ValueError("int8 needs calibration images: give a dataset YAML (its train split calibrates) or calib=FOLDER")
+        from litedet.compress.quantize import QUANTIZE_REVISION
+
         calib_tag = hashlib.sha256(f"{self.data.calibration}|{self.calibration_images}".encode()).hexdigest()[:8]
-        out = folder / f"int8-{calib_tag}" / "model_int8.onnx"
+        out = folder / f"int8-{calib_tag}-r{QUANTIZE_REVISION}" / "model_int8.onnx"
         from litedet.config import sidecar_path
 
         if not (out.is_file() and sidecar_path(out).is_file()):  # the sidecar is written last

@@ -475,6 +475,32 @@ def test_tiny_litedet_model_end_to_end(tmp_path):
     assert cache
 
 
+def test_export_cache_is_reused_only_when_the_current_exporter_wrote_it(tmp_path):
+    """The bench reuses an export only if its marker names the current exporter revision: a file
+    an older exporter wrote (an old one-line marker, another revision) is exported again."""
+    from types import SimpleNamespace
+
+    from litedet.bench.run import _cached_export
+    from litedet.export.formats import EXPORT_REVISION
+
+    calls = []
+
+    def fake_export(checkpoint, fmt, out_dir, **options):
+        calls.append(fmt)
+        path = Path(out_dir) / "model_uint8.onnx"
+        path.write_text("graph")
+        return SimpleNamespace(path=path)
+
+    folder = tmp_path / "onnxruntime_uint8"
+    first = _cached_export(fake_export, tmp_path / "m.safetensors", "onnxruntime", 64, folder, False)
+    assert _cached_export(fake_export, tmp_path / "m.safetensors", "onnxruntime", 64, folder, False) == first
+    assert len(calls) == 1 and (folder / ".done").read_text().splitlines() == [f"export revision {EXPORT_REVISION}", str(first)]
+    for stale in (f"{first}\n", f"export revision {EXPORT_REVISION - 1}\n{first}\n"):
+        (folder / ".done").write_text(stale)
+        _cached_export(fake_export, tmp_path / "m.safetensors", "onnxruntime", 64, folder, False)
+    assert len(calls) == 3
+
+
 def test_stream_gang_runs_its_copies_at_the_same_time_and_passes_errors_on():
     """Each copy's call waits for the other's at a barrier: only concurrent calls get through."""
     import threading

@@ -423,6 +423,47 @@ def test_image_normalisation_is_folded_only_into_convs_that_alone_read_the_image
     assert [n.op_type for n in proto.graph.node][:3] == ["Transpose", "Cast", "Conv"]
 
 
+def test_image_normalisation_folds_into_a_stem_conv_whose_weights_another_node_shares(tmp_path: Path) -> None:
+    """An export shares initializers of equal value (a fresh model's zero biases, say): the stem
+    conv still takes the fold, on its own copy of the weight, and the other reader keeps the
+    original values."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from litedet.export.onnx import INPUT_NAME, fold_image_normalisation
+
+    rng = np.random.default_rng(0)
+    weight = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    nodes = [helper.make_node("Transpose", [INPUT_NAME], ["t"], perm=[0, 3, 1, 2]),
+             helper.make_node("Cast", ["t"], ["f"], to=TensorProto.FLOAT),
+             helper.make_node("Slice", ["f", "starts", "ends", "axes", "steps"], ["rgb"]),
+             helper.make_node("Div", ["rgb", "std"], ["x"]),
+             helper.make_node("Conv", ["x", "w"], ["stem"], pads=[1, 1, 1, 1]),
+             helper.make_node("Conv", ["other_in", "w"], ["other"], pads=[1, 1, 1, 1])]
+    inits = [numpy_helper.from_array(weight, "w"), numpy_helper.from_array(np.full((1, 3, 1, 1), 255.0, np.float32), "std"),
+             numpy_helper.from_array(np.array([-1], np.int64), "starts"),
+             numpy_helper.from_array(np.array([-(2 ** 62)], np.int64), "ends"),
+             numpy_helper.from_array(np.array([1], np.int64), "axes"), numpy_helper.from_array(np.array([-1], np.int64), "steps")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info(INPUT_NAME, TensorProto.UINT8, [1, 8, 8, 3]),
+                                           helper.make_tensor_value_info("other_in", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("stem", TensorProto.FLOAT, None),
+                               helper.make_tensor_value_info("other", TensorProto.FLOAT, None)], inits)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    proto.ir_version = 8
+    feeds = {INPUT_NAME: rng.integers(0, 256, (1, 8, 8, 3), dtype=np.uint8), "other_in": rng.standard_normal((1, 3, 8, 8)).astype(np.float32)}
+
+    def run(model):
+        return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
+
+    before = run(proto)
+    assert fold_image_normalisation(proto)
+    assert [n.op_type for n in proto.graph.node][:3] == ["Transpose", "Cast", "Conv"]
+    after = run(proto)
+    np.testing.assert_allclose(after[0], before[0], rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(after[1], before[1])
+
+
 def test_openvino_pins_threads_only_when_it_has_every_core(tiny: Detector, tmp_path: Path) -> None:
     # Two inference streams each on a share of the cores: pinned, both would land on the same ones.
     from litedet.config import usable_cores

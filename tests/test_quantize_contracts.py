@@ -578,9 +578,10 @@ def test_shared_ranges_give_every_member_the_union_of_their_ranges_with_zero():
     assert shared_ranges([["b"]], {"b": (0.5, 7.5)}) == {"b": (0.0, 7.5)}  # 0 is always representable
 
 
-@pytest.fixture(scope="module")
-def uint8_export(tmp_path_factory) -> Path:
-    """A 64x64 v5lite-e ``--uint8-input`` ONNX export (shuffles folded) with its sidecar."""
+def _tiny_uint8_export(folder: Path, dynamic: bool = False) -> Path:
+    """A 64x64 v5lite-e ``--uint8-input`` ONNX export (shuffles folded) with its sidecar; distinct
+    BatchNorm statistics, so no two fused biases are equal (an export shares equal initializers,
+    which keeps the image normalisation from folding into the stem conv)."""
     import torch
 
     from litedet.export.api import export_model
@@ -592,7 +593,12 @@ def uint8_export(tmp_path_factory) -> Path:
         for module in model.modules():
             if isinstance(module, torch.nn.BatchNorm2d):
                 module.running_mean.uniform_(-0.2, 0.2)
-    return export_model(model, "onnx", tmp_path_factory.mktemp("u8"), imgsz=64, uint8_input=True).path
+    return export_model(model, "onnx", folder, imgsz=64, uint8_input=True, dynamic=dynamic).path
+
+
+@pytest.fixture(scope="module")
+def uint8_export(tmp_path_factory) -> Path:
+    return _tiny_uint8_export(tmp_path_factory.mktemp("u8"))
 
 
 def _calibration_folder(folder: Path, count: int = 4) -> Path:
@@ -688,3 +694,19 @@ def test_feed_uint8_image_leaves_a_quantize_that_is_not_the_identity_alone():
         model = helper.make_model(graph)
         assert feed_uint8_image(model, "f") is False
         assert [n.op_type for n in model.graph.node] == ["Cast", "QuantizeLinear", "DequantizeLinear"]
+
+
+def test_a_dynamic_export_quantizes_and_detects(tmp_path):
+    """A --dynamic export (symbolic batch and image size, where ONNX Runtime's symbolic shape
+    inference gives up) quantizes with ONNX's shape inference and detects at any size."""
+    from litedet.compress.quantize import quantize_onnx_static
+    from litedet.engine.predictor import Predictor
+    from litedet.runtime import open_backend
+
+    path = _tiny_uint8_export(tmp_path / "dyn", dynamic=True)
+    result = quantize_onnx_static(path, tmp_path / "int8" / "m.onnx", _calibration_folder(tmp_path / "calib"), num_images=4)
+    assert result.settings["uint8_outputs"] is True
+    predictor = Predictor(open_backend(result.output, threads=1), conf=0.01)
+    for shape in ((48, 64, 3), (90, 60, 3)):
+        found = predictor.predict(np.random.default_rng(2).integers(0, 256, shape, dtype=np.uint8))[0]
+        assert found.image_shape == shape[:2]

@@ -206,13 +206,16 @@ def _weights_tag(weights: str | None) -> str:
 
 def _cached_export(export_model: Callable[..., Any], checkpoint: Path, engine: str, imgsz: int, out_dir: Path,
                    dynamic_batch: bool) -> Path:
-    """Export once per engine and size; later runs reuse the files (``out_dir/.done`` names them)."""
+    """Export once per engine and size; later runs reuse the files (``out_dir/.done`` names them
+    and the exporter revision that wrote them: files of an older exporter are written again)."""
+    from litedet.export.formats import EXPORT_REVISION, export_formats
+
     marker = out_dir / ".done"
+    stamp = f"export revision {EXPORT_REVISION}"
     if marker.is_file():
-        path = Path(marker.read_text().strip())
-        if path.exists():
-            return path
-    from litedet.export.formats import export_formats
+        lines = marker.read_text().strip().splitlines()
+        if len(lines) == 2 and lines[0] == stamp and Path(lines[1]).exists():
+            return Path(lines[1])
 
     formats = [fmt.name for fmt in export_formats() if fmt.engine == engine]
     if not formats:
@@ -222,7 +225,7 @@ def _cached_export(export_model: Callable[..., Any], checkpoint: Path, engine: s
     # is what a deployed batch-1 model uses, and some engines run it faster.
     result = export_model(checkpoint, formats[0], out_dir, imgsz=imgsz, dynamic=dynamic_batch, uint8_input=True)
     path = Path(result.path)
-    marker.write_text(str(path))
+    marker.write_text(f"{stamp}\n{path}\n")
     return path
 
 

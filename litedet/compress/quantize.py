@@ -42,6 +42,9 @@ from litedet.runtime.base import Backend
 LOGGER = logging.getLogger(__name__)
 
 METHODS = ("ort-static", "ort-dynamic", "openvino")
+# Raised whenever ``quantize_onnx_static`` starts writing a different INT8 graph for the same input
+# (ranges, rewrites, its two ends): ``litedet tune``'s cached INT8 models are keyed by it.
+QUANTIZE_REVISION = 2
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
@@ -663,7 +666,13 @@ def quantize_onnx_static(
             onnx.save(graph, str(source))
         prepared = Path(tmp) / "prepared.onnx"
         # Shape inference + graph optimisation first, as the ORT quantization guide recommends.
-        quant_pre_process(str(source), str(prepared), skip_symbolic_shape=False)
+        # ORT's symbolic shape inference gives up on symbolic image sizes (a --dynamic export:
+        # "Incomplete symbolic shape inference"); ONNX's own shape inference is enough for a CNN.
+        try:
+            quant_pre_process(str(source), str(prepared), skip_symbolic_shape=False)
+        except Exception as err:  # noqa: BLE001 - the tool raises a bare Exception
+            LOGGER.info("symbolic shape inference failed (%s); preparing %s with ONNX shape inference only", err, model)
+            quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
         image_tensor = None
         if rewrite:
             prepared_graph = onnx.load(str(prepared)).graph

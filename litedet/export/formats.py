@@ -8,6 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# Raised whenever an exporter starts writing a different graph for the same model (a fold, a
+# rewrite): caches of exported files (``litedet bench``'s, ``litedet tune``'s) keyed by it are
+# then rebuilt instead of timing a graph the current exporter no longer writes.
+EXPORT_REVISION = 2
+
 
 @dataclass(frozen=True)
 class ExportFormat:

@@ -208,14 +208,18 @@ def fold_image_normalisation(proto) -> bool:
     for conv in convs:
         weight = g.array(conv.input[1]) if conv.op_type == "Conv" and len(conv.input) > 1 else None
         if (weight is None or weight.ndim != 4 or weight.shape[1] != 3 or next((a.i for a in conv.attribute if a.name == "group"), 1) != 1
-                or not g.private_weights(conv)):
+                or conv.input[1] not in g.initializers):
             return False
     if not convs:
         return False
     source = [2, 1, 0] if flip is not None else [0, 1, 2]  # conv input channel d reads image channel source[d]
     scale = std.reshape(3).astype(np.float32)[source].reshape(1, 3, 1, 1)
     for conv in convs:
-        g.set_array(conv.input[1], (g.array(conv.input[1]).astype(np.float32)[:, source] / scale).astype(np.float32))
+        folded = (g.array(conv.input[1]).astype(np.float32)[:, source] / scale).astype(np.float32)
+        if len(g.consumers.get(conv.input[1], [])) == 1:
+            g.set_array(conv.input[1], folded)
+        else:  # an initializer the export shares with other nodes (equal values): this conv gets its own
+            conv.input[1] = g.add_initializer(f"{conv.input[1]}_image_folded_{len(g.graph.initializer)}", folded)
         conv.input[0] = cast.output[0]
     for node in (flip, divide):
         if node is not None:
