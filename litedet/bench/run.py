@@ -17,6 +17,7 @@ import functools
 import hashlib
 import logging
 import os
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -312,8 +313,6 @@ class _StreamGang:
     thread start per call; ``close`` ends them."""
 
     def __init__(self, count: int) -> None:
-        import threading
-
         if count < 2:
             raise ValueError(f"a stream gang needs at least 2 copies, got {count}")
         self.count = count
@@ -327,8 +326,6 @@ class _StreamGang:
             thread.start()
 
     def _serve(self, index: int) -> None:
-        import threading
-
         while True:
             try:
                 self._start.wait()
