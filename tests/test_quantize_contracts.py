@@ -710,3 +710,20 @@ def test_a_dynamic_export_quantizes_and_detects(tmp_path):
     for shape in ((48, 64, 3), (90, 60, 3)):
         found = predictor.predict(np.random.default_rng(2).integers(0, 256, shape, dtype=np.uint8))[0]
         assert found.image_shape == shape[:2]
+
+
+def test_quantize_cli_passes_the_openvino_preset_to_the_recipe_step(monkeypatch):
+    import argparse
+
+    from litedet.cli import compress as cli
+    from litedet.compress.recipe import QuantizeStep
+
+    parser = argparse.ArgumentParser()
+    cli.add_quantize_arguments(parser)
+    seen = []
+    monkeypatch.setattr(cli, "_run", lambda args, steps: seen.append(steps) or 0)
+    cli.run_quantize(parser.parse_args(["--weights", "m.xml", "--method", "openvino", "--calib", "imgs", "--preset", "mixed"]))
+    step = seen[0][0]["quantize"]
+    assert step["preset"] == "mixed" and QuantizeStep(**step).preset == "mixed"
+    with pytest.raises(ValueError, match="quantize.preset must be 'performance' or 'mixed'"):
+        QuantizeStep(method="openvino", calib="imgs", preset="fast")

@@ -183,6 +183,9 @@ def add_quantize_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--accuracy-control", action="store_true",
                         help="openvino: nncf.quantize_with_accuracy_control on --val-images/--val-annotations")
     parser.add_argument("--max-drop", type=float, default=0.01, help="accuracy control: max mAP50-95 drop (default 0.01)")
+    parser.add_argument("--preset", default="performance", choices=["performance", "mixed"],
+                        help="openvino: NNCF preset; mixed quantizes activations asymmetrically, usually more "
+                             "accurate and a little slower (default performance)")
     _add_finetune_arguments(parser, "quantization-aware training (--method qat)")
     _add_common_arguments(parser, "quantize")
 
@@ -195,7 +198,8 @@ def run_quantize(args: argparse.Namespace) -> int:
         return _run(args, [{"qat": qat}])
     step = {"method": args.method, "calib": args.calib, "images": args.num_images, "per_channel": not args.per_tensor,
             "calibrate_method": args.calibrate_method, "exclude": args.exclude,
-            "accuracy_control": args.accuracy_control, "max_drop": args.max_drop, "rewrite": not args.no_rewrite}
+            "accuracy_control": args.accuracy_control, "max_drop": args.max_drop, "rewrite": not args.no_rewrite,
+            "preset": args.preset}
     return _run(args, [{"quantize": step}])
 
 

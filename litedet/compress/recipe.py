@@ -188,12 +188,15 @@ class QuantizeStep:
     accuracy_control: bool = False
     max_drop: float = 0.01
     rewrite: bool = True  # ort-static: exact INT8 graph rewrites first (litedet.compress.quantize.rewrite_for_int8)
+    preset: str = "performance"  # openvino: NNCF preset (mixed: asymmetric activations)
 
     def __post_init__(self) -> None:
         from litedet.compress.quantize import METHODS
 
         if self.method not in METHODS:
             raise ValueError(f"quantize.method must be one of {list(METHODS)}, got {self.method!r}")
+        if self.preset not in ("performance", "mixed"):
+            raise ValueError(f"quantize.preset must be 'performance' or 'mixed', got {self.preset!r}")
         if self.method in ("ort-static", "openvino") and not self.calib:
             raise ValueError(f"quantize.calib (images folder or dataset YAML) is required for {self.method}")
 
@@ -500,7 +503,7 @@ def run_recipe(recipe: Recipe, measure: bool = True, progress: bool = True, comm
             elif step.method == "ort-dynamic":
                 options = {"per_channel": step.per_channel}
             else:
-                options = {"accuracy_control": step.accuracy_control, "max_drop": step.max_drop,
+                options = {"accuracy_control": step.accuracy_control, "max_drop": step.max_drop, "preset": step.preset,
                            "val_images": recipe.report.val_images, "val_annotations": recipe.report.val_annotations}
             suffix = ".xml" if step.method == "openvino" else ".onnx"
             result = quantize(source, stage_dir / f"model_int8{suffix}", step.method, step.calib, step.images, **options)
