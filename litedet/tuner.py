@@ -4,11 +4,11 @@ on this device.
 ShuffleNetV2's lesson (Ma et al., 2018, §2: use the direct metric, on the target platform) turned
 into a search. A *candidate* is one checkpoint x input size x engine x precision x thread count
 the machine supports (bf16 only where the CPU probe reports it, INT8 as ONNX Runtime static QDQ
-calibrated on the data's train split); published peers are reference points with their own pre-
+or OpenVINO NNCF, calibrated on the data's train split); published peers are reference points with their own pre-
 and post-processing. Every part is an existing one:
 
 - engine files: ``litedet.export.export_model`` (cached per weights, size and engine), INT8:
-  ``litedet.compress.quantize.quantize_onnx_static``;
+  ``litedet.compress.quantize.quantize_onnx_static`` / ``quantize_openvino`` of that engine's export;
 - latency: ``bench --end-to-end``'s definition (letterbox + inference + decode + NMS at
   ``conf`` 0.25 / IoU 0.45 through ``litedet.engine.predictor.Predictor``, peers through their
   own pre/post-processing) timed side by side in interleaved rounds with the background-load
@@ -51,12 +51,12 @@ logger = logging.getLogger(__name__)
 DEFAULT_OUT = Path("runs/tune")
 DEFAULT_ENGINES = ("onnxruntime", "openvino", "ncnn")
 PRECISIONS = ("fp32", "bf16", "int8")
-# precision -> engines that run it (INT8: ONNX Runtime static QDQ; bf16: OpenVINO's CPU plugin
-# and torch autocast, both only where the CPU has bf16 instructions)
+# precision -> engines that run it (INT8: ONNX Runtime static QDQ and OpenVINO NNCF; bf16:
+# OpenVINO's CPU plugin and torch autocast, both only where the CPU has bf16 instructions)
 PRECISION_ENGINES = {
     "fp32": ("torch", "onnxruntime", "openvino", "ncnn"),
     "bf16": ("torch", "openvino"),
-    "int8": ("onnxruntime",),
+    "int8": ("onnxruntime", "openvino"),
 }
 # bench --end-to-end's thresholds: what a deployed detector runs with
 LATENCY_CONF, LATENCY_IOU = 0.25, 0.45
@@ -409,25 +409,23 @@ class DeviceMeasurer:
         from litedet.export.api import export_model
 
         folder = self.cache / "models" / f"{c.name}-{c.weights_tag}" / str(c.imgsz)
-        engine = "onnxruntime" if c.precision == "int8" else c.engine
-        if engine == "torch":
+        if c.engine == "torch":
             return self._torch_checkpoint(c, folder)
-        fp32 = _cached_export(export_model, Path(c.weights), engine, c.imgsz, folder / engine, False)
+        fp32 = _cached_export(export_model, Path(c.weights), c.engine, c.imgsz, folder / c.engine, False)
         if c.precision != "int8":
             return fp32
         if not self.data.calibration:
             raise ValueError("int8 needs calibration images: give a dataset YAML (its train split calibrates) or calib=FOLDER")
-        from litedet.compress.quantize import QUANTIZE_REVISION
-
-        calib_tag = hashlib.sha256(f"{self.data.calibration}|{self.calibration_images}".encode()).hexdigest()[:8]
-        out = folder / f"int8-{calib_tag}-r{QUANTIZE_REVISION}" / "model_int8.onnx"
+        from litedet.compress.quantize import QUANTIZE_REVISION, quantize_onnx_static, quantize_openvino
         from litedet.config import sidecar_path
 
+        calib_tag = hashlib.sha256(f"{self.data.calibration}|{self.calibration_images}".encode()).hexdigest()[:8]
+        # ONNX Runtime: static QDQ; OpenVINO: NNCF (its default preset), each from its own fp32 export
+        suffix, quantizer = (".xml", quantize_openvino) if c.engine == "openvino" else (".onnx", quantize_onnx_static)
+        out = folder / f"int8-{c.engine}-{calib_tag}-r{QUANTIZE_REVISION}" / f"model_int8{suffix}"
         if not (out.is_file() and sidecar_path(out).is_file()):  # the sidecar is written last
-            from litedet.compress.quantize import quantize_onnx_static
-
             out.parent.mkdir(parents=True, exist_ok=True)
-            quantize_onnx_static(fp32, out, self.data.calibration, num_images=self.calibration_images)
+            quantizer(fp32, out, self.data.calibration, num_images=self.calibration_images)
         return out
 
     def _torch_checkpoint(self, c: TuneCandidate, folder: Path) -> Path:

@@ -54,14 +54,15 @@ def test_candidates_cover_what_the_machine_supports(checkpoint):
     notes: list[str] = []
     found = enumerate_candidates([checkpoint], [64, 80, 96], ["onnxruntime", "openvino", "ncnn"],
                                  ["fp32", "bf16", "int8"], [1, 2], bf16=True, notes=notes)
-    # per size: ORT fp32 + int8, OpenVINO fp32 + bf16, ncnn fp32; 80 is not a stride multiple
-    assert len(found) == 2 * 5 * 2
+    # per size: ORT fp32 + int8, OpenVINO fp32 + bf16 + int8, ncnn fp32; 80 is not a stride multiple
+    assert len(found) == 2 * 6 * 2
     assert {c.imgsz for c in found} == {64, 96}
     assert {(c.engine, c.precision) for c in found} == {
-        ("onnxruntime", "fp32"), ("onnxruntime", "int8"), ("openvino", "fp32"), ("openvino", "bf16"), ("ncnn", "fp32")}
+        ("onnxruntime", "fp32"), ("onnxruntime", "int8"), ("openvino", "fp32"), ("openvino", "bf16"),
+        ("openvino", "int8"), ("ncnn", "fp32")}
     assert len({c.key for c in found}) == len(found)
     assert any("[80]" in n and "stride 32" in n for n in notes)
-    assert any(n.startswith("int8 runs on onnxruntime only") for n in notes)
+    assert any(n.startswith("int8 runs on onnxruntime, openvino only") for n in notes)
 
 
 def test_no_bf16_candidates_without_cpu_support(checkpoint):
@@ -204,19 +205,20 @@ def test_second_run_measures_only_what_is_new(tmp_path, checkpoint, tiny_coco):
     common = dict(images=images, annotations=annotations, engines="onnxruntime,openvino", precisions="fp32,int8",
                   threads=[1], peers="", out_dir=tmp_path / "out", calib=images, measurer=fake, progress=False)
     first = tune([checkpoint], budget_ms=4.5, imgsz="64", **common)
-    assert len(fake.timed) == 3  # ORT fp32, ORT int8, OpenVINO fp32 at 64
-    assert first.counts["latency_measured"] == 3 and first.counts["latency_cached"] == 0
+    assert len(fake.timed) == 4  # ORT fp32 + int8, OpenVINO fp32 + int8 at 64
+    assert first.counts["latency_measured"] == 4 and first.counts["latency_cached"] == 0
     assert first.choice.row["key"].endswith("onnxruntime fp32 t1")  # 4.0 ms; int8 2.4 ms but less accurate
-    assert sorted(fake.scored) == sorted(["v5lite-e@64 onnxruntime int8 t1", "v5lite-e@64 onnxruntime fp32 t1"])
+    # OpenVINO fp32 (4.4 ms) computes what ORT fp32 does, slower: not scored; each INT8 build is
+    assert sorted(fake.scored) == sorted(["v5lite-e@64 onnxruntime int8 t1", "v5lite-e@64 onnxruntime fp32 t1",
+                                          "v5lite-e@64 openvino int8 t1"])
 
     fake.timed.clear(), fake.scored.clear()
     second = tune([checkpoint], budget_ms=10, imgsz="64,96,128", **common)  # wider budget, two new sizes
-    assert sorted(fake.timed) == sorted(c for c in [
-        "v5lite-e@96 onnxruntime fp32 t1", "v5lite-e@96 onnxruntime int8 t1", "v5lite-e@96 openvino fp32 t1",
-        "v5lite-e@128 onnxruntime fp32 t1", "v5lite-e@128 onnxruntime int8 t1", "v5lite-e@128 openvino fp32 t1"])
-    assert second.counts["latency_cached"] == 3
+    assert sorted(fake.timed) == sorted(f"v5lite-e@{size} {build} t1" for size in (96, 128) for build in (
+        "onnxruntime fp32", "onnxruntime int8", "openvino fp32", "openvino int8"))
+    assert second.counts["latency_cached"] == 4
     assert "v5lite-e@64 onnxruntime fp32 t1" not in fake.scored  # read from the cache
-    assert second.counts["accuracy_cached"] == 2
+    assert second.counts["accuracy_cached"] == 3
     # fp32@128 (8 ms, 0.128) beats int8@128 (4.8 ms, 0.118) and everything else within 10 ms
     assert second.choice.row["key"] == "v5lite-e@128 onnxruntime fp32 t1"
     assert second.choice.row["map50_95"] == max(r["map50_95"] for r in second.rows
@@ -226,7 +228,7 @@ def test_second_run_measures_only_what_is_new(tmp_path, checkpoint, tiny_coco):
     tune([checkpoint], budget_ms=10, imgsz="64,96,128", **common)
     assert fake.timed == [] and fake.scored == []  # everything cached
     tune([checkpoint], budget_ms=10, imgsz="64,96,128", remeasure=True, **common)
-    assert len(fake.timed) == 9 and fake.scored == []
+    assert len(fake.timed) == 12 and fake.scored == []
 
 
 def test_outputs_and_nothing_meets_the_budget(tmp_path, checkpoint, tiny_coco):
