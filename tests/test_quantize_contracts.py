@@ -696,15 +696,21 @@ def test_feed_uint8_image_leaves_a_quantize_that_is_not_the_identity_alone():
         assert [n.op_type for n in model.graph.node] == ["Cast", "QuantizeLinear", "DequantizeLinear"]
 
 
-def test_a_dynamic_export_quantizes_and_detects(tmp_path):
+def test_a_dynamic_export_quantizes_and_detects(tmp_path, monkeypatch):
     """A --dynamic export (symbolic batch and image size, where ONNX Runtime's symbolic shape
-    inference gives up) quantizes with ONNX's shape inference and detects at any size."""
+    inference gives up) quantizes with ONNX's shape inference, leaves nothing in the working
+    folder, and detects at any size."""
     from litedet.compress.quantize import quantize_onnx_static
     from litedet.engine.predictor import Predictor
     from litedet.runtime import open_backend
 
     path = _tiny_uint8_export(tmp_path / "dyn", dynamic=True)
-    result = quantize_onnx_static(path, tmp_path / "int8" / "m.onnx", _calibration_folder(tmp_path / "calib"), num_images=4)
+    calib = _calibration_folder(tmp_path / "calib")
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    result = quantize_onnx_static(path, tmp_path / "int8" / "m.onnx", calib, num_images=4)
+    assert list(work.iterdir()) == []
     assert result.settings["uint8_outputs"] is True
     predictor = Predictor(open_backend(result.output, threads=1), conf=0.01)
     for shape in ((48, 64, 3), (90, 60, 3)):

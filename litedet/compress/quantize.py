@@ -593,6 +593,37 @@ def _drop_dead_nodes(graph: Any) -> None:
             graph.node.remove(node)
 
 
+def _has_symbolic_input(model: Any) -> bool:
+    """Whether a graph input has a dimension without a fixed size (a ``--dynamic`` export)."""
+    return any(dim.dim_param or dim.dim_value <= 0 for tensor in model.graph.input
+               for dim in tensor.type.tensor_type.shape.dim)
+
+
+# What ONNX Runtime's symbolic shape inference writes into the working folder when it gives up.
+SYMBOLIC_LEFTOVER = "sym_shape_infer_temp.onnx"
+
+
+def _remove_symbolic_inference_leftovers() -> None:
+    """Delete the partial model (and its external data file) that a failed symbolic shape
+    inference saved in the working folder."""
+    import onnx
+
+    leftover = Path(SYMBOLIC_LEFTOVER)
+    if not leftover.is_file():
+        return
+    try:
+        partial = onnx.load(str(leftover), load_external_data=False)
+        locations = {entry.value for tensor in partial.graph.initializer for entry in tensor.external_data
+                     if entry.key == "location"}
+    except Exception:  # noqa: BLE001 - best effort: only the known file then
+        locations = set()
+    for name in locations:
+        data = Path(name)
+        if data.parent == Path(".") and data.is_file():
+            data.unlink()
+    leftover.unlink()
+
+
 def _calibrated_ranges(model: Path, reader: Any, method: Any, work: Path) -> dict[str, tuple[float, float]]:
     """(min, max) of every activation of ``model`` over ``reader``'s images, as quantize_static
     computes them (``onnxruntime.quantization.calibrate``)."""
@@ -670,10 +701,15 @@ def quantize_onnx_static(
         prepared = Path(tmp) / "prepared.onnx"
         # Shape inference + graph optimisation first, as the ORT quantization guide recommends.
         # ORT's symbolic shape inference gives up on symbolic image sizes (a --dynamic export:
-        # "Incomplete symbolic shape inference"); ONNX's own shape inference is enough for a CNN.
+        # "Incomplete symbolic shape inference", leaving its partial model in the working
+        # folder); ONNX's own shape inference is enough for a CNN.
+        symbolic = _has_symbolic_input(onnx.load(str(source), load_external_data=False))
         try:
-            quant_pre_process(str(source), str(prepared), skip_symbolic_shape=False)
+            quant_pre_process(str(source), str(prepared), skip_symbolic_shape=symbolic)
         except Exception as err:  # noqa: BLE001 - the tool raises a bare Exception
+            if symbolic:
+                raise
+            _remove_symbolic_inference_leftovers()
             LOGGER.info("symbolic shape inference failed (%s); preparing %s with ONNX shape inference only", err, model)
             quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
         image_tensor = None
