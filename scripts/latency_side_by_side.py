@@ -27,10 +27,12 @@ def open_model(path: Path, threads: int, precision: str = "f32"):
     if path.suffix == ".xml":
         import openvino as ov
 
+        from litedet.runtime.openvino_backend import compile_properties
+
         core = ov.Core()
         model = core.read_model(str(path))
-        compiled = core.compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY",
-                                                     "INFERENCE_PRECISION_HINT": precision})
+        litedet_precision = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}[precision]
+        compiled = core.compile_model(model, "CPU", compile_properties(litedet_precision, threads))
         shape = [int(d) for d in compiled.input(0).shape]
         uint8 = compiled.input(0).get_element_type() == ov.Type.u8  # a --uint8-input export
         x = np.full(shape, 114, np.uint8) if uint8 else np.full(shape, 114 / 255, np.float32)

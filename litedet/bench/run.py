@@ -385,7 +385,7 @@ def _stream_subject(copies: Sequence[Subject], gang: _StreamGang, threads: int) 
                                notes=list(first.notes))
 
 
-SubjectBuilder = Callable[[list[str], Sequence[str], Sequence[int]], list[Subject]]  # (notes, engines, threads)
+SubjectBuilder = Callable[..., list[Subject]]  # called with notes=, engines=, threads=
 
 
 def _add_streams(build: SubjectBuilder, engines: Sequence[str], threads: Sequence[int], counts: Sequence[int],
@@ -409,7 +409,7 @@ def _add_streams(build: SubjectBuilder, engines: Sequence[str], threads: Sequenc
         if not budgets or not engines:
             continue
         per_copy = sorted({t // count for t in budgets})
-        openings = [build([], engines, per_copy) for _ in range(count)]
+        openings = [build(notes=[], engines=engines, threads=per_copy) for _ in range(count)]
         for subject in openings[0]:
             copies = [subject] + [match for opening in openings[1:]
                                   for match in opening if match.key == subject.key][:count - 1]
@@ -613,28 +613,26 @@ def benchmark(
     machine = machine_info(threads, measure=measure_peak)
     dynamic_batch = max(batches) > 1
 
+    # one builder per model@size and peer build: called with (notes, engines, threads) by keyword,
+    # once for the single copies and again for every stream copy
+    shared = dict(cache=cache, conf=conf, iou=iou, dynamic_batch=dynamic_batch, precision=precision)
     builders: list[SubjectBuilder] = []
     for spec in models:
         name, model_sizes = _model_spec(spec, sizes)
         for size in model_sizes:
-            builders.append(functools.partial(
-                lambda notes_, engines_, threads_, n, z: _litedet_subjects(
-                    n, engines_, threads_, z, cache, (weights or {}).get(n), conf, iou, notes_, dynamic_batch, precision),
-                n=name, z=size))
+            builders.append(functools.partial(_litedet_subjects, name=name, imgsz=size,
+                                              weights=(weights or {}).get(name), **shared))
     found, skipped = resolve_peers(peer_names)
     notes += skipped
     for peer in found:
         for variant in peer.variants(sizes):
-            builders.append(functools.partial(
-                lambda notes_, engines_, threads_, p, v: _peer_subjects(
-                    p, v, engines_, threads_, cache, conf, iou, notes_, dynamic_batch, device, precision),
-                p=peer, v=variant))
+            builders.append(functools.partial(_peer_subjects, peer=peer, variant=variant, device=device, **shared))
     subjects: list[Subject] = []
     gangs: list[_StreamGang] = []
     try:
         for build in builders:
             if 1 in stream_counts:
-                subjects += build(notes, engines, threads)
+                subjects += build(notes=notes, engines=engines, threads=threads)
             subjects += _add_streams(build, engines, threads, stream_counts, notes, gangs)
         if not subjects:
             raise ValueError("no configuration could be opened; see the notes: " + "; ".join(notes))

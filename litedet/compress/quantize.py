@@ -507,10 +507,7 @@ def feed_uint8_image(model: Any, tensor: str) -> bool:
     quantize = users[0]
     if quantize.output[0] in g.outputs:
         return False
-    scale = g.array(quantize.input[1])
-    zero = g.array(quantize.input[2]) if len(quantize.input) > 2 else None
-    if (scale is None or zero is None or zero.dtype != np.uint8 or scale.size != 1 or zero.size != 1
-            or float(scale.reshape(-1)[0]) != 1.0 or int(zero.reshape(-1)[0]) != 0):
+    if _scalar_params(g, quantize) != (1.0, 0):
         return False
     source = cast.input[0]
     for node in g.consumers.get(quantize.output[0], []):
