@@ -248,6 +248,9 @@ say "arm64 root ready: Python $(cat "$LOG/python.log") for aarch64 (Debian bookw
 # --- 3. litedet's wheel and its aarch64 dependencies -----------------------------------------
 say "building litedet's wheel"
 rm -rf "$CACHE/dist"
+# A pure-Python wheel: the one built on x86 installs on arm64 too (without the compiled
+# post-processing, which needs the Pi's own compiler at install time); both sides run its numpy path.
+export LITEDET_PURE_PYTHON=1
 # With the .venv's setuptools first (no download; it builds wheels itself), else in an isolated
 # environment from PyPI; pip's own wheel builder where `build` (dev extra) is not installed.
 if "$PYTHON" -c "import build" 2>/dev/null; then
@@ -260,6 +263,7 @@ else
 fi
 WHEEL=$(ls "$CACHE"/dist/litedet-*.whl 2>/dev/null | head -n 1)
 [[ -n "$WHEEL" ]] || fail "no wheel in $CACHE/dist"
+[[ "$WHEEL" == *-none-any.whl ]] || fail "$WHEEL is not a pure-Python wheel (LITEDET_PURE_PYTHON=1 was ignored)"
 # The wheel's RECORD lists a hash of every file in it: the key for the exports made from it.
 KEY=$("$PYTHON" -c "import hashlib, sys, zipfile; z = zipfile.ZipFile(sys.argv[1]); r = [n for n in z.namelist() if n.endswith('.dist-info/RECORD')][0]; print(hashlib.sha256(z.read(r)).hexdigest()[:16])" "$WHEEL") \
     || fail "cannot read $WHEEL"

@@ -42,9 +42,10 @@ def dist(tmp_path_factory) -> dict[str, Path]:
     """A wheel and an sdist built by ``python -m build`` from a copy of the project sources."""
     pytest.importorskip("build", reason="needs the 'build' package (the dev extra)")
     root = tmp_path_factory.mktemp("project")
-    for name in ("pyproject.toml", "README.md"):
+    for name in ("pyproject.toml", "setup.py", "README.md"):
         shutil.copy2(REPO / name, root / name)
-    shutil.copytree(REPO / "litedet", root / "litedet", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    # not the extension an editable install compiled in place: the build must make its own
+    shutil.copytree(REPO / "litedet", root / "litedet", ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.so", "*.pyd"))
     out = root / "dist"
     result = _run(sys.executable, "-m", "build", "--sdist", "--wheel", "--outdir", out, root, cwd=root)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -61,14 +62,18 @@ def test_wheel_and_sdist_hold_every_package_file(dist):
         entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
         assert "litedet = litedet.cli:main" in wheel.read(entry_points).decode()
         metadata = wheel.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
-    missing = expected - names
+    sources = {name for name in expected if name.endswith(".c")}
+    assert sources == {"litedet/ops/_native.c"}
+    missing = expected - sources - names
     assert not missing, f"not in the wheel: {sorted(missing)[:10]}"
+    # the compiled post-processing is in the wheel (this machine has a C compiler)
+    assert any(n.startswith("litedet/ops/_native.") and n.endswith((".so", ".pyd")) for n in names), sorted(names)[:20]
     from litedet import __version__
 
     assert f"Version: {__version__}" in metadata and "Provides-Extra: runtime" in metadata
     with tarfile.open(dist["sdist"]) as sdist:
         members = {Path(*Path(m).parts[1:]).as_posix() for m in sdist.getnames() if len(Path(m).parts) > 1}
-    assert {"pyproject.toml", "README.md"} <= members
+    assert {"pyproject.toml", "setup.py", "README.md"} <= members
     assert not expected - members, f"not in the sdist: {sorted(expected - members)[:10]}"
 
 
@@ -124,6 +129,8 @@ def test_runtime_extra_detects_from_onnx_without_torch(dist, tiny_onnx, tmp_path
         f"result = model({str(image)!r})[0]\n"
         "assert len(result) > 0 and result.class_names[0] == 'person', result\n"
         "assert 'torch' not in sys.modules\n"
+        "from litedet.ops import native\n"
+        "assert native.available(), 'the compiled post-processing did not install'\n"
         "print(model.engine, len(result))\n"
     )
     result = _run(python, "-c", script, cwd=tmp_path)

@@ -30,6 +30,7 @@ from litedet.engine.results import Detections, Reservoir
 from litedet.engine.sinks import OutputWriter, ResultsLog
 from litedet.ops.boxes import scale_boxes
 from litedet.ops.decode import SSD_VARIANCES, decode_ssdlite, decode_yolo
+from litedet.ops import native
 from litedet.ops.nms import non_max_suppression
 from litedet.runtime.base import Backend
 
@@ -138,6 +139,10 @@ class Predictor:
         self.interpolation = interpolation
         self.timings = StageTimes()
         self.preprocessor = Preprocessor(config, backend.input_size, auto=self.auto, interpolation=interpolation)
+        # compiled decode + NMS where litedet's C extension is built (the numpy path otherwise)
+        self._native = None
+        if native.available() and config.head == "yolo" and not config.quantized_outputs:
+            self._native = native.YoloPostprocess(config.anchors, config.strides, config.num_classes)
 
     @property
     def names(self) -> list[str]:
@@ -192,6 +197,13 @@ class Predictor:
         input_size: tuple[int, int] | None = None,
     ) -> list[Detections]:
         """Raw outputs of a batch -> ``Detections`` per image, boxes in original pixels."""
+        if self._native is not None and not self.multi_label:
+            # the same detections, boxes already in original pixels, from two compiled calls
+            found = self._native(outputs, self.conf, self.iou, self.classes, self.agnostic, self.max_det,
+                                 letterboxes=infos)
+            if found is not None:
+                return [Detections(rows[:, :4], rows[:, 4], rows[:, 5].astype(np.int64), self.names, source,
+                                   info.original_shape) for rows, info, source in zip(found, infos, sources)]
         size = tuple(input_size) if input_size is not None else None
         candidates = decode_outputs(outputs, self.config, size, min_objectness=self.conf)
         kept = non_max_suppression(
