@@ -190,3 +190,23 @@ def test_native_can_be_switched_off(monkeypatch):
     assert not native.available()
     config = ModelConfig("tiny", 3, ["a", "b", "c"], (320, 320))
     assert Predictor(_MapsBackend(config))._native is None
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_native_reads_an_int8_models_uint8_maps_like_decode_yolo(seed):
+    # channels-last uint8 maps with padded channels, as ModelConfig.quantized_outputs describes them
+    rng = np.random.default_rng(seed)
+    nc, size = 5, 128
+    needed = 3 * (5 + nc)
+    quantized = [{"scale": float(rng.uniform(0.02, 0.2)), "zero_point": int(rng.integers(100, 200)), "channels": needed}
+                 for _ in STRIDES]
+    outputs = [rng.integers(0, 256, (2, size // s, size // s, needed + 4), dtype=np.uint8) for s in STRIDES]
+    post = native.YoloPostprocess(ANCHORS, STRIDES, nc, quantized)
+    for conf in (0.25, 0.6):
+        candidates = decode_yolo(outputs, ANCHORS, STRIDES, nc, min_objectness=conf, quantized=quantized)
+        expected = non_max_suppression(candidates, conf, 0.45)
+        assert sum(len(e) for e in expected) > 0
+        _assert_same(post(outputs, conf, 0.45), expected)
+    # a float map, or a uint8 map of other channels, is not this model's: numpy decides
+    assert post([o.astype(np.float32) for o in outputs], 0.25, 0.45) is None
+    assert post([o[..., :needed - 1] for o in outputs], 0.25, 0.45) is None

@@ -141,8 +141,9 @@ class Predictor:
         self.preprocessor = Preprocessor(config, backend.input_size, auto=self.auto, interpolation=interpolation)
         # compiled decode + NMS where litedet's C extension is built (the numpy path otherwise)
         self._native = None
-        if native.available() and config.head == "yolo" and not config.quantized_outputs:
-            self._native = native.YoloPostprocess(config.anchors, config.strides, config.num_classes)
+        if native.available() and config.head == "yolo":
+            self._native = native.YoloPostprocess(config.anchors, config.strides, config.num_classes,
+                                                  config.quantized_outputs or None)
 
     @property
     def names(self) -> list[str]:

@@ -53,13 +53,30 @@ static int by_score(const void *pa, const void *pb) {
 typedef struct {
     Py_buffer map, table;
     Py_ssize_t anchors, cells, image_offset;
+    int quantized;          /* 0: float32 [B, A * per_row, H, W]; 1: uint8 [B, H, W, channels] */
+    Py_ssize_t channels;    /* quantized: the channels per cell (>= A * per_row, padded) */
+    float scale, zero_point;
 } Level;
 
-/* A candidate from row (anchor a, cell c) of a level, or 0 when the row is dropped:
+/* The logit of channel k of row (anchor a, cell c): a float map's value, or a quantized map's
+ * (q - zero_point) * scale in float32, as DequantizeLinear (and decode_yolo) compute it. */
+static inline float logit_at(const Level *level, const void *image, Py_ssize_t per_row, Py_ssize_t a,
+                             Py_ssize_t c, Py_ssize_t k) {
+    if (level->quantized) {
+        const unsigned char q = ((const unsigned char *)image)[c * level->channels + a * per_row + k];
+        float v = (float)q;
+        v = v - level->zero_point;
+        return v * level->scale;
+    }
+    return ((const float *)image)[(a * per_row + k) * level->cells + c];
+}
+
+/* A candidate from one row's logits (x, y, w, h, objectness, classes), or 0 when it is dropped:
  * objectness > conf, best class by sigmoid(class) * objectness (first of equal maxima; a NaN
  * class logit drops the row, as numpy's max is then NaN), score > conf, class mask. */
-static int make_candidate(const float *row0, Py_ssize_t hw, const float *cell, Py_ssize_t nc, float conf,
+static int make_candidate(const float *row0, const float *cell, Py_ssize_t nc, float conf,
                           const unsigned char *mask, Candidate *out) {
+    const Py_ssize_t hw = 1; /* the row's logits, contiguous */
     const float obj = sigmoid(row0[4 * hw]);
     if (!(obj > conf)) return 0;
     /* sigmoid and "* obj" round monotonically, so the largest product is the largest logit's;
@@ -99,8 +116,10 @@ static int make_candidate(const float *row0, Py_ssize_t hw, const float *cell, P
 /* detect(outputs, tables, image, per_row, min_logit, conf, iou, max_det, max_nms, agnostic,
  *        class_mask, scale) -> (detections: bytearray float32 [n, 6], n), or None
  *
- * outputs: the head maps, float32 C-contiguous [B, A * per_row, H, W] per level; tables: per
- * level (cell table float32 [A * H * W, 5] of (gx, gy, stride, anchor w, anchor h), A, H, W);
+ * outputs: the head maps per level, float32 C-contiguous [B, A * per_row, H, W], or for an INT8
+ * model's quantized maps uint8 [B, H, W, channels] (channels last, padded); tables: per level
+ * (cell table float32 [A * H * W, 5] of (gx, gy, stride, anchor w, anchor h), A, H, W,
+ * quantization: None for a float map, else (scale, zero point, channels));
  * image: which image of the batch. Rows whose objectness logit is above min_logit (compared in
  * float32, as numpy compares a float32 array with a Python float) are decoded, filtered and
  * suppressed per class (greedy, class offsets in float64, at most max_nms candidates by score,
@@ -142,6 +161,7 @@ static PyObject *detect(PyObject *self, PyObject *args) {
     Py_buffer mask_buf;
     const unsigned char *mask = NULL;
     Candidate *cand = NULL;
+    float *row = NULL;
     double *coords = NULL;
     char *removed = NULL;
     int applicable = 1;
@@ -157,9 +177,16 @@ static PyObject *detect(PyObject *self, PyObject *args) {
     for (; got < n_levels; got++) {
         Level *level = &levels[got];
         PyObject *entry = PyTuple_GET_ITEM(tables, got);
-        PyObject *table_obj, *map_obj;
+        PyObject *table_obj, *map_obj, *quant_obj;
         Py_ssize_t height, width;
-        if (!PyArg_ParseTuple(entry, "Onnn", &table_obj, &level->anchors, &height, &width)) goto done;
+        if (!PyArg_ParseTuple(entry, "OnnnO", &table_obj, &level->anchors, &height, &width, &quant_obj)) goto done;
+        level->quantized = quant_obj != Py_None;
+        if (level->quantized) {
+            double scale_d, zero_d;
+            if (!PyArg_ParseTuple(quant_obj, "ddn", &scale_d, &zero_d, &level->channels)) goto done;
+            level->scale = (float)scale_d;
+            level->zero_point = (float)zero_d;
+        }
         map_obj = PySequence_GetItem(outputs, got);
         if (map_obj == NULL) goto done;
         if (PyObject_GetBuffer(map_obj, &level->map, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) {
@@ -174,44 +201,59 @@ static PyObject *detect(PyObject *self, PyObject *args) {
             goto done;
         }
         const Py_buffer *m = &level->map;
-        const int float32 = m->format != NULL && (strcmp(m->format, "f") == 0 || strcmp(m->format, "<f") == 0 || strcmp(m->format, "=f") == 0);
-        if (!float32 || m->itemsize != 4 || m->ndim != 4 || m->shape[1] != level->anchors * per_row
-            || m->shape[2] != height || m->shape[3] != width || image < 0 || image >= m->shape[0]
+        const char *format = m->format == NULL ? "B" : m->format;
+        int fits;
+        if (level->quantized) { /* uint8 [B, H, W, channels >= A * per_row], channels last */
+            const int uint8 = strcmp(format, "B") == 0 || strcmp(format, "<B") == 0 || strcmp(format, "=B") == 0;
+            fits = uint8 && m->itemsize == 1 && m->ndim == 4 && m->shape[1] == height && m->shape[2] == width
+                   && m->shape[3] == level->channels && level->channels >= level->anchors * per_row;
+        } else { /* float32 [B, A * per_row, H, W] */
+            const int float32 = strcmp(format, "f") == 0 || strcmp(format, "<f") == 0 || strcmp(format, "=f") == 0;
+            fits = float32 && m->itemsize == 4 && m->ndim == 4 && m->shape[1] == level->anchors * per_row
+                   && m->shape[2] == height && m->shape[3] == width;
+        }
+        if (!fits || image < 0 || image >= m->shape[0]
             || level->table.len != (Py_ssize_t)sizeof(float) * 5 * level->anchors * height * width) {
             applicable = 0;
             got++;
             goto done;
         }
-        level->cells = m->shape[2] * m->shape[3];
-        level->image_offset = image * level->anchors * per_row * level->cells;
+        level->cells = height * width;
+        level->image_offset = image * (m->len / m->shape[0]); /* bytes per image */
     }
 
     /* candidates, level by level, anchor-major then cell (decode_yolo's row order) */
     const float min_logit = (float)min_logit_d, conf = (float)conf_d;
     Py_ssize_t above = 0;
     for (Py_ssize_t l = 0; l < n_levels; l++) {
-        const float *m = (const float *)levels[l].map.buf + levels[l].image_offset;
-        for (Py_ssize_t a = 0; a < levels[l].anchors; a++) {
-            const float *obj = m + (a * per_row + 4) * levels[l].cells;
-            for (Py_ssize_t c = 0; c < levels[l].cells; c++) above += obj[c] > min_logit;
+        const Level *level = &levels[l];
+        const void *m = (const char *)level->map.buf + level->image_offset;
+        for (Py_ssize_t a = 0; a < level->anchors; a++) {
+            if (!level->quantized) { /* a contiguous objectness plane */
+                const float *obj = (const float *)m + (a * per_row + 4) * level->cells;
+                for (Py_ssize_t c = 0; c < level->cells; c++) above += obj[c] > min_logit;
+            } else {
+                for (Py_ssize_t c = 0; c < level->cells; c++) above += logit_at(level, m, per_row, a, c, 4) > min_logit;
+            }
         }
     }
     cand = (Candidate *)PyMem_Malloc(sizeof(Candidate) * (above ? above : 1));
-    if (cand == NULL) {
+    row = (float *)PyMem_Malloc(sizeof(float) * per_row);
+    if (cand == NULL || row == NULL) {
         PyErr_NoMemory();
         goto done;
     }
     Py_ssize_t n = 0;
     for (Py_ssize_t l = 0; l < n_levels; l++) {
-        const Py_ssize_t hw = levels[l].cells;
-        const float *m = (const float *)levels[l].map.buf + levels[l].image_offset;
-        const float *t = (const float *)levels[l].table.buf;
-        for (Py_ssize_t a = 0; a < levels[l].anchors; a++) {
-            const float *base = m + a * per_row * hw;
-            const float *obj = base + 4 * hw;
+        const Level *level = &levels[l];
+        const Py_ssize_t hw = level->cells;
+        const void *m = (const char *)level->map.buf + level->image_offset;
+        const float *t = (const float *)level->table.buf;
+        for (Py_ssize_t a = 0; a < level->anchors; a++) {
             for (Py_ssize_t c = 0; c < hw; c++) {
-                if (!(obj[c] > min_logit)) continue;
-                if (make_candidate(base + c, hw, t + (a * hw + c) * 5, nc, conf, mask, &cand[n])) {
+                if (!(logit_at(level, m, per_row, a, c, 4) > min_logit)) continue;
+                for (Py_ssize_t k = 0; k < per_row; k++) row[k] = logit_at(level, m, per_row, a, c, k);
+                if (make_candidate(row, t + (a * hw + c) * 5, nc, conf, mask, &cand[n])) {
                     cand[n].index = n;
                     n++;
                 }
@@ -286,6 +328,7 @@ done:
     }
     if (mask != NULL) PyBuffer_Release(&mask_buf);
     PyMem_Free(cand);
+    PyMem_Free(row);
     PyMem_Free(coords);
     PyMem_Free(removed);
     if (result == NULL && !applicable && !PyErr_Occurred()) Py_RETURN_NONE;

@@ -1,7 +1,8 @@
 """YOLO post-processing in one compiled call, where litedet was built with its C extension.
 
 ``YoloPostprocess`` gives what ``decode_yolo`` followed by ``non_max_suppression`` (and
-``scale_boxes``) give for the usual detection case: float32 head maps, one class per box. The C
+``scale_boxes``) give for the usual detection case: float32 head maps (or an INT8 model's uint8
+maps), one class per box. The C
 code (``litedet/ops/_native.c``) repeats the numpy code's float arithmetic step by step; only
 its exp is the C library's, so boxes and scores agree with the numpy path to a few float32 ulps
 (a score that lands within them of ``conf``, or an IoU within them of ``iou``, may decide the
@@ -39,39 +40,56 @@ def available() -> bool:
 class YoloPostprocess:
     """Decode + NMS (+ undoing the letterbox) of one YOLO head, compiled.
 
-    ``YoloPostprocess(anchors, strides, num_classes)(outputs, conf, iou, ...)`` gives what
-    ``non_max_suppression(decode_yolo(outputs, anchors, strides, num_classes,
-    min_objectness=conf), conf, iou, ...)`` gives (single-label), up to the exp rounding noted in
-    the module docstring; with ``letterboxes`` the boxes also go through ``scale_boxes``. Keeps
-    each map size's cell tables, so a stream of frames pays for its setup once. Check
-    ``available()`` first; a call gives None where this path does not apply (maps that are not
-    float32 [B, na * (5 + nc), H, W] C-contiguous arrays, ``conf`` of 0 or 1): use numpy then.
+    ``YoloPostprocess(anchors, strides, num_classes, quantized)(outputs, conf, iou, ...)`` gives
+    what ``non_max_suppression(decode_yolo(outputs, anchors, strides, num_classes,
+    min_objectness=conf, quantized=quantized), conf, iou, ...)`` gives (single-label), up to the
+    exp rounding noted in the module docstring; with ``letterboxes`` the boxes also go through
+    ``scale_boxes``. ``quantized``: an INT8 model's ``ModelConfig.quantized_outputs`` (its maps
+    are uint8 [B, H, W, C] channels last), else None for float32 [B, na * (5 + nc), H, W] maps.
+    Keeps each map size's cell tables, so a stream of frames pays for its setup once. Check
+    ``available()`` first; a call gives None where this path does not apply (maps of another
+    dtype, layout or size, not C-contiguous, ``conf`` of 0 or 1): use numpy then.
     """
 
-    def __init__(self, anchors: Sequence[Sequence[Sequence[float]]], strides: Sequence[int], num_classes: int) -> None:
+    def __init__(self, anchors: Sequence[Sequence[Sequence[float]]], strides: Sequence[int], num_classes: int,
+                 quantized: Sequence[dict[str, Any]] | None = None) -> None:
         if len(anchors) != len(strides) or not strides:
             raise ValueError(f"{len(anchors)} anchor levels for {len(strides)} strides")
+        if quantized is not None and len(quantized) != len(strides):
+            raise ValueError(f"{len(quantized)} output quantizations for {len(strides)} outputs")
+        # an INT8 model's uint8 channels-last maps (ModelConfig.quantized_outputs), else float maps
+        self.quantized = None if not quantized else [
+            (float(q["scale"]), float(q["zero_point"]), int(q["channels"])) for q in quantized]
         self.anchors = [np.asarray(level, dtype=np.float32).reshape(-1, 2) for level in anchors]
         self.strides = [float(s) for s in strides]
         self.num_classes = int(num_classes)
         self.per_row = 5 + self.num_classes
-        self._tables: dict[tuple[tuple[int, ...], ...], tuple[tuple[np.ndarray, int, int, int], ...] | None] = {}
+        self._tables: dict[tuple[tuple[int, ...], ...], tuple[tuple[np.ndarray, int, int, int, Any], ...] | None] = {}
         self._masks: dict[tuple[int, ...] | None, bytes | None] = {None: None}
         self._logits: dict[float, float] = {}
-        self._last: tuple[tuple[np.ndarray, int, int, int], ...] = ()  # the tables of the last maps' shapes
+        self._last: tuple[tuple[np.ndarray, int, int, int, Any], ...] = ()  # the tables of the last maps' shapes
 
-    def _plan(self, outputs: Sequence[Any]) -> tuple[tuple[np.ndarray, int, int, int], ...] | None:
-        """Per level (cell table, anchors, H, W) for maps of these shapes; None if they do not fit."""
+    def _plan(self, outputs: Sequence[Any]) -> tuple[tuple[np.ndarray, int, int, int, Any], ...] | None:
+        """Per level (cell table, anchors, H, W, quantization) for maps of these shapes; None if they do not fit."""
         try:
             key = tuple(tuple(raw.shape) for raw in outputs)
         except AttributeError:
             return None
         if key not in self._tables:
             plan = []
-            for shape, sizes, stride in zip(key, self.anchors, self.strides):
-                if len(shape) != 4 or shape[1] != len(sizes) * self.per_row:
-                    break
-                plan.append((_cell_table(shape[2], shape[3], stride, sizes.tobytes()), len(sizes), shape[2], shape[3]))
+            for level, (shape, sizes, stride) in enumerate(zip(key, self.anchors, self.strides)):
+                needed = len(sizes) * self.per_row
+                if self.quantized is None:  # [B, A * (5 + nc), H, W]
+                    if len(shape) != 4 or shape[1] != needed:
+                        break
+                    height, width, quantization = shape[2], shape[3], None
+                else:  # [B, H, W, channels], the first A * (5 + nc) channels used
+                    quantization = self.quantized[level]
+                    if len(shape) != 4 or quantization[2] != needed or shape[3] < needed:
+                        break
+                    height, width = shape[1], shape[2]
+                    quantization = (quantization[0], quantization[1], shape[3])
+                plan.append((_cell_table(height, width, stride, sizes.tobytes()), len(sizes), height, width, quantization))
             fits = len(plan) == len(self.strides) == len(key)
             self._tables[key] = tuple(plan) if fits else None
         return self._tables[key]
