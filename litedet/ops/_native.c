@@ -113,6 +113,117 @@ static int make_candidate(const float *row0, const float *cell, Py_ssize_t nc, f
     return 1;
 }
 
+/* The work of detect once the buffers are held: candidates, sort, NMS, output rows. Touches no
+ * Python object (called without the GIL); allocates with the raw allocator. *out_rows: float32
+ * [*kept, 6], to be freed with PyMem_RawFree. Returns 0, or -1 when out of memory. */
+static int run_detect(const Level *levels, Py_ssize_t n_levels, Py_ssize_t per_row, float min_logit, float conf,
+                      double iou, Py_ssize_t max_det, Py_ssize_t max_nms, int agnostic, const unsigned char *mask,
+                      const float *gain, const float *pad, const float *limit_xy, float **out_rows, Py_ssize_t *kept_out) {
+    const Py_ssize_t nc = per_row - 5;
+    int status = -1;
+    Candidate *cand = NULL;
+    float *row = NULL, *rows = NULL;
+    double *coords = NULL;
+    char *removed = NULL;
+    /* candidates, level by level, anchor-major then cell (decode_yolo's row order) */
+    Py_ssize_t above = 0;
+    for (Py_ssize_t l = 0; l < n_levels; l++) {
+        const Level *level = &levels[l];
+        const void *m = (const char *)level->map.buf + level->image_offset;
+        for (Py_ssize_t a = 0; a < level->anchors; a++) {
+            if (!level->quantized) { /* a contiguous objectness plane */
+                const float *obj = (const float *)m + (a * per_row + 4) * level->cells;
+                for (Py_ssize_t c = 0; c < level->cells; c++) above += obj[c] > min_logit;
+            } else {
+                for (Py_ssize_t c = 0; c < level->cells; c++) above += logit_at(level, m, per_row, a, c, 4) > min_logit;
+            }
+        }
+    }
+    cand = (Candidate *)PyMem_RawMalloc(sizeof(Candidate) * (above ? above : 1));
+    row = (float *)PyMem_RawMalloc(sizeof(float) * per_row);
+    if (cand == NULL || row == NULL) goto done;
+    Py_ssize_t n = 0;
+    for (Py_ssize_t l = 0; l < n_levels; l++) {
+        const Level *level = &levels[l];
+        const Py_ssize_t hw = level->cells;
+        const void *m = (const char *)level->map.buf + level->image_offset;
+        const float *t = (const float *)level->table.buf;
+        for (Py_ssize_t a = 0; a < level->anchors; a++) {
+            for (Py_ssize_t c = 0; c < hw; c++) {
+                if (!(logit_at(level, m, per_row, a, c, 4) > min_logit)) continue;
+                for (Py_ssize_t k = 0; k < per_row; k++) row[k] = logit_at(level, m, per_row, a, c, k);
+                if (make_candidate(row, t + (a * hw + c) * 5, nc, conf, mask, &cand[n])) {
+                    cand[n].index = n;
+                    n++;
+                }
+            }
+        }
+    }
+    qsort(cand, (size_t)n, sizeof(Candidate), by_score);
+    if (n > max_nms) n = max_nms < 0 ? 0 : max_nms;
+
+    /* batched_nms: class k moves by k * (max - min + 1) over every coordinate, in float64 */
+    coords = (double *)PyMem_RawMalloc(sizeof(double) * 5 * (n ? n : 1));
+    removed = (char *)PyMem_RawCalloc((size_t)(n ? n : 1), 1);
+    const Py_ssize_t limit = max_det < 0 ? 0 : max_det;
+    rows = (float *)PyMem_RawMalloc(sizeof(float) * 6 * ((n < limit ? n : limit) ? (n < limit ? n : limit) : 1));
+    if (coords == NULL || removed == NULL || rows == NULL) goto done;
+    double lo = INFINITY, hi = -INFINITY;
+    for (Py_ssize_t i = 0; i < n; i++)
+        for (int q = 0; q < 4; q++) {
+            lo = np_min(lo, (double)cand[i].box[q]); /* boxes.min() / .max(): NaN if any is NaN */
+            hi = np_max(hi, (double)cand[i].box[q]);
+        }
+    const double offset = n ? (hi - lo) + 1.0 : 1.0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        /* agnostic: offsets of 0.0, still multiplied (a NaN offset makes every box NaN, as in numpy) */
+        const double shift = (agnostic ? 0.0 : (double)(float)cand[i].cls) * offset;
+        double *b = coords + 5 * i;
+        for (int q = 0; q < 4; q++) b[q] = (double)cand[i].box[q] + shift;
+        b[4] = np_max(b[2] - b[0], 0.0) * np_max(b[3] - b[1], 0.0); /* box_area */
+    }
+    float *dst = rows;
+    Py_ssize_t kept = 0;
+    for (Py_ssize_t i = 0; i < n && kept < limit; i++) {
+        if (removed[i]) continue;
+        for (int q = 0; q < 4; q++) {
+            float v = cand[i].box[q];
+            if (gain != NULL) { /* scale_boxes: (box - pad) / gain, clipped to the image */
+                v = v - pad[q & 1];
+                v = v / gain[q & 1];
+                v = np_minf(np_maxf(v, 0.0f), limit_xy[q & 1]);
+            }
+            dst[q] = v;
+        }
+        dst[4] = cand[i].score;
+        dst[5] = (float)cand[i].cls;
+        dst += 6;
+        if (++kept == limit) break;
+        const double *a = coords + 5 * i;
+        for (Py_ssize_t j = i + 1; j < n; j++) {
+            if (removed[j]) continue;
+            const double *b = coords + 5 * j;
+            /* IoU as nms computes it: 0 / 0 (both boxes empty) is NaN, which suppresses nothing */
+            const double width = np_max(np_min(a[2], b[2]) - np_max(a[0], b[0]), 0.0);
+            const double height = np_max(np_min(a[3], b[3]) - np_max(a[1], b[1]), 0.0);
+            const double inter = width * height;
+            const double uni = a[4] + b[4] - inter;
+            if (inter / uni > iou) removed[j] = 1;
+        }
+    }
+    *out_rows = rows;
+    *kept_out = kept;
+    rows = NULL;
+    status = 0;
+done:
+    PyMem_RawFree(cand);
+    PyMem_RawFree(row);
+    PyMem_RawFree(coords);
+    PyMem_RawFree(removed);
+    PyMem_RawFree(rows);
+    return status;
+}
+
 /* detect(outputs, tables, image, per_row, min_logit, conf, iou, max_det, max_nms, agnostic,
  *        class_mask, scale) -> (detections: bytearray float32 [n, 6], n), or None
  *
@@ -130,6 +241,7 @@ static int make_candidate(const float *row0, const float *cell, Py_ssize_t nc, f
  * or takes the numpy path).
  */
 static PyObject *detect(PyObject *self, PyObject *args) {
+    (void)self;
     PyObject *outputs, *tables, *mask_obj, *scale_obj;
     Py_ssize_t image, per_row, max_det, max_nms;
     double min_logit_d, conf_d, iou;
@@ -160,10 +272,6 @@ static PyObject *detect(PyObject *self, PyObject *args) {
     PyObject *result = NULL;
     Py_buffer mask_buf;
     const unsigned char *mask = NULL;
-    Candidate *cand = NULL;
-    float *row = NULL;
-    double *coords = NULL;
-    char *removed = NULL;
     int applicable = 1;
     if (mask_obj != Py_None) {
         if (PyObject_GetBuffer(mask_obj, &mask_buf, PyBUF_SIMPLE) < 0) return NULL;
@@ -222,104 +330,22 @@ static PyObject *detect(PyObject *self, PyObject *args) {
         level->image_offset = image * (m->len / m->shape[0]); /* bytes per image */
     }
 
-    /* candidates, level by level, anchor-major then cell (decode_yolo's row order) */
     const float min_logit = (float)min_logit_d, conf = (float)conf_d;
-    Py_ssize_t above = 0;
-    for (Py_ssize_t l = 0; l < n_levels; l++) {
-        const Level *level = &levels[l];
-        const void *m = (const char *)level->map.buf + level->image_offset;
-        for (Py_ssize_t a = 0; a < level->anchors; a++) {
-            if (!level->quantized) { /* a contiguous objectness plane */
-                const float *obj = (const float *)m + (a * per_row + 4) * level->cells;
-                for (Py_ssize_t c = 0; c < level->cells; c++) above += obj[c] > min_logit;
-            } else {
-                for (Py_ssize_t c = 0; c < level->cells; c++) above += logit_at(level, m, per_row, a, c, 4) > min_logit;
-            }
-        }
-    }
-    cand = (Candidate *)PyMem_Malloc(sizeof(Candidate) * (above ? above : 1));
-    row = (float *)PyMem_Malloc(sizeof(float) * per_row);
-    if (cand == NULL || row == NULL) {
-        PyErr_NoMemory();
-        goto done;
-    }
-    Py_ssize_t n = 0;
-    for (Py_ssize_t l = 0; l < n_levels; l++) {
-        const Level *level = &levels[l];
-        const Py_ssize_t hw = level->cells;
-        const void *m = (const char *)level->map.buf + level->image_offset;
-        const float *t = (const float *)level->table.buf;
-        for (Py_ssize_t a = 0; a < level->anchors; a++) {
-            for (Py_ssize_t c = 0; c < hw; c++) {
-                if (!(logit_at(level, m, per_row, a, c, 4) > min_logit)) continue;
-                for (Py_ssize_t k = 0; k < per_row; k++) row[k] = logit_at(level, m, per_row, a, c, k);
-                if (make_candidate(row, t + (a * hw + c) * 5, nc, conf, mask, &cand[n])) {
-                    cand[n].index = n;
-                    n++;
-                }
-            }
-        }
-    }
-    qsort(cand, (size_t)n, sizeof(Candidate), by_score);
-    if (n > max_nms) n = max_nms < 0 ? 0 : max_nms;
-
-    /* batched_nms: class k moves by k * (max - min + 1) over every coordinate, in float64 */
-    coords = (double *)PyMem_Malloc(sizeof(double) * 5 * (n ? n : 1));
-    removed = (char *)PyMem_Calloc((size_t)(n ? n : 1), 1);
-    if (coords == NULL || removed == NULL) {
-        PyErr_NoMemory();
-        goto done;
-    }
-    double lo = INFINITY, hi = -INFINITY;
-    for (Py_ssize_t i = 0; i < n; i++)
-        for (int q = 0; q < 4; q++) {
-            lo = np_min(lo, (double)cand[i].box[q]); /* boxes.min() / .max(): NaN if any is NaN */
-            hi = np_max(hi, (double)cand[i].box[q]);
-        }
-    const double offset = n ? (hi - lo) + 1.0 : 1.0;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        /* agnostic: offsets of 0.0, still multiplied (a NaN offset makes every box NaN, as in numpy) */
-        const double shift = (agnostic ? 0.0 : (double)(float)cand[i].cls) * offset;
-        double *b = coords + 5 * i;
-        for (int q = 0; q < 4; q++) b[q] = (double)cand[i].box[q] + shift;
-        b[4] = np_max(b[2] - b[0], 0.0) * np_max(b[3] - b[1], 0.0); /* box_area */
-    }
-    const Py_ssize_t limit = max_det < 0 ? 0 : max_det;
-    PyObject *out = PyByteArray_FromStringAndSize(NULL, (Py_ssize_t)sizeof(float) * 6 * (n < limit ? n : limit));
-    if (out == NULL) goto done;
-    float *dst = (float *)PyByteArray_AS_STRING(out);
+    float *found = NULL;
     Py_ssize_t kept = 0;
-    for (Py_ssize_t i = 0; i < n && kept < limit; i++) {
-        if (removed[i]) continue;
-        for (int q = 0; q < 4; q++) {
-            float v = cand[i].box[q];
-            if (have_scale) { /* scale_boxes: (box - pad) / gain, clipped to the image */
-                v = v - pad[q & 1];
-                v = v / gain[q & 1];
-                v = np_minf(np_maxf(v, 0.0f), limit_xy[q & 1]);
-            }
-            dst[q] = v;
-        }
-        dst[4] = cand[i].score;
-        dst[5] = (float)cand[i].cls;
-        dst += 6;
-        if (++kept == limit) break;
-        const double *a = coords + 5 * i;
-        for (Py_ssize_t j = i + 1; j < n; j++) {
-            if (removed[j]) continue;
-            const double *b = coords + 5 * j;
-            /* IoU as nms computes it: 0 / 0 (both boxes empty) is NaN, which suppresses nothing */
-            const double width = np_max(np_min(a[2], b[2]) - np_max(a[0], b[0]), 0.0);
-            const double height = np_max(np_min(a[3], b[3]) - np_max(a[1], b[1]), 0.0);
-            const double inter = width * height;
-            const double uni = a[4] + b[4] - inter;
-            if (inter / uni > iou) removed[j] = 1;
-        }
-    }
-    if (PyByteArray_Resize(out, (Py_ssize_t)sizeof(float) * 6 * kept) < 0) {
-        Py_DECREF(out);
+    int status;
+    /* no Python object is touched from here: other threads (detect's other streams) run meanwhile */
+    Py_BEGIN_ALLOW_THREADS
+    status = run_detect(levels, n_levels, per_row, min_logit, conf, iou, max_det, max_nms, agnostic, mask,
+                        have_scale ? gain : NULL, pad, limit_xy, &found, &kept);
+    Py_END_ALLOW_THREADS
+    if (status < 0) {
+        PyErr_NoMemory();
         goto done;
     }
+    PyObject *out = PyByteArray_FromStringAndSize((const char *)found, (Py_ssize_t)sizeof(float) * 6 * kept);
+    PyMem_RawFree(found);
+    if (out == NULL) goto done;
     result = Py_BuildValue("Nn", out, kept);
 done:
     for (Py_ssize_t l = 0; l < got; l++) {
@@ -327,10 +353,6 @@ done:
         PyBuffer_Release(&levels[l].table);
     }
     if (mask != NULL) PyBuffer_Release(&mask_buf);
-    PyMem_Free(cand);
-    PyMem_Free(row);
-    PyMem_Free(coords);
-    PyMem_Free(removed);
     if (result == NULL && !applicable && !PyErr_Occurred()) Py_RETURN_NONE;
     return result;
 }
@@ -340,6 +362,6 @@ static PyMethodDef methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_native", NULL, -1, methods};
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_native", NULL, -1, methods, NULL, NULL, NULL, NULL};
 
 PyMODINIT_FUNC PyInit__native(void) { return PyModule_Create(&module); }
