@@ -32,9 +32,9 @@ def _maps(rng, size=128, batch=1, nc=80, spread=3.0, shift=-2.0, strides=STRIDES
             for s in strides]
 
 
-def _numpy(outputs, nc, conf=0.25, iou=0.45, classes=None, agnostic=False, max_det=300):
+def _numpy(outputs, nc, conf=0.25, iou=0.45, classes=None, agnostic=False, max_det=300, multi_label=False):
     return non_max_suppression(decode_yolo(outputs, ANCHORS, STRIDES, nc, min_objectness=conf), conf, iou,
-                               classes=classes, agnostic=agnostic, max_det=max_det)
+                               classes=classes, agnostic=agnostic, max_det=max_det, multi_label=multi_label)
 
 
 def _canonical(rows):
@@ -69,6 +69,7 @@ def test_native_gives_the_numpy_detections(seed):
 
 @pytest.mark.parametrize("options", [
     {"agnostic": True}, {"classes": [0, 2, 7]}, {"classes": [3, 500]}, {"max_det": 1}, {"max_det": 7},
+    {"multi_label": True}, {"multi_label": True, "classes": [1, 4]}, {"multi_label": True, "agnostic": True},
 ])
 def test_native_follows_the_nms_options(options):
     rng = np.random.default_rng(11)
@@ -180,9 +181,14 @@ def test_predictor_takes_the_native_path_with_the_numpy_results(monkeypatch):
         np.testing.assert_allclose(a.boxes, b.boxes, atol=1e-3, rtol=0)
         np.testing.assert_allclose(a.scores, b.scores, rtol=1e-6, atol=0)
     assert len(calls) == 5
-    multi = Predictor(_MapsBackend(config), conf=0.3, multi_label=True)
-    monkeypatch.setattr(native.YoloPostprocess, "__call__", lambda *a, **k: pytest.fail("multi-label must take numpy"))
-    multi.predict(image)
+    # COCO evaluation's settings take it too
+    fast = Predictor(_MapsBackend(config), conf=0.001, iou=0.6, multi_label=True)
+    slow = Predictor(_MapsBackend(config), conf=0.001, iou=0.6, multi_label=True)
+    slow._native = None
+    (a,), (b,) = fast.predict(image), slow.predict(image)
+    assert len(calls) == 6 and len(a) == len(b) == 300
+    rows = [np.column_stack([d.boxes, d.scores, d.class_ids]).astype(np.float32) for d in (a, b)]
+    _assert_same(rows[:1], rows[1:])
 
 
 def test_native_can_be_switched_off(monkeypatch):
@@ -210,3 +216,15 @@ def test_native_reads_an_int8_models_uint8_maps_like_decode_yolo(seed):
     # a float map, or a uint8 map of other channels, is not this model's: numpy decides
     assert post([o.astype(np.float32) for o in outputs], 0.25, 0.45) is None
     assert post([o[..., :needed - 1] for o in outputs], 0.25, 0.45) is None
+
+
+def test_native_multi_label_at_evaluation_thresholds():
+    # COCO evaluation: conf 0.001, thousands of (box, class) candidates, a NaN class score skipped
+    rng = np.random.default_rng(21)
+    outputs = _maps(rng, size=320, nc=20, spread=2.0, shift=-3.0)
+    outputs[0][0, 5, 0, :8] = np.nan
+    outputs[0][0, 4, 0, :8] = 5.0
+    got = native.YoloPostprocess(ANCHORS, STRIDES, 20)(outputs, 0.001, 0.6, multi_label=True)
+    expected = _numpy(outputs, 20, 0.001, 0.6, multi_label=True)
+    assert len(expected[0]) == 300  # max_det reached
+    _assert_same(got, expected)

@@ -198,10 +198,10 @@ class Predictor:
         input_size: tuple[int, int] | None = None,
     ) -> list[Detections]:
         """Raw outputs of a batch -> ``Detections`` per image, boxes in original pixels."""
-        if self._native is not None and not self.multi_label:
-            # the same detections, boxes already in original pixels, from two compiled calls
+        if self._native is not None:
+            # the same detections, boxes already in original pixels, from one compiled call per image
             found = self._native(outputs, self.conf, self.iou, self.classes, self.agnostic, self.max_det,
-                                 letterboxes=infos)
+                                 letterboxes=infos, multi_label=self.multi_label)
             if found is not None:
                 return [Detections(rows[:, :4], rows[:, 4], rows[:, 5].astype(np.int64), self.names, source,
                                    info.original_shape) for rows, info, source in zip(found, infos, sources)]

@@ -1,5 +1,5 @@
 /* Compiled post-processing for YOLO heads: decode_yolo (litedet/ops/decode.py), the
- * single-label non_max_suppression (litedet/ops/nms.py) and scale_boxes (litedet/ops/boxes.py)
+ * non_max_suppression (litedet/ops/nms.py) and scale_boxes (litedet/ops/boxes.py)
  * for one image, in one call.
  *
  * Why: right after inference every distinct numpy call of the Python post-processing costs
@@ -71,19 +71,33 @@ static inline float logit_at(const Level *level, const void *image, Py_ssize_t p
     return ((const float *)image)[(a * per_row + k) * level->cells + c];
 }
 
+/* decode_yolo's box of one row: (2 * s - 0.5 + grid) * stride and (2 * s) ** 2 * anchor, step
+ * by step in float32, then xywh_to_xyxy: half = wh / 2; (xy - half, xy + half) */
+static inline void decode_box(const float *row, const float *cell, float box[4]) {
+    float x = sigmoid(row[0]), y = sigmoid(row[1]), w = sigmoid(row[2]), h = sigmoid(row[3]);
+    x = x * 2.0f; x = x - 0.5f; x = x + cell[0]; x = x * cell[2];
+    y = y * 2.0f; y = y - 0.5f; y = y + cell[1]; y = y * cell[2];
+    w = w * 2.0f; w = w * w; w = w * cell[3];
+    h = h * 2.0f; h = h * h; h = h * cell[4];
+    const float half_w = w / 2.0f, half_h = h / 2.0f;
+    box[0] = x - half_w;
+    box[1] = y - half_h;
+    box[2] = x + half_w;
+    box[3] = y + half_h;
+}
+
 /* A candidate from one row's logits (x, y, w, h, objectness, classes), or 0 when it is dropped:
  * objectness > conf, best class by sigmoid(class) * objectness (first of equal maxima; a NaN
  * class logit drops the row, as numpy's max is then NaN), score > conf, class mask. */
 static int make_candidate(const float *row0, const float *cell, Py_ssize_t nc, float conf,
                           const unsigned char *mask, Candidate *out) {
-    const Py_ssize_t hw = 1; /* the row's logits, contiguous */
-    const float obj = sigmoid(row0[4 * hw]);
+    const float obj = sigmoid(row0[4]);
     if (!(obj > conf)) return 0;
     /* sigmoid and "* obj" round monotonically, so the largest product is the largest logit's;
      * other classes can tie with it only when their logit is close or sigmoid saturates near 1 */
-    float top = row0[5 * hw];
+    float top = row0[5];
     for (Py_ssize_t j = 0; j < nc; j++) {
-        const float v = row0[(5 + j) * hw];
+        const float v = row0[5 + j];
         if (isnan(v)) return 0;
         if (v > top) top = v;
     }
@@ -92,32 +106,59 @@ static int make_candidate(const float *row0, const float *cell, Py_ssize_t nc, f
     const float near = top - 1.0f < 15.0f ? top - 1.0f : 15.0f;
     Py_ssize_t best_cls = -1;
     for (Py_ssize_t j = 0; j < nc && best_cls < 0; j++) {
-        const float v = row0[(5 + j) * hw];
+        const float v = row0[5 + j];
         if (v >= near && sigmoid(v) * obj == best) best_cls = j;
     }
     if (best_cls < 0 || (mask != NULL && !mask[best_cls])) return 0;
-    /* decode_yolo: (2 * s - 0.5 + grid) * stride and (2 * s) ** 2 * anchor, step by step */
-    float x = sigmoid(row0[0]), y = sigmoid(row0[hw]), w = sigmoid(row0[2 * hw]), h = sigmoid(row0[3 * hw]);
-    x = x * 2.0f; x = x - 0.5f; x = x + cell[0]; x = x * cell[2];
-    y = y * 2.0f; y = y - 0.5f; y = y + cell[1]; y = y * cell[2];
-    w = w * 2.0f; w = w * w; w = w * cell[3];
-    h = h * 2.0f; h = h * h; h = h * cell[4];
-    /* xywh_to_xyxy: half = wh / 2; (xy - half, xy + half) */
-    const float half_w = w / 2.0f, half_h = h / 2.0f;
-    out->box[0] = x - half_w;
-    out->box[1] = y - half_h;
-    out->box[2] = x + half_w;
-    out->box[3] = y + half_h;
+    decode_box(row0, cell, out->box);
     out->score = best;
     out->cls = best_cls;
     return 1;
+}
+
+/* Multi-label (COCO evaluation): one candidate per class whose sigmoid(class) * objectness is
+ * above conf, in class order (numpy's nonzero over the score matrix); a NaN score is just not
+ * above. Appends to *cand (growing it); returns how many, or -1 when out of memory. */
+static Py_ssize_t make_candidates_multi(const float *row, const float *cell, Py_ssize_t nc, float conf,
+                                        float min_logit, const unsigned char *mask, Candidate **cand,
+                                        Py_ssize_t *count, Py_ssize_t *capacity) {
+    const float obj = sigmoid(row[4]);
+    if (!(obj > conf)) return 0;
+    /* obj <= 1, so a score above conf needs sigmoid(class) above conf, i.e. a logit above about
+     * min_logit: classes well below it are skipped without their exp */
+    const float skip_below = min_logit - 0.5f;
+    Py_ssize_t added = 0;
+    float box[4];
+    for (Py_ssize_t j = 0; j < nc; j++) {
+        const float v = row[5 + j];
+        if (!(v > skip_below)) continue;
+        const float score = sigmoid(v) * obj;
+        if (!(score > conf) || (mask != NULL && !mask[j])) continue;
+        if (added == 0) decode_box(row, cell, box);
+        if (*count == *capacity) {
+            const Py_ssize_t grown = *capacity * 2 + 16;
+            Candidate *bigger = (Candidate *)PyMem_RawRealloc(*cand, sizeof(Candidate) * grown);
+            if (bigger == NULL) return -1;
+            *cand = bigger;
+            *capacity = grown;
+        }
+        Candidate *c = &(*cand)[*count];
+        memcpy(c->box, box, sizeof(box));
+        c->score = score;
+        c->cls = j;
+        c->index = *count;
+        (*count)++;
+        added++;
+    }
+    return added;
 }
 
 /* The work of detect once the buffers are held: candidates, sort, NMS, output rows. Touches no
  * Python object (called without the GIL); allocates with the raw allocator. *out_rows: float32
  * [*kept, 6], to be freed with PyMem_RawFree. Returns 0, or -1 when out of memory. */
 static int run_detect(const Level *levels, Py_ssize_t n_levels, Py_ssize_t per_row, float min_logit, float conf,
-                      double iou, Py_ssize_t max_det, Py_ssize_t max_nms, int agnostic, const unsigned char *mask,
+                      double iou, Py_ssize_t max_det, Py_ssize_t max_nms, int agnostic, int multi_label,
+                      const unsigned char *mask,
                       const float *gain, const float *pad, const float *limit_xy, float **out_rows, Py_ssize_t *kept_out) {
     const Py_ssize_t nc = per_row - 5;
     int status = -1;
@@ -125,6 +166,7 @@ static int run_detect(const Level *levels, Py_ssize_t n_levels, Py_ssize_t per_r
     float *row = NULL, *rows = NULL;
     double *coords = NULL;
     char *removed = NULL;
+    Py_ssize_t *same_next = NULL, *last = NULL;
     /* candidates, level by level, anchor-major then cell (decode_yolo's row order) */
     Py_ssize_t above = 0;
     for (Py_ssize_t l = 0; l < n_levels; l++) {
@@ -139,7 +181,8 @@ static int run_detect(const Level *levels, Py_ssize_t n_levels, Py_ssize_t per_r
             }
         }
     }
-    cand = (Candidate *)PyMem_RawMalloc(sizeof(Candidate) * (above ? above : 1));
+    Py_ssize_t capacity = above ? above : 1;
+    cand = (Candidate *)PyMem_RawMalloc(sizeof(Candidate) * capacity);
     row = (float *)PyMem_RawMalloc(sizeof(float) * per_row);
     if (cand == NULL || row == NULL) goto done;
     Py_ssize_t n = 0;
@@ -152,7 +195,11 @@ static int run_detect(const Level *levels, Py_ssize_t n_levels, Py_ssize_t per_r
             for (Py_ssize_t c = 0; c < hw; c++) {
                 if (!(logit_at(level, m, per_row, a, c, 4) > min_logit)) continue;
                 for (Py_ssize_t k = 0; k < per_row; k++) row[k] = logit_at(level, m, per_row, a, c, k);
-                if (make_candidate(row, t + (a * hw + c) * 5, nc, conf, mask, &cand[n])) {
+                if (multi_label) {
+                    if (make_candidates_multi(row, t + (a * hw + c) * 5, nc, conf, min_logit, mask, &cand, &n,
+                                              &capacity) < 0)
+                        goto done;
+                } else if (make_candidate(row, t + (a * hw + c) * 5, nc, conf, mask, &cand[n])) {
                     cand[n].index = n;
                     n++;
                 }
@@ -182,6 +229,19 @@ static int run_detect(const Level *levels, Py_ssize_t n_levels, Py_ssize_t per_r
         for (int q = 0; q < 4; q++) b[q] = (double)cand[i].box[q] + shift;
         b[4] = np_max(b[2] - b[0], 0.0) * np_max(b[3] - b[1], 0.0); /* box_area */
     }
+    /* Boxes of different classes never overlap once offset (a gap of 1 between classes), so
+     * their IoU is 0 and only boxes of the same class are compared: each candidate links to the
+     * next one of its class in score order (all one class when agnostic). */
+    Py_ssize_t classes = agnostic ? 1 : nc;
+    same_next = (Py_ssize_t *)PyMem_RawMalloc(sizeof(Py_ssize_t) * (n ? n : 1));
+    last = (Py_ssize_t *)PyMem_RawMalloc(sizeof(Py_ssize_t) * classes);
+    if (same_next == NULL || last == NULL) goto done;
+    for (Py_ssize_t k = 0; k < classes; k++) last[k] = -1;
+    for (Py_ssize_t i = n - 1; i >= 0; i--) {
+        const Py_ssize_t k = agnostic ? 0 : cand[i].cls;
+        same_next[i] = last[k];
+        last[k] = i;
+    }
     float *dst = rows;
     Py_ssize_t kept = 0;
     for (Py_ssize_t i = 0; i < n && kept < limit; i++) {
@@ -200,7 +260,7 @@ static int run_detect(const Level *levels, Py_ssize_t n_levels, Py_ssize_t per_r
         dst += 6;
         if (++kept == limit) break;
         const double *a = coords + 5 * i;
-        for (Py_ssize_t j = i + 1; j < n; j++) {
+        for (Py_ssize_t j = same_next[i]; j >= 0; j = same_next[j]) {
             if (removed[j]) continue;
             const double *b = coords + 5 * j;
             /* IoU as nms computes it: 0 / 0 (both boxes empty) is NaN, which suppresses nothing */
@@ -221,11 +281,13 @@ done:
     PyMem_RawFree(coords);
     PyMem_RawFree(removed);
     PyMem_RawFree(rows);
+    PyMem_RawFree(same_next);
+    PyMem_RawFree(last);
     return status;
 }
 
 /* detect(outputs, tables, image, per_row, min_logit, conf, iou, max_det, max_nms, agnostic,
- *        class_mask, scale) -> (detections: bytearray float32 [n, 6], n), or None
+ *        class_mask, scale[, multi_label]) -> (detections: bytearray float32 [n, 6], n), or None
  *
  * outputs: the head maps per level, float32 C-contiguous [B, A * per_row, H, W], or for an INT8
  * model's quantized maps uint8 [B, H, W, channels] (channels last, padded); tables: per level
@@ -235,7 +297,8 @@ done:
  * float32, as numpy compares a float32 array with a Python float) are decoded, filtered and
  * suppressed per class (greedy, class offsets in float64, at most max_nms candidates by score,
  * max_det kept); class_mask: bytes, nonzero = keep, or None; scale: None, or (gain w, gain h,
- * pad left, pad top, image width, image height) to map the boxes back as scale_boxes does.
+ * pad left, pad top, image width, image height) to map the boxes back as scale_boxes does;
+ * multi_label: every class above conf gives a candidate (else each row's best class only).
  * Rows (x1, y1, x2, y2, score, class) by descending score. None when an output is not a
  * float32 C-contiguous 4-D array of its table's size (the caller then finds the right tables,
  * or takes the numpy path).
@@ -245,9 +308,9 @@ static PyObject *detect(PyObject *self, PyObject *args) {
     PyObject *outputs, *tables, *mask_obj, *scale_obj;
     Py_ssize_t image, per_row, max_det, max_nms;
     double min_logit_d, conf_d, iou;
-    int agnostic;
-    if (!PyArg_ParseTuple(args, "OOnndddnnpOO", &outputs, &tables, &image, &per_row, &min_logit_d, &conf_d, &iou,
-                          &max_det, &max_nms, &agnostic, &mask_obj, &scale_obj))
+    int agnostic, multi_label = 0;
+    if (!PyArg_ParseTuple(args, "OOnndddnnpOO|p", &outputs, &tables, &image, &per_row, &min_logit_d, &conf_d, &iou,
+                          &max_det, &max_nms, &agnostic, &mask_obj, &scale_obj, &multi_label))
         return NULL;
     const Py_ssize_t nc = per_row - 5;
     if (nc < 1 || !PyTuple_Check(tables) || !PySequence_Check(outputs)) {
@@ -336,7 +399,7 @@ static PyObject *detect(PyObject *self, PyObject *args) {
     int status;
     /* no Python object is touched from here: other threads (detect's other streams) run meanwhile */
     Py_BEGIN_ALLOW_THREADS
-    status = run_detect(levels, n_levels, per_row, min_logit, conf, iou, max_det, max_nms, agnostic, mask,
+    status = run_detect(levels, n_levels, per_row, min_logit, conf, iou, max_det, max_nms, agnostic, multi_label, mask,
                         have_scale ? gain : NULL, pad, limit_xy, &found, &kept);
     Py_END_ALLOW_THREADS
     if (status < 0) {

@@ -2,7 +2,7 @@
 
 ``YoloPostprocess`` gives what ``decode_yolo`` followed by ``non_max_suppression`` (and
 ``scale_boxes``) give for the usual detection case: float32 head maps (or an INT8 model's uint8
-maps), one class per box. The C
+maps), one class per box or every class above the threshold (COCO evaluation). The C
 code (``litedet/ops/_native.c``) repeats the numpy code's float arithmetic step by step; only
 its exp is the C library's, so boxes and scores agree with the numpy path to a few float32 ulps
 (a score that lands within them of ``conf``, or an IoU within them of ``iou``, may decide the
@@ -42,7 +42,7 @@ class YoloPostprocess:
 
     ``YoloPostprocess(anchors, strides, num_classes, quantized)(outputs, conf, iou, ...)`` gives
     what ``non_max_suppression(decode_yolo(outputs, anchors, strides, num_classes,
-    min_objectness=conf, quantized=quantized), conf, iou, ...)`` gives (single-label), up to the
+    min_objectness=conf, quantized=quantized), conf, iou, ...)`` gives, up to the
     exp rounding noted in the module docstring; with ``letterboxes`` the boxes also go through
     ``scale_boxes``. ``quantized``: an INT8 model's ``ModelConfig.quantized_outputs`` (its maps
     are uint8 [B, H, W, C] channels last), else None for float32 [B, na * (5 + nc), H, W] maps.
@@ -117,13 +117,16 @@ class YoloPostprocess:
         max_det: int = 300,
         max_nms: int = 30000,
         letterboxes: Sequence[Any] | None = None,
+        multi_label: bool = False,
     ) -> list[np.ndarray] | None:
         """One float32 array [n, 6] (x1, y1, x2, y2, score, class) per image, by descending score.
 
         ``letterboxes``: per image a ``LetterboxInfo`` (anything with ``ratio`` (w, h), ``pad``
         (left, top) and ``original_shape`` (height, width)) to map the boxes back to the original
-        image as ``scale_boxes`` does; None keeps them in input pixels. (Written for the
-        frame-by-frame case: every bytecode here costs time right after inference.)
+        image as ``scale_boxes`` does; None keeps them in input pixels. ``multi_label``: a box
+        gives one candidate per class above ``conf`` (COCO evaluation), as in
+        ``non_max_suppression``. (Written for the frame-by-frame case: every bytecode here costs
+        time right after inference.)
         """
         if not 0.0 < conf < 1.0 or max_det < 1:
             return None
@@ -145,14 +148,14 @@ class YoloPostprocess:
                 scale = (ratio[0], ratio[1], pad[0], pad[1], original[1], original[0])
             # the previous call's tables first: the C code checks every map against them
             found = _native.detect(outputs, self._last, image, self.per_row, min_logit, conf, iou, max_det,
-                                   max_nms, agnostic, mask, scale)
+                                   max_nms, agnostic, mask, scale, multi_label)
             if found is None:
                 tables = self._plan(outputs)
                 if tables is None:
                     return None
                 self._last = tables
                 found = _native.detect(outputs, tables, image, self.per_row, min_logit, conf, iou, max_det,
-                                       max_nms, agnostic, mask, scale)
+                                       max_nms, agnostic, mask, scale, multi_label)
                 if found is None:
                     return None
             results.append(np.frombuffer(found[0], dtype=np.float32).reshape(found[1], 6))
