@@ -185,6 +185,18 @@ def test_machine_info_without_measuring():
     assert json.loads(json.dumps(info.to_dict()))["cpu_model"] == info.cpu_model
 
 
+def test_machine_info_and_report_say_which_post_processing_ran(monkeypatch):
+    from litedet.bench.machine import machine_info
+    from litedet.bench.report import markdown_report
+    from litedet.ops import native
+
+    assert machine_info(measure=False).postprocess == ("compiled" if native.available() else "numpy")
+    monkeypatch.setenv("LITEDET_NATIVE", "0")
+    info = machine_info(measure=False)
+    assert info.postprocess == "numpy"
+    assert "litedet post-processing: numpy." in markdown_report([], info.to_dict())
+
+
 def test_peak_gflops_is_positive_and_rejects_bad_threads():
     from litedet.bench.machine import measure_peak_gflops
 

@@ -20,6 +20,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from litedet.ops import native
+
 logger = logging.getLogger(__name__)
 
 # Distribution names whose versions a report names (import names differ for some).
@@ -50,6 +52,8 @@ class MachineInfo:
     peak_method: str = ""
     copy_gbs: dict[int, float] = field(default_factory=dict)
     gpu_peak_tflops: dict[str, float] = field(default_factory=dict)
+    # litedet's own decode + NMS: "compiled" (litedet.ops.native) or "numpy"
+    postprocess: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -417,6 +421,7 @@ def machine_info(threads: Sequence[int] = (1, 2), measure: bool = True, bandwidt
         python=platform.python_version(),
         cpu_flags=cpu_flags(),
         engines=engine_versions(),
+        postprocess="compiled" if native.available() else "numpy",
     )
     if measure:
         unmeasurable = False

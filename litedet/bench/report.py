@@ -233,7 +233,8 @@ def markdown_report(rows: Sequence[dict[str, Any]], machine: dict[str, Any] | No
         engines = ", ".join(f"{k} {v}" for k, v in machine.get("engines", {}).items())
         lines += [f"Machine: {machine.get('cpu_model', '?')}, {machine.get('logical_cpus', '?')} logical CPUs; "
                   f"measured fp32 peak ({machine.get('peak_method', '')}): {peaks or 'not measured'}.",
-                  f"Engines: {engines}.", ""]
+                  f"Engines: {engines}." + (f" litedet post-processing: {machine['postprocess']}."
+                                            if machine.get("postprocess") else ""), ""]
     lines += ["Median ms after warm-up, configurations interleaved in rounds. `!` marks a figure measured while "
               "other processes used more of the machine than the threshold (`load %`). GFLOPs = 2 x multiply-adds.", ""]
     combos = sorted({(r.get("mode", "network"), r["threads"], r["batch"], _streams(r)) for r in rows},
