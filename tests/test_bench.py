@@ -91,6 +91,50 @@ def test_interleaving_alternates_configurations_in_rounds():
     assert list(stats) == list("ABC")
 
 
+def test_interleaved_configurations_share_round_numbers():
+    stats = measure_interleaved({"A": lambda: None, "B": lambda: None}, warmup=0, min_runs=6, chunk=2, max_attempts=1)
+    assert [r for r, _ in stats["A"].rounds] == [r for r, _ in stats["B"].rounds] == [0, 1, 2]
+    assert all(ms >= 0 for _, ms in stats["A"].rounds)
+
+
+def test_paired_ratio_follows_the_rounds_where_a_ratio_of_medians_drifts():
+    from litedet.bench.harness import paired_ratio
+
+    # the machine runs at full speed in rounds 0-1 and half speed in rounds 2-4; B takes 2.5x A throughout
+    speed = [1.0, 1.0, 2.0, 2.0, 2.0]
+    a = [(r, 10.0 * f) for r, f in enumerate(speed)]
+    b = [(r, 25.0 * f) for r, f in enumerate(speed)]
+    assert paired_ratio(b, a)["ratio"] == pytest.approx(2.5)
+    assert paired_ratio(b, a)["rounds"] == 5
+    # B measured mostly in the fast stretch (re-measured later): its median no longer says 2.5x
+    assert np.median([25.0, 25.0, 50.0]) / np.median([10.0 * f for f in speed]) != pytest.approx(2.5)
+    noisy = [(r, ms * (1.2 if r == 1 else 1.0)) for r, ms in b]
+    spread = paired_ratio(noisy, a)
+    assert spread["ratio"] == pytest.approx(2.5) and spread["low"] == pytest.approx(2.5)
+    assert spread["high"] > 2.5
+    assert paired_ratio(b, [(7, 10.0), (8, 10.0)]) is None  # measured apart: no shared rounds
+    assert paired_ratio(b[:2], a) is None  # too few shared rounds
+
+
+def test_re_measured_configurations_get_new_round_numbers(monkeypatch):
+    loads = iter([90.0, 1.0, 1.0])
+
+    class FakeMonitor(LoadMonitor):
+        def __init__(self):
+            super().__init__()
+            self.value = next(loads)
+
+        @property
+        def other_load(self):
+            return self.value
+
+    monkeypatch.setattr(harness, "LoadMonitor", FakeMonitor)
+    stats = measure_interleaved({"A": lambda: None, "B": lambda: None}, warmup=0, min_runs=4, chunk=2,
+                                load_threshold=50, max_attempts=2)
+    assert stats["A"].attempts == 2 and stats["B"].attempts == 1
+    assert {r for r, _ in stats["A"].rounds}.isdisjoint(r for r, _ in stats["B"].rounds)
+
+
 def test_interleaving_calls_before_hook_for_each_chunk():
     events: list[str] = []
     configs = {
@@ -318,6 +362,41 @@ def test_terminal_summary_is_short_and_points_to_the_report(tmp_path):
     assert lines[3].split() == ["m", "@64", "torch", "5.00", "5.00!"]
     assert "1 figure(s) marked ! were measured while other processes" in text
     assert "1 note(s)" in text and f"full tables: {paths['markdown']}" in text and "latency.png" in text
+
+
+def test_report_sets_each_litedet_model_beside_the_peers_measured_alike(tmp_path):
+    from litedet.bench.report import markdown_report, peer_pairs, terminal_summary
+
+    fast_slow = [1.0, 2.0, 1.0, 2.0]
+    ours = [[r, 4.0 * f] for r, f in enumerate(fast_slow)]
+    theirs = [[r, 8.0 * f] for r, f in enumerate(fast_slow)]
+    rows = [_row(model="v5lite-e", variant="v5lite-e", imgsz=320, threads=2, mode="end-to-end", median_ms=6.0,
+                 gflops=0.87, rounds=ours),
+            _row(model="yolov8n", variant="yolov8n", kind="peer", imgsz=320, threads=2, mode="end-to-end",
+                 median_ms=9.0, gflops=2.19, rounds=theirs),
+            _row(model="yolov8n", variant="yolov8n", kind="peer", imgsz=416, threads=2, mode="end-to-end",
+                 median_ms=15.0, gflops=3.7, rounds=theirs),  # another size: not a pair
+            _row(model="yolov8n", variant="yolov8n", kind="peer", imgsz=320, threads=2, engine="openvino",
+                 mode="end-to-end", median_ms=7.0, gflops=2.19)]  # another engine: not a pair
+    pairs = peer_pairs(rows)
+    assert len(pairs) == 1
+    pair = pairs[0]
+    assert pair["ratio"] == pytest.approx(2.0) and pair["paired"] and pair["rounds"] == 4
+    assert pair["flops_ratio"] == pytest.approx(2.19 / 0.87)
+    report = markdown_report(rows)
+    assert "## Side by side with the peers" in report
+    assert "| v5lite-e @320 | yolov8n @320 | onnxruntime | 2 | end-to-end | 6.00 | 9.00 | 2.00x | 2.00–2.00 (4 rounds) | 2.52x |" in report
+    text = terminal_summary(rows)
+    assert "peer time / litedet time, end-to-end" in text
+    line = next(l for l in text.splitlines() if l.startswith("yolov8n @320 / v5lite-e @320"))
+    assert line.split()[-2:] == ["2.52x", "2.00x"]
+    # without shared rounds (measured apart) the ratio falls back to the medians and says so
+    for row in rows:
+        row.pop("rounds", None)
+    pair = peer_pairs(rows)[0]
+    assert pair["ratio"] == pytest.approx(1.5) and not pair["paired"]
+    assert "medians (no shared rounds)" in markdown_report(rows)
+    assert peer_pairs([_row()]) == [] and "Side by side" not in markdown_report([_row()])
 
 
 def test_disturbed_outlier_does_not_squash_the_latency_plot(tmp_path):
@@ -710,9 +789,14 @@ def test_stage_table_puts_pre_and_post_beside_the_network_median_of_the_same_con
     ]
     table = stage_table(rows).splitlines()
     assert len(table) == 4
-    assert table[2] == "| v5lite-e @320 | onnxruntime | 2 | 0.30 | 0.50 | 8.00 | 10.0 % | 9.00 | 12.5 % |"
+    assert table[2] == "| v5lite-e @320 | onnxruntime | 2 | 0.30 | 0.50 | 8.00 | 10.0 % | 9.00 | 12.5 % (medians) |"
     assert table[3] == "| v5lite-e @320 | ncnn | 2 | 0.40 | 0.60 | — | — | 20.00 | — |"
     assert stage_table([rows[0], rows[4]]) == ""
+    # with rounds, the gap is the median of the rounds' own ratios: a slow stretch (rounds 2-3)
+    # that raises the end-to-end median more than the network's does not enter it
+    rows[0]["rounds"] = [[0, 4.0], [1, 4.0], [2, 8.0], [3, 8.0], [4, 4.0]]
+    rows[1]["rounds"] = [[0, 4.4], [1, 4.4], [2, 8.8], [3, 8.8], [4, 4.4]]
+    assert stage_table(rows).splitlines()[2].endswith("| 10.0 % |")
 
 
 def test_end_to_end_is_timed_in_the_same_rounds_as_the_network(tmp_path, monkeypatch):

@@ -36,6 +36,9 @@ class LatencyStats:
     threshold the measurement was taken with; ``attempts`` counts measurements taken (a disturbed
     one may be repeated, the least disturbed is kept). ``energy_per_call_mj`` is measured energy
     per call where an energy meter was given and readable (``energy_source`` names it), else None.
+    ``rounds`` lists ``(round, median ms of that round's chunk)`` for an interleaved measurement:
+    configurations timed in the same call share round numbers, so ``paired_ratio`` can compare
+    them round by round.
     """
 
     median_ms: float
@@ -52,6 +55,7 @@ class LatencyStats:
     attempts: int = 1
     energy_per_call_mj: float | None = None
     energy_source: str = "not available"
+    rounds: list[tuple[int, float]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, float | int | bool | None]:
         return asdict(self)
@@ -263,6 +267,7 @@ class _Meter(Protocol):
 @dataclass
 class _Progress:
     times: list[float] = field(default_factory=list)
+    rounds: list[tuple[int, float]] = field(default_factory=list)
     monitor: LoadMonitor = field(default_factory=LoadMonitor)
     meter: _Meter | None = None
 
@@ -304,10 +309,11 @@ def measure_interleaved(
     }
     best: dict[str, LatencyStats] = {}
     pending = list(candidates)
+    next_round = 0  # round numbers run on across attempts: a re-measured configuration shares none with the rest
     for attempt in range(1, max_attempts + 1):
-        results = _measure_round_robin(
+        results, next_round = _measure_round_robin(
             {name: candidates[name] for name in pending},
-            warmup, min_runs, budget_s, min_runs_in_budget, chunk, synchronize, on_chunk, energy_meter,
+            warmup, min_runs, budget_s, min_runs_in_budget, chunk, synchronize, on_chunk, energy_meter, next_round,
         )
         for name, stats in results.items():
             stats.attempts = attempt
@@ -340,7 +346,10 @@ def _measure_round_robin(
     synchronize: Callable[[], None] | None,
     on_chunk: Callable[[str, int], None] | None,
     energy_meter: Callable[[], _Meter] | None,
-) -> dict[str, LatencyStats]:
+    first_round: int = 0,
+) -> tuple[dict[str, LatencyStats], int]:
+    """One attempt: rounds of chunks until every configuration has its runs; the stats and the
+    next unused round number."""
     names = list(candidates)
     progress = {name: _Progress(monitor=LoadMonitor(), meter=energy_meter() if energy_meter else None) for name in names}
     for name, cand in candidates.items():
@@ -350,6 +359,7 @@ def _measure_round_robin(
         _timed_calls(cand.fn, warmup, sync, [])
     started = time.perf_counter()
     floor = min(min_runs, max(1, min_runs_in_budget))
+    round_number = first_round
     while True:
         done = {name: len(progress[name].times) for name in names}
         over_budget = budget_s is not None and time.perf_counter() - started >= budget_s
@@ -371,23 +381,48 @@ def _measure_round_robin(
             state.monitor.start()
             if state.meter is not None:
                 state.meter.start()
+            before_chunk = len(state.times)
             _timed_calls(cand.fn, count, sync, state.times)
+            state.rounds.append((round_number, float(np.median(state.times[before_chunk:])) * 1e3))
             if state.meter is not None:
                 state.meter.stop()
             state.monitor.stop()
             if on_chunk is not None:
                 on_chunk(name, len(state.times))
+        round_number += 1
     results = {}
     for name in names:
         stats = summarize(progress[name].times)
         stats.other_load = progress[name].monitor.other_load
         stats.steal = progress[name].monitor.steal
+        stats.rounds = progress[name].rounds
         meter = progress[name].meter
         if meter is not None and meter.available:
             stats.energy_per_call_mj = meter.joules / stats.n * 1e3
             stats.energy_source = meter.source
         results[name] = stats
-    return results
+    return results, round_number
+
+
+def paired_ratio(numerator: Sequence[Sequence[float]], denominator: Sequence[Sequence[float]],
+                 min_rounds: int = 3) -> dict[str, float | int] | None:
+    """How many times longer ``numerator`` took than ``denominator``, compared round by round.
+
+    Both are ``LatencyStats.rounds`` lists (``(round, median ms)``) of one interleaved
+    measurement. Each shared round gives one ratio of the two chunk medians; the result is their
+    median with the 10th and 90th percentiles (``low``, ``high``) and the number of ``rounds``. A
+    machine whose speed changes from one stretch of seconds to the next (a shared VM's cores)
+    moves both figures of a round alike, so this ratio holds where the ratio of two overall
+    medians, each a mix of fast and slow stretches, drifts. ``None`` with fewer than
+    ``min_rounds`` shared rounds (the two were measured apart, e.g. one re-measured alone).
+    """
+    theirs = {int(r): float(ms) for r, ms in denominator}
+    ratios = [float(ms) / theirs[int(r)] for r, ms in numerator if int(r) in theirs and theirs[int(r)] > 0]
+    if len(ratios) < max(1, min_rounds):
+        return None
+    values = np.asarray(ratios)
+    return {"ratio": float(np.median(values)), "low": float(np.percentile(values, 10)),
+            "high": float(np.percentile(values, 90)), "rounds": int(values.size)}
 
 
 def throughput(batch: int, stats: LatencyStats) -> float:

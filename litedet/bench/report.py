@@ -23,6 +23,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from litedet.bench.harness import paired_ratio
 from litedet.config import write_text_atomic
 
 logger = logging.getLogger(__name__)
@@ -169,17 +170,24 @@ def pivot_table(rows: Sequence[dict[str, Any]], mode: str, threads: int, batch: 
 
 
 def stage_table(rows: Sequence[dict[str, Any]]) -> str:
-    """Pre/post ms of every end-to-end row that has them, beside its network median; '' if none."""
+    """Pre/post ms of every end-to-end row that has them, beside its network median; '' if none.
+    End to end - network is compared round by round where both rows have rounds
+    (``litedet.bench.harness.paired_ratio``), else as the difference of the two medians."""
     rows = _single(rows)
-    network = {(r["model"], r["variant"], r["engine"], r["threads"], r["imgsz"], r.get("precision")): r["median_ms"]
+    network = {(r["model"], r["variant"], r["engine"], r["threads"], r["imgsz"], r.get("precision")): r
                for r in rows if r.get("mode", "network") == "network" and r["batch"] == 1}
     lines = []
     for r in rows:
         if r.get("mode") != "end-to-end" or r.get("pre_ms") is None or r.get("post_ms") is None:
             continue
-        net = network.get((r["model"], r["variant"], r["engine"], r["threads"], r["imgsz"], r.get("precision")))
+        net_row = network.get((r["model"], r["variant"], r["engine"], r["threads"], r["imgsz"], r.get("precision")))
+        net = net_row["median_ms"] if net_row else None
         share = "—" if not net else f"{100 * (r['pre_ms'] + r['post_ms']) / net:.1f} %"
-        gap = "—" if not net else f"{100 * (r['median_ms'] - net) / net:.1f} %"
+        paired = paired_ratio(r.get("rounds") or [], net_row.get("rounds") or []) if net_row else None
+        if paired is not None:
+            gap = f"{100 * (paired['ratio'] - 1):.1f} %"
+        else:
+            gap = "—" if not net else f"{100 * (r['median_ms'] - net) / net:.1f} % (medians)"
         lines.append(f"| {_label(r)} | {r['engine']} | {r['threads']} | {r['pre_ms']:.2f} | {r['post_ms']:.2f} | "
                      f"{'—' if not net else f'{net:.2f}'} | {share} | {r['median_ms']:.2f} | {gap} |")
     if not lines:
@@ -187,6 +195,56 @@ def stage_table(rows: Sequence[dict[str, Any]]) -> str:
     head = ["| model | engine | thr | pre ms | post ms | network ms | share | end-to-end ms | end-to-end - network |",
             "|---|---|---|---|---|---|---|---|---|"]
     return "\n".join(head + lines)
+
+
+def peer_pairs(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every litedet row beside every peer row measured alike (engine, threads, input size,
+    batch 1, one copy, mode, precision): ``ratio`` = the peer's time / the litedet model's,
+    compared round by round (``litedet.bench.harness.paired_ratio``: ``low``/``high`` are its
+    10th/90th percentiles over the rounds), or the ratio of the two medians (``paired`` False)
+    where they share too few rounds; ``flops_ratio`` = the peer's GFLOPs / the litedet model's."""
+    def key(row: dict[str, Any]) -> tuple:
+        return (row["engine"], row["threads"], row["imgsz"], row.get("mode", "network"), row.get("precision"))
+
+    chosen = [r for r in _single(rows) if r["batch"] == 1]
+    peers = defaultdict(list)
+    for row in chosen:
+        if row.get("kind") == "peer":
+            peers[key(row)].append(row)
+    pairs = []
+    for ours in chosen:
+        if ours.get("kind") != "litedet":
+            continue
+        for theirs in peers.get(key(ours), []):
+            paired = paired_ratio(theirs.get("rounds") or [], ours.get("rounds") or [])
+            if paired is None:
+                if not ours["median_ms"]:
+                    continue
+                paired = {"ratio": theirs["median_ms"] / ours["median_ms"], "low": None, "high": None, "rounds": 0}
+            flops = (theirs["gflops"] / ours["gflops"]) if theirs.get("gflops") and ours.get("gflops") else None
+            pairs.append({"litedet": _label(ours), "peer": _label(theirs), "engine": ours["engine"],
+                          "threads": ours["threads"], "mode": ours.get("mode", "network"),
+                          "litedet_ms": ours["median_ms"], "peer_ms": theirs["median_ms"],
+                          "paired": bool(paired["rounds"]), "flops_ratio": flops, **paired,
+                          "disturbed": bool(ours.get("disturbed") or theirs.get("disturbed"))})
+    return pairs
+
+
+def peer_table(rows: Sequence[dict[str, Any]]) -> str:
+    """The ``peer_pairs`` as a Markdown table; '' when the run has no litedet row beside a peer."""
+    pairs = peer_pairs(rows)
+    if not pairs:
+        return ""
+    lines = ["| litedet | peer | engine | thr | mode | litedet ms | peer ms | peer / litedet time | p10–p90 of rounds | "
+             "FLOPs peer / litedet |", "|---" * 10 + "|"]
+    for pair in pairs:
+        spread = (f"{pair['low']:.2f}–{pair['high']:.2f} ({pair['rounds']} rounds)" if pair["paired"]
+                  else "medians (no shared rounds)")
+        lines.append(f"| {pair['litedet']} | {pair['peer']} | {pair['engine']} | {pair['threads']} | {pair['mode']} | "
+                     f"{pair['litedet_ms']:.2f} | {pair['peer_ms']:.2f} | "
+                     f"{pair['ratio']:.2f}x{'!' if pair['disturbed'] else ''} | {spread} | "
+                     f"{_fmt(pair['flops_ratio'])}{'x' if pair['flops_ratio'] else ''} |")
+    return "\n".join(lines)
 
 
 def _throughput_grid(rows: Sequence[dict[str, Any]]) -> tuple[list[tuple[str, int, int]], list[tuple[str, str]], dict[tuple, dict[str, Any]]]:
@@ -256,8 +314,16 @@ def markdown_report(rows: Sequence[dict[str, Any]], machine: dict[str, Any] | No
     if stages:
         lines += ["## Pre- and post-processing of litedet models (median ms per image)", "",
                   "Measured inside each end-to-end call: pre = letterbox into the engine's input, post = decode + NMS "
-                  "+ boxes back to the image; share = (pre + post) / the network median of the same row.", "",
+                  "+ boxes back to the image; share = (pre + post) / the network median of the same row; end to end "
+                  "- network is the median of the rounds' own (end to end / network - 1), both timed in each round.", "",
                   stages, ""]
+    peers = peer_table(rows)
+    if peers:
+        lines += ["## Side by side with the peers", "",
+                  "How many times longer each peer took than the litedet model measured alike (same engine, threads "
+                  "and input size; batch 1). Each round of the run times both; the ratio is the median of the "
+                  "rounds' ratios, so a machine whose speed changes between stretches of seconds moves both alike. "
+                  "The FLOPs ratio is what the ratio would be if time followed the FLOPs.", "", peers, ""]
     lines += ["## All figures", "", rows_table(rows), ""]
     if notes:
         lines += ["## Notes", ""] + [f"- {note}" for note in notes] + [""]
@@ -300,6 +366,7 @@ def terminal_summary(rows: Sequence[dict[str, Any]], notes: Sequence[str] = (),
             values = [f"{_images_per_s(cells3.get((label, engine, *column))):>{max(9, len(title))}}"
                       for column, title in zip(columns3, titles3)]
             lines.append(f"{label:<{width3}}  {engine:<{engine_width}}  " + "  ".join(values))
+    lines += _terminal_pairs(rows)
     disturbed = sum(1 for r in rows if r.get("disturbed"))
     if disturbed:
         lines.append(f"{disturbed} figure(s) marked ! were measured while other processes used the machine "
@@ -312,6 +379,34 @@ def terminal_summary(rows: Sequence[dict[str, Any]], notes: Sequence[str] = (),
         if report is not None:
             lines.append(f"full tables: {report}" + (f"; plots: {', '.join(plots)}" if plots else ""))
     return "\n".join(lines)
+
+
+def _terminal_pairs(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """Peer time / litedet time (``peer_pairs``) of end to end, or of the network when the run
+    timed no end to end: pairs down, engine and threads across."""
+    pairs = peer_pairs(rows)
+    mode = "end-to-end" if any(p["mode"] == "end-to-end" for p in pairs) else "network"
+    pairs = [p for p in pairs if p["mode"] == mode]
+    if not pairs:
+        return []
+    columns = list(dict.fromkeys((p["engine"], p["threads"]) for p in pairs))
+    names = list(dict.fromkeys((p["peer"], p["litedet"]) for p in pairs))
+    cells = {(p["peer"], p["litedet"], p["engine"], p["threads"]): p for p in pairs}
+    flops = {(p["peer"], p["litedet"]): p["flops_ratio"] for p in pairs}
+    titles = [f"{engine} {threads}thr" for engine, threads in columns]
+    labels = [f"{peer} / {ours}" for peer, ours in names]
+    width = max([len("peer / litedet")] + [len(label) for label in labels])
+    lines = [f"peer time / litedet time, {mode}, batch 1 (median of per-round ratios):",
+             f"{'peer / litedet':<{width}}  {'FLOPs':>6}  " + "  ".join(f"{t:>{max(9, len(t))}}" for t in titles)]
+    for (peer, ours), label in zip(names, labels):
+        ratio = flops[(peer, ours)]
+        values = []
+        for column, title in zip(columns, titles):
+            pair = cells.get((peer, ours, *column))
+            text = "" if pair is None else f"{pair['ratio']:.2f}x{'!' if pair['disturbed'] else ''}"
+            values.append(f"{text:>{max(9, len(title))}}")
+        lines.append(f"{label:<{width}}  {'' if ratio is None else f'{ratio:.2f}x':>6}  " + "  ".join(values))
+    return lines
 
 
 # --------------------------------------------------------------------------- plots

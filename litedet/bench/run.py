@@ -482,6 +482,7 @@ def _row(subject: Subject, mode: str, batch: int, stats: LatencyStats, peak: flo
         "energy_source": stats.energy_source,
         "source": subject.source,
         "notes": "; ".join(subject.notes),
+        "rounds": [[int(number), round(ms, 4)] for number, ms in stats.rounds],
         **_stage_columns(subject, mode),
     }
 
@@ -700,6 +701,12 @@ def _measure_subjects(subjects: Sequence[Subject], batches: Sequence[int], end_t
     for size_batch, candidates, by_key in groups:
         if not candidates:
             continue
+        listed = list(candidates)  # rows keep this order
+        # Configurations the report compares (a model's network and end to end; a litedet model and
+        # the peers at its engine, threads and size) run next to each other in every round, a
+        # second apart: a shared machine whose speed changes between stretches of seconds then
+        # times both sides of each ratio alike (report: round-by-round ratios).
+        candidates = {key: candidates[key] for key in sorted(listed, key=lambda k: _round_position(by_key[k], listed.index(k)))}
         modes = sorted({mode for mode, _ in by_key.values()}, key=lambda m: m != "network")
         bar = _progress_bar(progress, len(candidates) * runs, f"{' + '.join(modes)} b{size_batch}")
         counts: dict[str, int] = {}
@@ -716,10 +723,18 @@ def _measure_subjects(subjects: Sequence[Subject], batches: Sequence[int], end_t
         )
         if bar is not None:
             bar.close()
-        for key, result in stats.items():
+        for key in listed:
             mode, subject = by_key[key]
-            rows.append(_row(subject, mode, size_batch, result, _peak(machine, subject, device)))
+            rows.append(_row(subject, mode, size_batch, stats[key], _peak(machine, subject, device)))
     return rows
+
+
+def _round_position(entry: tuple[str, Subject], index: int) -> tuple:
+    """Where a configuration runs within a round: grouped by engine, threads, copies and input
+    size, then litedet models before peers, each model's network before its end to end."""
+    mode, subject = entry
+    return (subject.engine, subject.threads, subject.streams, subject.imgsz, subject.kind != "litedet",
+            subject.model, subject.variant, mode != "network", index)
 
 
 def _peak(machine: Any, subject: Subject, device: str) -> float | None:
