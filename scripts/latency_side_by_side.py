@@ -8,7 +8,10 @@ An OpenVINO model runs in fp32 (``INFERENCE_PRECISION_HINT=f32``) unless named `
 Each model runs on a grey letterboxed batch of its own static input shape and type (float32, or
 uint8 for a ``--uint8-input`` export; inference only: no
 pre/post-processing); figures are median / p90 ms with the background load measured per model
-(litedet.bench.harness.measure_interleaved). Prints one markdown table and writes JSON to --out.
+(litedet.bench.harness.measure_interleaved). The last column is the first model's time over each
+model's, taken round by round (litedet.bench.harness.paired_ratio: median of the rounds' own
+ratios; a machine whose speed changes between stretches of seconds moves both alike). Prints one
+markdown table and writes JSON to --out.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from litedet.bench.harness import measure_interleaved
+from litedet.bench.harness import measure_interleaved, paired_ratio
 
 
 def open_model(path: Path, threads: int, precision: str = "f32"):
@@ -73,15 +76,20 @@ def main() -> int:
         calls[name], shapes[name] = open_model(Path(path), args.threads, precision or "f32")
         paths[name] = path
     stats = measure_interleaved(calls, warmup=20, min_runs=args.runs, budget_s=args.budget)
+    first = next(iter(stats))
     rows = []
-    print(f"| model | input | median ms | p90 ms | runs | other load % |\n|---|---|---|---|---|---|")
+    print(f"| model | input | median ms | p90 ms | runs | other load % | {first} / model (p10-p90) |\n"
+          "|---|---|---|---|---|---|---|")
     for name, s in stats.items():
         load = "-" if s.other_load is None else f"{s.other_load:.0f}"
         shape = shapes[name]
         hw = shape[1:3] if shape[-1] == 3 and shape[1] != 3 else shape[2:]  # NHWC (uint8 export) or NCHW
-        print(f"| {name} | {'x'.join(map(str, hw))} | {s.median_ms:.2f} | {s.p90_ms:.2f} | {s.n} | {load} |")
+        ratio = paired_ratio(stats[first].rounds, s.rounds)
+        text = "-" if ratio is None else f"{ratio['ratio']:.2f}x ({ratio['low']:.2f}-{ratio['high']:.2f})"
+        print(f"| {name} | {'x'.join(map(str, hw))} | {s.median_ms:.2f} | {s.p90_ms:.2f} | {s.n} | {load} | {text} |")
         rows.append({"name": name, "path": paths[name], "shape": shapes[name], "threads": args.threads,
-                     "median_ms": s.median_ms, "p90_ms": s.p90_ms, "runs": s.n, "other_load": s.other_load})
+                     "median_ms": s.median_ms, "p90_ms": s.p90_ms, "runs": s.n, "other_load": s.other_load,
+                     "ratio_to_first": ratio})
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(rows, indent=2))
