@@ -399,6 +399,22 @@ def test_report_sets_each_litedet_model_beside_the_peers_measured_alike(tmp_path
     assert peer_pairs([_row()]) == [] and "Side by side" not in markdown_report([_row()])
 
 
+def test_a_machine_whose_speed_swings_during_the_run_gets_a_note():
+    from litedet.bench.report import speed_swing_notes, terminal_summary
+
+    steady = [[r, 10.0 + 0.1 * r] for r in range(5)]
+    swinging = [[0, 12.5], [1, 12.7], [2, 22.4], [3, 22.6], [4, 12.6]]
+    rows = [_row(rounds=swinging), _row(engine="openvino", rounds=swinging), _row(engine="ncnn", rounds=steady)]
+    notes = speed_swing_notes(rows)
+    assert len(notes) == 1 and "2 of 3 configurations" in notes[0] and "12.50-22.60 ms" in notes[0]
+    assert "note: the machine's speed changed during the run" in terminal_summary(rows, notes)
+    assert speed_swing_notes([_row(rounds=swinging), _row(engine="openvino", rounds=steady),
+                              _row(engine="ncnn", rounds=steady)]) == []  # one configuration: its own noise
+    assert speed_swing_notes([_row(rounds=swinging, disturbed=True)]) == []  # other processes explain it
+    assert speed_swing_notes([_row(rounds=swinging[:3])]) == []  # too few rounds to say
+    assert speed_swing_notes([_row()]) == []
+
+
 def test_disturbed_outlier_does_not_squash_the_latency_plot(tmp_path):
     import matplotlib
 

@@ -230,6 +230,31 @@ def peer_pairs(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return pairs
 
 
+SWING_NOTE = "the machine's speed changed during the run"
+
+
+def speed_swing_notes(rows: Sequence[dict[str, Any]], swing: float = 1.3) -> list[str]:
+    """A note when the machine's speed changed during the run while other processes left it
+    alone: the quickest and slowest round medians of a configuration (``rounds``, at least 4)
+    more than ``swing`` apart, undisturbed, in at least half of the configurations. Such a
+    machine (a shared VM's cores) mixes fast and slow stretches into every median; the
+    round-by-round ratios hold."""
+    spreads = []
+    for row in rows:
+        medians = [ms for _, ms in row.get("rounds") or [] if ms > 0]
+        if len(medians) >= 4 and not row.get("disturbed"):
+            spreads.append((max(medians) / min(medians), row, min(medians), max(medians)))
+    swung = [entry for entry in spreads if entry[0] > swing]
+    if not spreads or 2 * len(swung) < len(spreads):
+        return []
+    _, row, low, high = max(swung, key=lambda entry: entry[0])
+    return [f"{SWING_NOTE} with other processes idle: in {len(swung)} of "
+            f"{len(spreads)} configurations the slowest round took over {swing:.1f}x the quickest (most: "
+            f"{_label(row)} {row['engine']} {row['threads']} thr {row.get('mode', 'network')}, {low:.2f}-{high:.2f} ms "
+            f"per round); medians mix fast and slow stretches, so compare the round-by-round ratios "
+            f"(side by side with the peers, end to end - network) rather than two medians"]
+
+
 def peer_table(rows: Sequence[dict[str, Any]]) -> str:
     """The ``peer_pairs`` as a Markdown table; '' when the run has no litedet row beside a peer."""
     pairs = peer_pairs(rows)
@@ -371,6 +396,7 @@ def terminal_summary(rows: Sequence[dict[str, Any]], notes: Sequence[str] = (),
     if disturbed:
         lines.append(f"{disturbed} figure(s) marked ! were measured while other processes used the machine "
                      f"(load check); re-run them on a quiet machine before quoting them")
+    lines += [f"note: {note}" for note in notes if note.startswith(SWING_NOTE)]
     if notes:
         lines.append(f"{len(notes)} note(s) in the report (skipped peers, engine caveats)")
     if paths:

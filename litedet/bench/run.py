@@ -582,7 +582,7 @@ def benchmark(
     thread pool is one per process). Streams 1 (in the default) are the single-copy rows.
     """
     from litedet.bench.machine import machine_info, raise_peak_to_observed
-    from litedet.bench.report import write_report
+    from litedet.bench.report import speed_swing_notes, write_report
 
     models = _split_csv(models)
     engines = _split_csv(engines)
@@ -643,6 +643,7 @@ def benchmark(
         for gang in gangs:
             gang.close()
     notes += raise_peak_to_observed(machine, rows, device)
+    notes += speed_swing_notes(rows)
     paths = write_report(rows, out, machine.to_dict(), notes, map_results, command) if out is not None else {}
     return BenchmarkResult(rows, notes, machine.to_dict(), paths)
 
