@@ -703,10 +703,10 @@ def _measure_subjects(subjects: Sequence[Subject], batches: Sequence[int], end_t
         if not candidates:
             continue
         listed = list(candidates)  # rows keep this order
-        # Configurations the report compares (a model's network and end to end; a litedet model and
-        # the peers at its engine, threads and size) run next to each other in every round, a
-        # second apart: a shared machine whose speed changes between stretches of seconds then
-        # times both sides of each ratio alike (report: round-by-round ratios).
+        # Configurations the report compares (a litedet model and the peers at its engine, threads
+        # and size; a model's network and end to end) run close together in every round, within
+        # a second: a shared machine whose speed changes between stretches of seconds then times
+        # both sides of each ratio alike (report: round-by-round ratios).
         candidates = {key: candidates[key] for key in sorted(listed, key=lambda k: _round_position(by_key[k], listed.index(k)))}
         modes = sorted({mode for mode, _ in by_key.values()}, key=lambda m: m != "network")
         bar = _progress_bar(progress, len(candidates) * runs, f"{' + '.join(modes)} b{size_batch}")
@@ -732,10 +732,12 @@ def _measure_subjects(subjects: Sequence[Subject], batches: Sequence[int], end_t
 
 def _round_position(entry: tuple[str, Subject], index: int) -> tuple:
     """Where a configuration runs within a round: grouped by engine, threads, copies and input
-    size, then litedet models before peers, each model's network before its end to end."""
+    size, the network figures before the end-to-end ones, litedet models before peers. Every
+    chunk then follows another model's chunk: a chunk right after the same session's would
+    start warm (measured: its end to end came out faster than its network)."""
     mode, subject = entry
-    return (subject.engine, subject.threads, subject.streams, subject.imgsz, subject.kind != "litedet",
-            subject.model, subject.variant, mode != "network", index)
+    return (subject.engine, subject.threads, subject.streams, subject.imgsz, mode != "network",
+            subject.kind != "litedet", subject.model, subject.variant, index)
 
 
 def _peak(machine: Any, subject: Subject, device: str) -> float | None:
