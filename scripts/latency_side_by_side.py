@@ -43,11 +43,9 @@ def open_model(path: Path, threads: int, precision: str = "f32"):
         return (lambda: request.infer({0: x})), shape
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    from litedet.runtime.onnxruntime_backend import session_options
+
+    session = ort.InferenceSession(str(path), session_options(threads), providers=["CPUExecutionProvider"])
     inp = session.get_inputs()[0]
     shape = [d if isinstance(d, int) else 1 for d in inp.shape]
     uint8 = inp.type == "tensor(uint8)"  # a --uint8-input export

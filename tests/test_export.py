@@ -98,6 +98,33 @@ def test_onnx_static_round_trip_non_square(tiny: Detector, tmp_path: Path) -> No
         backend.run(np.zeros((1, 3, width, height), dtype=np.float32))
 
 
+def test_onnx_runtime_sessions_stop_spinning_between_runs(tiny: Detector, tmp_path: Path, monkeypatch) -> None:
+    """Every ONNX Runtime session litedet opens (its models, the bench's peers and engine files)
+    takes ``session_options``: the thread count, one inter-op thread, and worker threads that
+    stop spinning when a run ends (they held a core the pipeline needed between runs)."""
+    import onnxruntime as ort
+
+    from litedet.bench.peers import open_engine_file
+    from litedet.runtime import onnxruntime_backend
+
+    options = onnxruntime_backend.session_options(2)
+    assert options.intra_op_num_threads == 2 and options.inter_op_num_threads == 1
+    assert options.get_session_config_entry("session.force_spinning_stop") == "1"
+    assert onnxruntime_backend.session_options().intra_op_num_threads == 0  # ONNX Runtime's default
+    seen = []
+    original = ort.InferenceSession
+
+    def recording(path, options=None, *args, **kwargs):
+        seen.append(options.get_session_config_entry("session.force_spinning_stop"))
+        return original(path, options, *args, **kwargs)
+
+    monkeypatch.setattr(ort, "InferenceSession", recording)
+    result = export_model(tiny, "onnx", tmp_path, imgsz=SIZE)
+    open_backend(result.path, threads=2)
+    open_engine_file("onnxruntime", result.path, threads=2)
+    assert seen == ["1", "1"]
+
+
 def test_onnx_dynamic_two_sizes(tiny: Detector, tmp_path: Path) -> None:
     result = export_model(tiny, "onnx", tmp_path, imgsz=SIZE, dynamic=True)
     assert result.config.dynamic and result.path.name == "model_dynamic.onnx"

@@ -255,12 +255,12 @@ def _graph_input(model: Any) -> np.ndarray:
 def _peak_onnxruntime(threads: int, repeats: int, budget_s: float, sizes: Sequence[int]) -> dict[str, float]:
     import onnxruntime as ort
 
+    from litedet.runtime.onnxruntime_backend import session_options
+
     results = {}
     for label, flops, model in _peak_graphs(sizes):
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(model.SerializeToString(), session_options(threads),
+                                       providers=["CPUExecutionProvider"])
         feed = {"x": _graph_input(model)}
         seconds = _best_seconds(lambda: session.run(None, feed), repeats, budget_s)
         results[f"onnxruntime {ort.__version__} {label}"] = flops / seconds / 1e9

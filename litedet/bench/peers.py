@@ -125,11 +125,10 @@ def open_engine_file(engine: str, path: Path, threads: int, input_name: str | No
     if engine == "onnxruntime":
         import onnxruntime as ort
 
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        from litedet.runtime.onnxruntime_backend import session_options
+
+        # the same session settings as litedet's own models (threads stop spinning between runs)
+        session = ort.InferenceSession(str(path), session_options(threads), providers=["CPUExecutionProvider"])
         name = input_name or session.get_inputs()[0].name
         outputs = list(output_names) if output_names else None
 
