@@ -116,8 +116,9 @@ def test_paired_ratio_follows_the_rounds_where_a_ratio_of_medians_drifts():
     assert paired_ratio(b[:2], a) is None  # too few shared rounds
 
 
-def test_re_measured_configurations_get_new_round_numbers(monkeypatch):
-    loads = iter([90.0, 1.0, 1.0])
+def _fake_loads(monkeypatch, values):
+    """Each LoadMonitor the harness makes reports the next of ``values`` as other processes' load."""
+    loads = iter(values)
 
     class FakeMonitor(LoadMonitor):
         def __init__(self):
@@ -129,6 +130,10 @@ def test_re_measured_configurations_get_new_round_numbers(monkeypatch):
             return self.value
 
     monkeypatch.setattr(harness, "LoadMonitor", FakeMonitor)
+
+
+def test_re_measured_configurations_get_new_round_numbers(monkeypatch):
+    _fake_loads(monkeypatch, [90.0, 1.0, 1.0])
     stats = measure_interleaved({"A": lambda: None, "B": lambda: None}, warmup=0, min_runs=4, chunk=2,
                                 load_threshold=50, max_attempts=2)
     assert stats["A"].attempts == 2 and stats["B"].attempts == 1
@@ -152,18 +157,7 @@ def test_interleaving_calls_before_hook_for_each_chunk():
 
 
 def test_disturbed_runs_are_repeated_and_flagged(monkeypatch):
-    loads = iter([90.0, 80.0, 95.0])
-
-    class FakeMonitor(LoadMonitor):
-        def __init__(self):
-            super().__init__()
-            self.value = next(loads)
-
-        @property
-        def other_load(self):
-            return self.value
-
-    monkeypatch.setattr(harness, "LoadMonitor", FakeMonitor)
+    _fake_loads(monkeypatch, [90.0, 80.0, 95.0])
     stats = measure_interleaved({"a": lambda: None}, warmup=0, min_runs=3, load_threshold=50, max_attempts=3)["a"]
     assert stats.disturbed  # still above the threshold after every attempt
     assert stats.attempts == 3
