@@ -15,7 +15,7 @@ import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Iterator, Mapping, Protocol, Sequence
+from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence
 
 import numpy as np
 
@@ -57,7 +57,7 @@ class LatencyStats:
     energy_source: str = "not available"
     rounds: list[tuple[int, float]] = field(default_factory=list)
 
-    def to_dict(self) -> dict[str, float | int | bool | None]:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 

@@ -707,7 +707,8 @@ def _measure_subjects(subjects: Sequence[Subject], batches: Sequence[int], end_t
         # and size; a model's network and end to end) run close together in every round, within
         # a second: a shared machine whose speed changes between stretches of seconds then times
         # both sides of each ratio alike (report: round-by-round ratios).
-        candidates = {key: candidates[key] for key in sorted(listed, key=lambda k: _round_position(by_key[k], listed.index(k)))}
+        order = sorted(range(len(listed)), key=lambda i: _round_position(by_key[listed[i]], i))
+        candidates = {listed[i]: candidates[listed[i]] for i in order}
         modes = sorted({mode for mode, _ in by_key.values()}, key=lambda m: m != "network")
         bar = _progress_bar(progress, len(candidates) * runs, f"{' + '.join(modes)} b{size_batch}")
         counts: dict[str, int] = {}
