@@ -2,7 +2,7 @@
 
 With the shared folder present (``LITEDET_SHARED``, default ``../shared`` beside the repo): import
 the published YOLOv5-Lite-s ncnn weights into ``runs/demo/v5lite-s.safetensors`` (once), export
-them to ONNX (the deployment path; ``--engine torch`` skips this), detect on
+them to ONNX with ``--uint8-input`` (the deployment path; ``--engine torch`` skips this), detect on
 ``data/video/pets2009_vtest_480x360.mp4`` with ONNX Runtime and write the annotated video (Motion-JPEG ``.avi``), ``detections.jsonl``,
 ``summary.json`` and ``summary.txt`` (per-stage median ms and FPS) into ``runs/demo/``. Without it,
 say what to pass instead and exit 0.
@@ -56,9 +56,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.engine == "onnxruntime":
         from litedet.export.api import export_model
 
-        onnx_path = out / "v5lite-s.onnx"
+        # --uint8-input: the engine takes the letterboxed uint8 image (litedet's runtime path)
+        onnx_path = out / "v5lite-s_uint8.onnx"
         if not (onnx_path.is_file() and onnx_path.stat().st_mtime >= weights.stat().st_mtime):
-            result = export_model(weights, "onnx", out, model_name="v5lite-s", stem="v5lite-s")
+            result = export_model(weights, "onnx", out, model_name="v5lite-s", stem="v5lite-s_uint8", uint8_input=True)
             print(f"exported {result.summary()}")
         weights = onnx_path
     print(f"detecting on {video} with {args.engine} ...")
