@@ -14,7 +14,7 @@ from torch import nn
 from conftest import random_bn_detector, require_shared, structured_images
 from litedet.export.fold import RestoreChannelOrder, fold_channel_shuffles
 from litedet.layers import ShuffleV2Block, fuse_model
-from litedet.layers.shuffle import FoldedShuffleUnit, fold_shuffle_stage
+from litedet.layers.shuffle import FoldedShuffleStage, fold_shuffle_stage
 
 SIZE = 64
 DETECTORS = ["v5lite-e", "v5lite-s", "yolo-shufflenetv2_x0_5"]
@@ -58,10 +58,18 @@ def test_fold_equals_torch_and_removes_every_shuffle(name: str) -> None:
         # folding only reorders weights (and so the float summation order)
         torch.testing.assert_close(got, want_fused, rtol=1e-4, atol=1e-4)
         torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-3)  # BatchNorm fusion rounds too
-    # every stride-1 unit reads its branch input as one contiguous piece of its input
-    units = [m for m in folded.modules() if isinstance(m, FoldedShuffleUnit) and m.stride == 1]
-    assert units and all(sum(u.split_sizes) == u.in_channels for u in units)
-    assert all(u.split_sizes[u.branch_piece] == u.in_channels // 2 for u in units)
+    # each stage reads every piece once: a stride-1 unit reads half its stage's width, and a
+    # stride-2 one the whole input
+    stages = [m for m in folded.modules() if isinstance(m, FoldedShuffleStage)]
+    assert len(stages) == 3
+    for stage in stages:
+        sizes = list(stage.input_sizes) + [s for unit in stage.makes for branch in unit for s in branch]
+        read = sorted(i for r in stage.reads for i in r) + sorted(stage.output)
+        assert sorted(read) == list(range(len(sizes)))
+        for stride, reads in zip(stage.strides, stage.reads):
+            width = sum(sizes[i] for i in reads)
+            assert width == (stage.in_channels if stride == 2 else stage.out_channels // 2)
+        assert sum(sizes[i] for i in stage.output) == stage.out_channels
 
 
 @pytest.mark.parametrize("name", ["shufflenetv2_x0_5", "shufflenetv2_se_x1_0"])
@@ -98,7 +106,7 @@ def test_fold_megvii_routing_and_random_input_order() -> None:
     reference = _outputs(units, x)[0]
     order = torch.randperm(24).tolist()  # the stage input arrives permuted
     folded, out_order = fold_shuffle_stage(list(copy.deepcopy(units)), order)
-    got = nn.Sequential(*folded)(x[:, order])
+    got = folded(x[:, order])
     inverse = torch.empty(48, dtype=torch.long)
     inverse[torch.as_tensor(out_order)] = torch.arange(48)
     torch.testing.assert_close(got[:, inverse], reference, rtol=0, atol=1e-5)

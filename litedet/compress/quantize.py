@@ -404,8 +404,8 @@ def rewrite_for_int8(model: Any, depthwise_align: int = 16, channel_align: int =
 # ranges against 0.3313 without; 2 threads, kernel time of its concats 1.13 -> 0.80 ms; with all
 # three 6.94 -> 6.02 ms):
 #
-# - A ShuffleNetV2 stage keeps its feature map as pieces that every unit splits and concatenates
-#   again. QLinearConcat requantizes each input through a lookup table unless the input has the
+# - A folded ShuffleNetV2 stage keeps its channels as pieces that its units split off and
+#   concatenate. QLinearConcat requantizes each input through a lookup table unless the input has the
 #   output's scale and zero point, when it copies. ``concat_groups`` finds the tensors that flow
 #   through one stage's splits and concats; they are given one range (the union of their
 #   calibrated ranges), so every concat in the stage copies.

@@ -1,8 +1,8 @@
 """Export-time graph rewrites on the torch model: fold ShuffleNetV2 channel shuffles into weights.
 
-``fold_channel_shuffles`` replaces every ShuffleNetV2 unit of a detector's (or classifier's)
-backbone with a ``litedet.layers.shuffle.FoldedShuffleUnit`` (``fold_shuffle_stage`` explains
-how), so the exported ONNX / OpenVINO / ncnn graphs carry no Reshape-Transpose-Reshape shuffle.
+``fold_channel_shuffles`` replaces the ShuffleNetV2 units of each stage of a detector's (or
+classifier's) backbone with one ``litedet.layers.shuffle.FoldedShuffleStage``
+(``fold_shuffle_stage`` explains how), so the exported ONNX / OpenVINO / ncnn graphs carry no Reshape-Transpose-Reshape shuffle.
 The channel order a stage ends in is absorbed by whatever reads the map: the next stage, conv5,
 or the YOLO PAN's 1x1 convs. Only weights are reordered, so the outputs equal the model's.
 """
@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from litedet.layers.attention import SqueezeExcite
-from litedet.layers.shuffle import FoldedShuffleUnit, ShuffleV2Block, fold_shuffle_stage, permute_input_channels
+from litedet.layers.shuffle import FoldedShuffleStage, ShuffleV2Block, fold_shuffle_stage, permute_input_channels
 
 
 class RestoreChannelOrder(nn.Module):
@@ -124,13 +124,13 @@ def fold_channel_shuffles(model: nn.Module) -> int:
     order: list[int] | None = None  # storage order of the map entering the next stage
     for stage_index, stage in enumerate(backbone.stages):
         units = list(stage) if isinstance(stage, nn.Sequential) else []
-        if units and all(isinstance(u, FoldedShuffleUnit) for u in units):
+        if any(isinstance(u, FoldedShuffleStage) for u in units):
             raise ValueError("the model's channel shuffles are already folded")
         if units and all(isinstance(u, ShuffleV2Block) for u in units):
             removed += sum(u.channel_order == "torchvision" for u in units)
             folded, order = fold_shuffle_stage(units, order)
-            for index, unit in enumerate(folded):
-                stage[index] = unit
+            del stage[1:]
+            stage[0] = folded
         elif order is not None:
             permute_input_channels(stage, order)  # conv5 (a ConvBnAct) reads the stage4 map
             order = None

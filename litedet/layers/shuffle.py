@@ -101,44 +101,58 @@ class ShuffleV2Block(nn.Module):
 # --- Folding the channel shuffles away (export) ------------------------------------------------
 #
 # A shuffle only decides *where* each channel sits; the convolutions around it do not care, as
-# long as their weights follow the channels. So an exported stage need not move any channel: we
-# pick a storage order for every feature map, permute the rows of the conv that produces each
-# channel and the columns of the conv that consumes it, and let every stride-1 unit take its
-# branch input as one contiguous piece of its input. In a ShuffleNetV2 stage each channel is born
-# in one unit (a branch output) and consumed by one later unit's branch (or leaves the stage), so
-# ordering the pass-through channels by descending consumer and the new ones by ascending consumer
-# puts the channels the next unit consumes side by side, at the seam of the concat. The
-# Reshape-Transpose-Reshape of ``channel_shuffle`` disappears; what is left per unit is the split
-# and concat every ShuffleNetV2 unit has anyway (the split now into a few more, still contiguous,
-# pieces). Exact: only weights are reordered, no arithmetic changes.
+# long as their weights follow the channels. In a ShuffleNetV2 stage each channel is born in one
+# unit (a branch output) and consumed by one later unit's branch (or leaves the stage), so an
+# exported stage need not keep its map whole at all. It keeps *pieces*: the channels one branch
+# makes for one later reader. A branch's last conv writes its channels grouped by reader (its
+# rows permuted), one split cuts them into pieces, and a unit's branch input is the concat of the
+# pieces it reads (its first conv's columns permuted to match). The Reshape-Transpose-Reshape of
+# ``channel_shuffle`` disappears, and each stride-1 unit moves only its own half of the map (the
+# split of what it makes, the concat of what it reads) where splitting and concatenating the
+# whole map at every unit moves all of it; the stage's map is concatenated once, at its end.
+# Exact: only weights are reordered, no arithmetic changes.
 
 
-class FoldedShuffleUnit(nn.Module):
-    """A ``ShuffleV2Block`` whose shuffle was folded into its neighbours' weights (export only).
+def _cat(pieces: Sequence[torch.Tensor]) -> torch.Tensor:
+    return pieces[0] if len(pieces) == 1 else torch.cat(list(pieces), dim=1)
 
-    stride 2: ``cat(branch1(x), branch2(x))``. stride 1: ``x`` is split into contiguous pieces of
-    ``split_sizes`` channels; piece ``branch_piece`` goes through ``branch2``; the output is the
-    other pieces in ``concat_order`` followed by the branch output. Built by ``fold_shuffle_stage``.
+
+def _split(x: torch.Tensor, sizes: Sequence[int]) -> list[torch.Tensor]:
+    return [x] if len(sizes) == 1 else list(torch.split(x, list(sizes), dim=1))
+
+
+class FoldedShuffleStage(nn.Module):
+    """The units of one ShuffleNetV2 stage with their shuffles folded into the weights (export only).
+
+    The stage works on numbered pieces of channels. Pieces ``0..k-1`` are the stage input split
+    into ``input_sizes``; unit ``u`` concatenates pieces ``reads[u]`` into its branch input, and
+    each of its branches (``branch1`` then ``branch2`` for a stride-2 unit, ``branch2`` alone for a
+    stride-1 one) appends its output split into ``makes[u][b]`` as the next pieces. The stage
+    returns pieces ``output`` concatenated. Built by ``fold_shuffle_stage``.
     """
 
-    def __init__(self, block: ShuffleV2Block, split_sizes: Sequence[int] = (), branch_piece: int = 0,
-                 concat_order: Sequence[int] = ()) -> None:
+    def __init__(self, blocks: Sequence[ShuffleV2Block], input_sizes: Sequence[int], reads: Sequence[Sequence[int]],
+                 makes: Sequence[Sequence[Sequence[int]]], output: Sequence[int]) -> None:
         super().__init__()
-        self.stride = block.stride
-        self.in_channels = block.in_channels
-        self.out_channels = block.out_channels
-        self.branch1 = block.branch1
-        self.branch2 = block.branch2
-        self.split_sizes = [int(v) for v in split_sizes]
-        self.branch_piece = int(branch_piece)
-        self.concat_order = [int(v) for v in concat_order]
+        if not (len(blocks) == len(reads) == len(makes)):
+            raise ValueError("one reads and one makes entry per unit")
+        self.units = nn.ModuleList(
+            nn.ModuleList([b.branch1, b.branch2] if b.stride == 2 else [b.branch2]) for b in blocks)
+        self.strides = [int(b.stride) for b in blocks]
+        self.in_channels = int(blocks[0].in_channels)
+        self.out_channels = int(blocks[-1].out_channels)
+        self.input_sizes = [int(v) for v in input_sizes]
+        self.reads = [[int(i) for i in r] for r in reads]
+        self.makes = [[[int(v) for v in sizes] for sizes in m] for m in makes]
+        self.output = [int(i) for i in output]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.stride == 2:
-            return torch.cat((self.branch1(x), self.branch2(x)), dim=1)
-        pieces = torch.split(x, self.split_sizes, dim=1)
-        kept = [pieces[i] for i in self.concat_order]
-        return torch.cat((*kept, self.branch2(pieces[self.branch_piece])), dim=1)
+        pieces = _split(x, self.input_sizes)
+        for branches, reads, makes in zip(self.units, self.reads, self.makes):
+            inputs = _cat([pieces[i] for i in reads])
+            for branch, sizes in zip(branches, makes):
+                pieces.extend(_split(branch(inputs), sizes))
+        return _cat([pieces[i] for i in self.output])
 
 
 def _index(order: Sequence[int]) -> torch.Tensor:
@@ -203,17 +217,6 @@ def permute_output_channels(branch: nn.Sequential, order: Sequence[int]) -> None
             raise ValueError(f"cannot permute the channels of {type(layer).__name__} after the last conv of a branch")
 
 
-def _runs(positions: Sequence[int]) -> list[tuple[int, int]]:
-    """Maximal runs of consecutive positions: [4, 5, 6, 0, 1] -> [(4, 7), (0, 2)]."""
-    runs: list[tuple[int, int]] = []
-    for p in positions:
-        if runs and runs[-1][1] == p:
-            runs[-1] = (runs[-1][0], p + 1)
-        else:
-            runs.append((p, p + 1))
-    return runs
-
-
 def _true_routing(block: ShuffleV2Block, inputs: list[int], next_id: int) -> tuple[list[int], list[list[int]], list[int]]:
     """What a unit does to channel ids in true order: (ids its branches consume, the new ids each
     branch makes, output ids in true order)."""
@@ -237,20 +240,31 @@ def _true_routing(block: ShuffleV2Block, inputs: list[int], next_id: int) -> tup
     return consumed, [new], outputs
 
 
-def fold_shuffle_stage(units: Sequence[ShuffleV2Block], input_order: Sequence[int] | None = None) -> tuple[list[FoldedShuffleUnit], list[int]]:
+def _run_lengths(keys: Sequence[int]) -> list[int]:
+    """Lengths of the runs of equal consecutive keys: [3, 3, 1, 1, 1, 3] -> [2, 3, 1]."""
+    lengths: list[int] = []
+    for i, key in enumerate(keys):
+        if i and keys[i - 1] == key:
+            lengths[-1] += 1
+        else:
+            lengths.append(1)
+    return lengths
+
+
+def fold_shuffle_stage(units: Sequence[ShuffleV2Block], input_order: Sequence[int] | None = None) -> tuple[FoldedShuffleStage, list[int]]:
     """Fold the channel shuffles of consecutive ShuffleNetV2 units (one stage) into their weights.
 
     ``input_order[p]`` is the true input channel stored at position ``p`` (None: true order).
-    Returns the folded units (they share, and permute in place, the blocks' branches) and the
-    stage's output order: output position ``p`` holds the true output channel ``order[p]``; the
-    consumer of the stage output absorbs it (``permute_input_channels``).
+    Returns the folded stage (it shares, and permutes in place, the blocks' branches) and its
+    output order: output position ``p`` holds the true output channel ``order[p]``; the consumer
+    of the stage output absorbs it (``permute_input_channels``).
     """
     blocks = list(units)
     if not blocks:
-        return [], list(input_order or [])
+        raise ValueError("a stage needs at least one unit")
     channels = blocks[0].in_channels
     # Pass 1: route channel ids through the true graph to learn who consumes each channel.
-    true_inputs, routing = list(range(channels)), []
+    routing = []
     next_id, ids = channels, list(range(channels))
     consumer: dict[int, int] = {}
     for u, block in enumerate(blocks):
@@ -259,45 +273,42 @@ def fold_shuffle_stage(units: Sequence[ShuffleV2Block], input_order: Sequence[in
         routing.append((ids, consumed, made, outputs))
         consumer.update({c: u for c in consumed})
         ids = outputs
-    consumer.update({c: len(blocks) for c in ids})  # leaves the stage
-    # Pass 2: choose storage orders and permute weights accordingly.
-    storage = [true_inputs[p] for p in (input_order if input_order is not None else range(channels))]
-    folded = []
-    for u, (block, (inputs, consumed, made, outputs)) in enumerate(zip(blocks, routing)):
-        if block.stride == 2:
-            # Both branches read every input channel: permute their first layers' inputs.
-            column = {c: i for i, c in enumerate(inputs)}
-            order = [column[c] for c in storage]
-            permute_input_channels(block.branch1, order)
-            permute_input_channels(block.branch2, order)
-            first = sorted(made[0], key=lambda c: -consumer[c])  # soonest consumed last ...
-            second = sorted(made[1], key=lambda c: consumer[c])  # ... and first: side by side
-            for branch, ids_made, arranged in ((block.branch1, made[0], first), (block.branch2, made[1], second)):
-                row = {c: i for i, c in enumerate(ids_made)}
-                permute_output_channels(branch, [row[c] for c in arranged])
-            folded.append(FoldedShuffleUnit(block))
-            storage = first + second
-            continue
-        taken = [p for p, c in enumerate(storage) if consumer[c] == u]
-        if not taken or taken[-1] - taken[0] + 1 != len(taken):
-            raise RuntimeError(f"unit {u}: the consumed channels are not contiguous (a bug in the fold)")
-        column = {c: i for i, c in enumerate(consumed)}
-        permute_input_channels(block.branch2, [column[storage[p]] for p in taken])
-        kept = [c for c in storage if consumer[c] != u]
-        kept.sort(key=lambda c: consumer[c] == u + 1)  # the next unit's channels last; stable: few pieces
-        new = sorted(made[0], key=lambda c: consumer[c])
-        row = {c: i for i, c in enumerate(made[0])}
-        permute_output_channels(block.branch2, [row[c] for c in new])
-        position = {c: p for p, c in enumerate(storage)}
-        kept_runs = _runs([position[c] for c in kept])
-        pieces = sorted(kept_runs + [(taken[0], taken[-1] + 1)])
-        piece_index = {run: i for i, run in enumerate(pieces)}
-        folded.append(FoldedShuffleUnit(
-            block,
-            split_sizes=[end - start for start, end in pieces],
-            branch_piece=piece_index[(taken[0], taken[-1] + 1)],
-            concat_order=[piece_index[run] for run in kept_runs],
-        ))
-        storage = kept + new
+    leaving = len(blocks)
+    consumer.update({c: leaving for c in ids})
+    # Pass 2: cut every producer's channels into pieces by reader and permute weights to match.
+    stored = list(input_order) if input_order is not None else list(range(channels))
+    input_sizes = _run_lengths([consumer[c] for c in stored])
+    pieces: list[list[int]] = []
+    for size in input_sizes:
+        pieces.append(stored[:size])
+        stored = stored[size:]
+    live = list(range(len(pieces)))
+    reads, makes = [], []
+    for u, (block, (inputs, consumed, made, _)) in enumerate(zip(blocks, routing)):
+        taken = [i for i in live if consumer[pieces[i][0]] == u]
+        live = [i for i in live if i not in taken]
+        storage = [c for i in taken for c in pieces[i]]
+        if sorted(storage) != sorted(consumed):
+            raise RuntimeError(f"unit {u}: its pieces do not hold the channels it reads (a bug in the fold)")
+        column = {c: i for i, c in enumerate(inputs if block.stride == 2 else consumed)}
+        order = [column[c] for c in storage]
+        branches = [block.branch1, block.branch2] if block.stride == 2 else [block.branch2]
+        unit_makes = []
+        for branch, ids_made in zip(branches, made):
+            permute_input_channels(branch, order)
+            arranged = sorted(ids_made, key=lambda c: consumer[c])  # stable: grouped by reader
+            row = {c: i for i, c in enumerate(ids_made)}
+            permute_output_channels(branch, [row[c] for c in arranged])
+            sizes = _run_lengths([consumer[c] for c in arranged])
+            unit_makes.append(sizes)
+            for size in sizes:
+                live.append(len(pieces))
+                pieces.append(arranged[:size])
+                arranged = arranged[size:]
+        reads.append(taken)
+        makes.append(unit_makes)
+    if any(consumer[pieces[i][0]] != leaving for i in live):
+        raise RuntimeError("pieces left unread inside the stage (a bug in the fold)")
     final = {c: i for i, c in enumerate(routing[-1][3])}
-    return folded, [final[c] for c in storage]
+    order_out = [final[c] for i in live for c in pieces[i]]
+    return FoldedShuffleStage(blocks, input_sizes, reads, makes, live), order_out
