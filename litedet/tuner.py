@@ -547,29 +547,67 @@ class Choice:
     miss_ms: float | None = None  # when nothing meets the budget: how far the fastest is over it
 
 
+def within_budget(row: dict[str, Any], budget_ms: float) -> bool:
+    """Whether ``row`` meets the budget. Against a budget peer timed in the same run
+    (``row["vs_budget_peer"]``, set by ``pair_with_budget_peer``) the verdict is round by round:
+    the peer's time over the row's, median of the rounds' own ratios, at least 1. Otherwise the
+    row's median is compared with ``budget_ms``."""
+    paired = row.get("vs_budget_peer")
+    if paired is not None:
+        return paired["ratio"] >= 1.0
+    return row["median_ms"] <= budget_ms
+
+
+def _paired_words(row: dict[str, Any]) -> str:
+    paired = row.get("vs_budget_peer")
+    if paired is None:
+        return ""
+    return (f"; round by round the budget peer takes {paired['ratio']:.2f}x its time "
+            f"(p10-p90 {paired['low']:.2f}-{paired['high']:.2f})")
+
+
 def choose(rows: Sequence[dict[str, Any]], budget_ms: float) -> Choice:
-    """The most accurate scored litedet row whose median end-to-end latency is within the budget
-    (ties: the faster); if none is, by how much the fastest litedet row misses the budget."""
+    """The most accurate scored litedet row within the budget (``within_budget``; ties: the
+    faster); if none is, by how much the fastest litedet row misses the budget."""
     mine = [r for r in rows if r["kind"] == "litedet" and r.get("median_ms") is not None]
     if not mine:
         raise ValueError("no litedet configuration was measured; see the notes")
-    within = [r for r in mine if r["median_ms"] <= budget_ms and r.get("map50_95") is not None]
+    within = [r for r in mine if within_budget(r, budget_ms) and r.get("map50_95") is not None]
     if within:
         best = max(within, key=lambda r: (r["map50_95"], -r["median_ms"]))
         return Choice(best, budget_ms, f"{best['key']}: mAP50-95 {best['map50_95']:.3f} at {best['median_ms']:.2f} ms "
-                                        f"(budget {budget_ms:.2f} ms)")
+                                        f"(budget {budget_ms:.2f} ms{_paired_words(best)})")
     fastest = min(mine, key=lambda r: r["median_ms"])
     miss = fastest["median_ms"] - budget_ms
     return Choice(None, budget_ms, f"nothing meets the budget of {budget_ms:.2f} ms: the fastest configuration, "
                                    f"{fastest['key']}, takes {fastest['median_ms']:.2f} ms, {miss:.2f} ms "
-                                   f"({miss / budget_ms:.0%}) over", miss)
+                                   f"({miss / budget_ms:.0%}) over{_paired_words(fastest)}", miss)
+
+
+def pair_with_budget_peer(rows: Iterable[dict[str, Any]], reference: dict[str, Any]) -> int:
+    """Set ``row["vs_budget_peer"]`` (``litedet.bench.harness.paired_ratio``: the ``reference``
+    peer's time over the row's, round by round) on every litedet row timed in the same
+    interleaved run as ``reference``; returns how many rows were paired. On a machine whose speed
+    swings between stretches of seconds the two medians each mix fast and slow stretches, while
+    each round's ratio compares the two under the same conditions."""
+    from litedet.bench.harness import paired_ratio
+
+    paired = 0
+    for row in rows:
+        row["vs_budget_peer"] = None
+        if (row["kind"] != "litedet" or not row.get("rounds") or not reference.get("rounds")
+                or row.get("measured_at") is None or row.get("measured_at") != reference.get("measured_at")):
+            continue
+        row["vs_budget_peer"] = paired_ratio(reference["rounds"], row["rounds"])
+        paired += row["vs_budget_peer"] is not None
+    return paired
 
 
 def plan_accuracy(rows: Sequence[dict[str, Any]], budget_ms: float, whole_front: bool,
                   score: Callable[[dict[str, Any]], float | None],
                   on_visit: Callable[[dict[str, Any]], None] | None = None) -> None:
-    """Score, in order of latency, only rows that can still be on the front (and under the budget
-    unless ``whole_front``); ``score(row)`` measures (or reads from the cache) and returns mAP50-95.
+    """Score, in order of latency, only rows that can still be on the front (and within the budget,
+    ``within_budget``, unless ``whole_front``); ``score(row)`` measures (or reads from the cache) and returns mAP50-95.
     Sets ``row["accuracy"]`` to why a row was or was not scored; ``on_visit(row)`` follows each
     decision (progress bars)."""
     best = -math.inf
@@ -578,7 +616,7 @@ def plan_accuracy(rows: Sequence[dict[str, Any]], budget_ms: float, whole_front:
     def decide(row: dict[str, Any]) -> None:
         nonlocal best
         network = (row["weights_tag"], row["imgsz"])
-        if not whole_front and row["median_ms"] > budget_ms:
+        if not whole_front and not within_budget(row, budget_ms):
             row["accuracy"] = "not scored: over the budget"
             return
         if row["precision"] == "fp32" and network in fp32_score:
@@ -630,8 +668,8 @@ def _row(c: TuneCandidate) -> dict[str, Any]:
     return {"key": c.key, "kind": c.kind, "model": c.label or c.name, "imgsz": c.imgsz, "engine": c.engine,
             "precision": c.precision, "threads": c.threads, "weights": c.weights, "weights_tag": c.weights_tag,
             "peer": c.peer, "median_ms": None, "p90_ms": None, "n": None, "other_load": None, "disturbed": None,
-            "measured_at": None, "map50_95": None, "map50": None, "accuracy": "not scored", "on_front": False,
-            "within_budget": None}
+            "measured_at": None, "rounds": None, "map50_95": None, "map50": None, "accuracy": "not scored",
+            "on_front": False, "within_budget": None, "vs_budget_peer": None}
 
 
 def tune(
@@ -735,7 +773,8 @@ def tune(
     counts["latency_cached"] = len(candidates) - len(to_time)
     for c in candidates:
         stats = cache.entries["latency"][TuneCache.latency_key(c, machine)]
-        rows[c.key].update({k: stats.get(k) for k in ("median_ms", "p90_ms", "n", "other_load", "disturbed", "measured_at")})
+        rows[c.key].update({k: stats.get(k) for k in ("median_ms", "p90_ms", "n", "other_load", "disturbed", "measured_at",
+                                                      "rounds")})
     runs_seen = sorted({r["measured_at"] for r in rows.values()})
     if len(runs_seen) > 1:
         notes.append(f"latencies come from {len(runs_seen)} runs ({', '.join(runs_seen)}): figures from different runs "
@@ -744,8 +783,13 @@ def tune(
     # 2. budget
     if budget_peer is not None:
         peer_rows = [r for r in rows.values() if r["kind"] == "peer" and r["model"] == budget_peer]
-        budget = min(r["median_ms"] for r in peer_rows)
+        reference = min(peer_rows, key=lambda r: r["median_ms"])
+        budget = reference["median_ms"]
         budget_source = f"{budget_peer}'s end-to-end latency measured in this run"
+        paired = pair_with_budget_peer(rows.values(), reference)
+        if paired:
+            budget_source += (f"; {paired} configuration(s) timed beside it are judged round by round (its time over "
+                              f"theirs, median of the rounds' ratios, at least 1)")
     else:
         budget = float(budget_ms) if budget_ms is not None else 1000.0 / float(min_fps)
         budget_source = f"{budget_ms} ms" if budget_ms is not None else f"{min_fps} FPS"
@@ -778,7 +822,7 @@ def tune(
         bar.close()
     seconds["accuracy"] = time.perf_counter() - phase
     for row in rows.values():
-        row["within_budget"] = row["median_ms"] <= budget
+        row["within_budget"] = within_budget(row, budget)
     front = pareto_front(r for r in rows.values() if r["kind"] == "litedet")
     for row in front:
         row["on_front"] = True
@@ -916,12 +960,17 @@ def markdown_report(result: TuneResult, command: str | None = None) -> str:
     lines += ["## Pareto front (latency vs mAP50-95)", "", header, rule, *[line(r) for r in result.front]]
     lines += ["", "## Peers (reference points, own pre/post-processing)", "", header, rule,
               *[line(r) for r in result.rows if r["kind"] == "peer"]]
-    lines += ["", "## Every candidate", "", "| configuration | median ms | p90 ms | mAP50-95 | within budget | accuracy |",
-              "|---|---|---|---|---|---|"]
+    paired = any(r.get("vs_budget_peer") for r in result.rows)
+    lines += ["", "## Every candidate", "",
+              "| configuration | median ms | p90 ms | mAP50-95 | within budget | accuracy |"
+              + (" budget peer's time / this, round by round (p10-p90) |" if paired else ""),
+              "|---|---|---|---|---|---|" + ("---|" if paired else "")]
     for r in result.rows:
         if r["kind"] == "litedet":
+            ratio = r.get("vs_budget_peer")
+            extra = (f" {ratio['ratio']:.2f}x ({ratio['low']:.2f}-{ratio['high']:.2f}) |" if ratio else " — |") if paired else ""
             lines.append(f"| {r['key']} | {_fmt(r['median_ms'])} | {_fmt(r['p90_ms'])} | {_fmt(r['map50_95'], '.3f')} | "
-                         f"{'yes' if r['within_budget'] else 'no'} | {r['accuracy']} |")
+                         f"{'yes' if r['within_budget'] else 'no'} | {r['accuracy']} |{extra}")
     loads = [r["other_load"] for r in result.rows if r["other_load"] is not None]
     lines += ["", "## How it was measured", "",
               "End-to-end latency as `litedet bench --end-to-end` measures it (letterbox + inference + decode + NMS, "
@@ -1000,4 +1049,4 @@ def write_report(result: TuneResult, out: Path, command: str | None = None) -> d
 
 
 __all__ = ["Choice", "DeviceMeasurer", "TuneCandidate", "TuneResult", "choose", "enumerate_candidates",
-           "pareto_front", "parse_sizes", "plan_accuracy", "tune"]
+           "pair_with_budget_peer", "pareto_front", "parse_sizes", "plan_accuracy", "tune", "within_budget"]

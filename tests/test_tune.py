@@ -15,6 +15,7 @@ from litedet.tuner import (
     TuneCandidate,
     choose,
     enumerate_candidates,
+    pair_with_budget_peer,
     pareto_front,
     parse_sizes,
     plan_accuracy,
@@ -151,6 +152,34 @@ def test_accuracy_only_where_it_can_matter():
         r["map50_95"] = truth.get(r["key"]) if r["accuracy"] == "scored" else None
     plan_accuracy(rows, 10.0, whole_front=True, score=score)
     assert "s-big" in scored
+
+
+def test_a_budget_peer_timed_in_the_same_run_is_compared_round_by_round():
+    # a machine whose speed flips between stretches: the peer happened to land in more fast
+    # rounds, so its median (10.0) is below the candidate's (11.0) though the candidate is
+    # quicker in every single round
+    fast, slow = [(r, 6.0) for r in range(0, 6)], [(r, 12.0) for r in range(6, 12)]
+    peer = {**_r("peer", 10.0, 0.30, kind="peer"), "measured_at": "t1",
+            "rounds": [(r, ms / 0.9) for r, ms in fast + slow]}
+    quick = {**_r("quick", 11.0, 0.28, tag="q"), "measured_at": "t1", "rounds": fast + slow}
+    slower = {**_r("slower", 9.5, 0.29, tag="s"), "measured_at": "t1", "rounds": [(r, ms * 1.2) for r, ms in fast + slow]}
+    cached = {**_r("cached", 9.0, 0.27, tag="c"), "measured_at": "t0", "rounds": fast}  # another run: medians
+    rows = [peer, quick, slower, cached]
+    assert pair_with_budget_peer(rows, peer) == 2
+    assert quick["vs_budget_peer"]["ratio"] == pytest.approx(1 / 0.9)
+    assert slower["vs_budget_peer"]["ratio"] == pytest.approx(1 / 0.9 / 1.2)
+    assert cached["vs_budget_peer"] is None and peer["vs_budget_peer"] is None
+    choice = choose(rows, peer["median_ms"])
+    # by medians "slower" (9.5 ms) would win on accuracy; round by round it is over the budget
+    assert choice.row is quick
+    assert "round by round the budget peer takes 1.11x its time" in choice.message
+    scored = []
+    plan_accuracy(rows, peer["median_ms"], whole_front=False, score=lambda row: scored.append(row["key"]) or 0.1)
+    assert slower["accuracy"] == "not scored: over the budget"
+    assert sorted(scored) == ["cached", "quick"]
+    # too few shared rounds: no pairing
+    lone = {**_r("lone", 8.0, 0.2), "measured_at": "t1", "rounds": [(40, 8.0), (41, 8.0)]}
+    assert pair_with_budget_peer([lone], peer) == 0 and lone["vs_budget_peer"] is None
 
 
 # ------------------------------------------------------------------------------ caching
