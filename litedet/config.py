@@ -208,6 +208,16 @@ class ModelConfig:
             raise ValueError(f"extra must be a mapping, got {_show(self.extra)}")
         self.version = _integer(self.version, "version", 1)
 
+    @property
+    def size_multiple(self) -> int:
+        """What each input side must be a multiple of. A YOLO neck upsamples and concatenates its
+        levels, so every level must divide exactly: the largest stride. SSDLite's extra blocks pad
+        their stride-2 convs (320 -> 20, 10, 5, 3, 2, 1 cells: its strides up to 512 are nominal)
+        and its priors follow the map sizes, so any size runs."""
+        if self.head == "yolo" and self.strides:
+            return max(self.strides)
+        return 1
+
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["input_size"] = list(self.input_size)

@@ -223,7 +223,7 @@ def enumerate_candidates(
     for path, config in configs.items():
         if config is None:
             raise FileNotFoundError(f"{path}: no model config beside it; import or train it with litedet")
-        stride = max(config.strides) if config.strides else 1
+        stride = config.size_multiple
         off = [s for s in sizes if s % stride]
         if off:
             notes.append(f"{path.name}: sizes {off} skipped (not multiples of its stride {stride})")

@@ -307,6 +307,30 @@ def test_ssdlite_exports_at_its_own_size_and_its_uint8_export_decodes_like_the_f
     np.testing.assert_array_equal(fast.predict(image)[0].boxes, own.boxes)  # predict passes (H, W)
 
 
+def test_input_sizes_ssd_takes_any_and_yolo_its_largest_stride(tiny: Detector, tmp_path: Path) -> None:
+    """One rule (``ModelConfig.size_multiple``) for export, the engines' --imgsz and tune: a YOLO
+    neck needs every level to divide, SSD's nominal strides (up to 512) do not constrain it."""
+    from litedet.runtime import with_input_size
+    from litedet.tuner import enumerate_candidates
+
+    ssd = create_model("ssdlite-mobilenetv3_small", num_classes=3).eval()
+    assert ssd.config.size_multiple == 1 and tiny.config.size_multiple == 32
+    assert with_input_size(ssd.config, 320).input_size == (320, 320)
+    assert with_input_size(ssd.config, (300, 256)).input_size == (300, 256)
+    assert with_input_size(tiny.config, 96).input_size == (96, 96)
+    with pytest.raises(ValueError, match="largest stride 32"):
+        with_input_size(tiny.config, 100)
+    result = export_model(ssd, "onnx", tmp_path / "ssd", imgsz=288)
+    assert open_backend(result.path).input_size == (288, 288)
+    from litedet.models.checkpoint import save_checkpoint_weights
+
+    weights = tmp_path / "ssd.safetensors"
+    save_checkpoint_weights(ssd, weights)
+    notes: list[str] = []
+    found = enumerate_candidates([weights], [256, 320], ["onnxruntime"], ["fp32"], [1], bf16=False, notes=notes)
+    assert sorted(c.imgsz for c in found) == [256, 320] and not notes
+
+
 def test_a_sidecar_from_another_export_is_refused(tiny: Detector, tmp_path: Path) -> None:
     """An .onnx whose input type disagrees with its sidecar (files of two exports mixed up)."""
     import shutil

@@ -176,6 +176,60 @@ def test_decode_ssdlite_hand_example():
     np.testing.assert_allclose(doubled[0, 2, :4], [36, 94, 80, 20], rtol=1e-5)
 
 
+def _ssd_reference(outputs, anchors, num_classes, size, variances=(0.1, 0.2)):
+    """SSDLite decode in float64, prior by prior, from the formula in ``decode_ssdlite``."""
+    rows = []
+    per_row = 5 + num_classes
+    for raw, priors in zip(outputs, anchors):
+        _, _, height, width = raw.shape
+        for a, (pw, ph) in enumerate(priors):
+            for i in range(height):
+                for j in range(width):
+                    v = raw[0, a * per_row:(a + 1) * per_row, i, j].astype(np.float64)
+                    e = np.exp(v[4:] - v[4:].max())
+                    rows.append([(j + 0.5) / width * size + v[0] * variances[0] * pw,
+                                 (i + 0.5) / height * size + v[1] * variances[0] * ph,
+                                 pw * np.exp(v[2] * variances[1]), ph * np.exp(v[3] * variances[1]), 1.0,
+                                 *(e[1:] / e.sum())])
+    return np.asarray(rows)
+
+
+def test_decode_ssdlite_matches_the_formula_and_min_score_keeps_every_detection():
+    from litedet.ops.nms import non_max_suppression
+
+    rng = np.random.default_rng(3)
+    num_classes, anchors = 6, [[[40, 40], [60, 30]], [[90, 90], [120, 60]], [[200, 200], [250, 150]]]
+    outputs = []
+    for size in (8, 4, 2):
+        raw = rng.normal(0, 1, (1, 2 * 11, size, size)).astype(np.float32)
+        raw[:, 4::11] += 4.0  # background wins in most cells, as in a trained model ...
+        hot = rng.random(raw[:, 5::11].shape) < 0.1
+        raw[:, 5::11] += np.where(hot, 6.0, 0.0).astype(np.float32)  # ... but not in all
+        outputs.append(raw)
+    full = decode_ssdlite(outputs, anchors, num_classes, (128, 128))
+    np.testing.assert_allclose(full[0], _ssd_reference(outputs, anchors, num_classes, 128), rtol=1e-5, atol=1e-5)
+    for conf in (0.001, 0.05, 0.25, 0.6):
+        part = decode_ssdlite(outputs, anchors, num_classes, (128, 128), min_score=conf)
+        assert part.shape[1] < full.shape[1] or conf == 0.001
+        # only rows NMS would drop are left out; the rest come through in order, unchanged
+        position = {tuple(row[:4]): i for i, row in enumerate(full[0])}
+        kept = [position[tuple(row[:4])] for row in part[0]]
+        assert kept == sorted(kept)
+        np.testing.assert_allclose(part[0], full[0][kept], rtol=1e-6, atol=0)
+        passing = np.flatnonzero(full[0, :, 5:].max(axis=1) > conf)
+        assert set(passing) <= set(kept)
+        for multi_label in (False, True):
+            want = non_max_suppression(full, conf, 0.5, multi_label=multi_label)[0]
+            got = non_max_suppression(part, conf, 0.5, multi_label=multi_label)[0]
+            np.testing.assert_array_equal(got, want)
+    # a batch keeps a row if any image needs it
+    pair = [np.concatenate([o, o[:, :, ::-1, ::-1]]) for o in outputs]
+    both = decode_ssdlite(pair, anchors, num_classes, (128, 128), min_score=0.25)
+    assert both.shape[0] == 2 and both.shape[1] >= part.shape[1]
+    with pytest.raises(ValueError, match="min_score"):
+        decode_ssdlite(outputs, anchors, num_classes, (128, 128), min_score=1.0)
+
+
 # ---------------------------------------------------------------- NMS
 
 

@@ -79,14 +79,15 @@ def decode_outputs(
 ) -> np.ndarray:
     """Raw backend outputs -> [B, N, 5 + nc] candidates (cx, cy, w, h, obj, class probs) in
     input pixels, by ``config.head``; ``input_size`` (h, w) is the batch's size (SSD priors scale
-    with it; default ``config.input_size``); rows with objectness at most ``min_objectness`` may
-    be left out (NMS drops them anyway)."""
+    with it; default ``config.input_size``); rows with objectness (SSD: best class probability)
+    at most ``min_objectness`` may be left out (NMS drops them anyway)."""
     if config.head == "yolo":
         return decode_yolo(outputs, config.anchors, config.strides, config.num_classes, min_objectness,
                            config.quantized_outputs or None)
     if config.head == "ssdlite":
         variances = tuple(config.extra.get("variances", SSD_VARIANCES))
-        return decode_ssdlite(outputs, config.anchors, config.num_classes, config.input_size, input_size, variances)
+        return decode_ssdlite(outputs, config.anchors, config.num_classes, config.input_size, input_size, variances,
+                              min_score=min_objectness)
     raise ValueError(f"no decoder for head {config.head!r} (model {config.model!r}); known: 'yolo', 'ssdlite'")
 
 

@@ -204,10 +204,8 @@ def _export(
     if base_config.head != "yolo" and nms:
         raise ValueError(f"--nms decodes YOLO heads only; {base_config.model} has a {base_config.head!r} head")
     size = parse_imgsz(imgsz, base_config.input_size)
-    stride = max(base_config.strides)
-    # a YOLO neck upsamples and concatenates: every level must divide exactly. SSD's extra
-    # blocks pad their stride-2 convs (320 -> ... -> 3 -> 2 -> 1), so any size runs.
-    if base_config.head == "yolo" and (size[0] % stride or size[1] % stride):
+    stride = base_config.size_multiple
+    if size[0] % stride or size[1] % stride:
         raise ValueError(f"--imgsz {size[0]},{size[1]} must be a multiple of the model's largest stride {stride}")
 
     network = fuse_for_export(copy.deepcopy(model).float().eval())

@@ -186,6 +186,28 @@ def _cell_table(height: int, width: int, stride: float, anchors: bytes) -> np.nd
 SSD_VARIANCES = (0.1, 0.2)
 
 
+@functools.lru_cache(maxsize=64)
+def _prior_table(height: int, width: int, input_h: float, input_w: float, priors: bytes) -> np.ndarray:
+    """float32 [A * H * W, 4]: (prior cx, cy, w, h) of each row of an SSDLite level, prior-major
+    then row then column; ``priors`` is the level's float32 (w, h) pairs, already scaled, as bytes."""
+    sizes = np.frombuffer(priors, dtype=np.float32).reshape(-1, 2)
+    rows, cols = np.divmod(np.arange(height * width, dtype=np.float32), np.float32(width))
+    table = np.empty((len(sizes), height * width, 4), dtype=np.float32)
+    table[..., 0] = (cols + np.float32(0.5)) / np.float32(width) * np.float32(input_w)
+    table[..., 1] = (rows + np.float32(0.5)) / np.float32(height) * np.float32(input_h)
+    table[..., 2:4] = sizes[:, None, :]
+    table = table.reshape(-1, 4)
+    table.flags.writeable = False  # shared between calls
+    return table
+
+
+# A class probability is exp(l - top) / sum(exp(l' - top)) with a sum of at least 1 (the top
+# logit's own term), so it is at most exp(l - top). ``decode_ssdlite`` drops rows whose best class
+# logit is below top + log(min_score) by more than this margin (in logits), far above the float32
+# rounding of the subtraction, so no row that could pass is dropped.
+_SSD_SKIP_MARGIN = 1e-3
+
+
 def decode_ssdlite(
     outputs: Sequence[np.ndarray],
     anchors: Sequence[Sequence[Sequence[float]]],
@@ -193,6 +215,7 @@ def decode_ssdlite(
     anchor_input_size: tuple[int, int],
     input_size: tuple[int, int] | None = None,
     variances: Sequence[float] = SSD_VARIANCES,
+    min_score: float | None = None,
 ) -> np.ndarray:
     """Decode SSDLite raw maps (``litedet.models.heads.ssdlite``) into YOLO-style rows.
 
@@ -206,12 +229,23 @@ def decode_ssdlite(
 
     Class scores are a softmax over background + classes with the background dropped. Returns
     [B, N, 5 + nc] rows (cx, cy, w, h, 1.0, class probabilities...), so the objectness column is 1
-    and ``non_max_suppression`` scores each box by its class probability.
+    and ``non_max_suppression`` scores each box by its class probability. With ``min_score``,
+    rows that cannot score above it in any image of the batch are left out before the softmax
+    (NMS would drop them): a class probability is at most exp(class logit - top logit), so a row
+    whose best class logit is more than -log(min_score) below its top logit goes. In a trained
+    model the background logit leads by that much in most rows. The rows kept, in order, are the
+    rows without ``min_score``.
     """
+    if min_score is not None and not 0.0 <= min_score < 1.0:
+        raise ValueError(f"min_score must be in [0, 1), got {min_score}")
     height_in, width_in = anchor_input_size if input_size is None else input_size
     scale_w, scale_h = width_in / anchor_input_size[1], height_in / anchor_input_size[0]
     per_row = 5 + num_classes
-    decoded = []
+    skip_below = None if not min_score else float(np.log(min_score)) - _SSD_SKIP_MARGIN
+    picked, tables = [], []
+    batch = 1
+    # Work channel-major, [B, 5+nc, rows]: every reduction over the classes is then elementwise
+    # across long vectors of rows (a reduction along short rows of 81 costs a call per row).
     for level, (raw, level_anchors) in enumerate(zip(outputs, anchors)):
         raw = np.asarray(raw, dtype=np.float32)
         priors = np.asarray(level_anchors, dtype=np.float32).reshape(-1, 2) * np.float32([scale_w, scale_h])
@@ -222,17 +256,30 @@ def decode_ssdlite(
                 f"for {num_priors} priors and {num_classes} classes"
             )
         batch, _, height, width = raw.shape
-        maps = raw.reshape(batch, num_priors, per_row, height, width).transpose(0, 1, 3, 4, 2)  # [B, A, H, W, 5+nc]
-        rows, cols = np.meshgrid(np.arange(height, dtype=np.float32), np.arange(width, dtype=np.float32), indexing="ij")
-        centres = np.stack([(cols + 0.5) / width * width_in, (rows + 0.5) / height * height_in], axis=-1)  # [H, W, 2]
-        prior_wh = priors[None, :, None, None, :]
-        xy = centres + maps[..., 0:2] * variances[0] * prior_wh
-        wh = prior_wh * np.exp(np.clip(maps[..., 2:4] * variances[1], None, 20.0))
-        logits = maps[..., 4:]
-        logits = logits - logits.max(axis=-1, keepdims=True)
-        probs = np.exp(logits)
-        probs /= probs.sum(axis=-1, keepdims=True)
-        ones = np.ones_like(probs[..., :1])
-        out = np.concatenate([xy, np.broadcast_to(wh, xy.shape), ones, probs[..., 1:]], axis=-1)
-        decoded.append(out.reshape(batch, -1, per_row).astype(np.float32))
-    return np.concatenate(decoded, axis=1)
+        maps = raw.reshape(batch, num_priors, per_row, height * width)
+        table = _prior_table(height, width, float(height_in), float(width_in), priors.tobytes())
+        if skip_below is not None:
+            best = maps[:, :, 5:, :].max(axis=2)  # the best class logit against the top one (background too)
+            keep = (best - np.maximum(best, maps[:, :, 4, :]) >= skip_below).reshape(batch, -1)
+            index = np.flatnonzero(keep if batch == 1 else keep.any(axis=0))
+            if len(index) < keep.shape[1]:
+                prior, cell = np.divmod(index, height * width)
+                # [B, A, 5+nc, HW][:, a, :, c] is [k, B, 5+nc] (index arrays apart go first)
+                picked.append(maps[:, prior, :, cell].transpose(1, 2, 0))
+                tables.append(table[index])
+                continue
+        # [B, A, 5+nc, HW] -> [B, 5+nc, A * HW]: rows prior-major, then row, then column
+        picked.append(maps.transpose(0, 2, 1, 3).reshape(batch, per_row, -1))
+        tables.append(table)
+    rows = picked[0] if len(picked) == 1 else np.concatenate(picked, axis=2)  # [B, 5+nc, N]
+    table = tables[0] if len(tables) == 1 else np.concatenate(tables)
+    logits = rows[:, 4:, :]
+    probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probs /= probs.sum(axis=1, keepdims=True)
+    out = np.empty((batch, rows.shape[2], per_row), dtype=np.float32)
+    deltas = rows[:, 0:4, :].transpose(0, 2, 1)
+    out[..., 0:2] = table[:, 0:2] + deltas[..., 0:2] * np.float32(variances[0]) * table[:, 2:4]
+    out[..., 2:4] = table[:, 2:4] * np.exp(np.minimum(deltas[..., 2:4] * np.float32(variances[1]), np.float32(20.0)))
+    out[..., 4] = 1.0
+    out[..., 5:] = probs[:, 1:, :].transpose(0, 2, 1)
+    return out

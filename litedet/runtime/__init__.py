@@ -110,9 +110,9 @@ def open_backend(
 
 
 def with_input_size(config: ModelConfig, imgsz: int | tuple[int, int]) -> ModelConfig:
-    """A copy of ``config`` with another input size, checked against the largest stride."""
+    """A copy of ``config`` with another input size, checked against ``config.size_multiple``."""
     size = (int(imgsz), int(imgsz)) if isinstance(imgsz, int) else tuple(int(v) for v in imgsz)
-    stride = max(config.strides) if config.strides else 1
+    stride = config.size_multiple
     if len(size) != 2 or min(size) <= 0 or any(v % stride for v in size):
         raise ValueError(f"--imgsz {imgsz} must be a positive multiple of the model's largest stride {stride}")
     return dataclasses.replace(config, input_size=size)
