@@ -115,3 +115,68 @@ def test_bad_inputs():
         YoloLoss(3, STRIDES, [[[10, 13]]], SIZE)
     with pytest.raises(ValueError, match="anchor_t must be > 1"):
         LossConfig(anchor_t=1.0)
+
+
+# ------------------------------------------------------------------------------ SSD MultiBox
+
+
+def test_ssd_loss_is_zero_at_the_encoding_that_decode_inverts():
+    """Maps that hold, at every prior, the encoded offsets of one box and a confident logit for its
+    class give no localisation or class loss, and ``decode_ssdlite`` turns them back into the box."""
+    import numpy as np
+
+    from litedet.engine.loss import SSDLoss
+    from litedet.ops.decode import decode_ssdlite
+
+    anchors = [[[24.0, 24.0], [40.0, 20.0]]]
+    loss = SSDLoss(2, anchors, (64, 64))
+    box = torch.tensor([0.40, 0.55, 0.45, 0.30])  # cx, cy, w, h relative to the input
+    priors = loss.priors([(4, 4)], torch.device("cpu"))  # [2 * 16, 4]
+    encoded = torch.cat([(box[:2] - priors[:, :2]) / (0.1 * priors[:, 2:]), torch.log(box[2:] / priors[:, 2:]) / 0.2], 1)
+    rows = torch.zeros(len(priors), 7)
+    rows[:, :4] = encoded
+    rows[:, 4:] = torch.tensor([-20.0, -20.0, 20.0])  # background, class 0, class 1
+    maps = rows.view(2, 16, 7).permute(0, 2, 1).reshape(1, 14, 4, 4)  # prior-major, channel a*7+k
+    total, items = loss([maps], torch.tensor([[0, 1, *box.tolist()]]))
+    assert items[0] == pytest.approx(0.0, abs=1e-5) and items[2] == pytest.approx(0.0, abs=1e-5)
+    assert total == pytest.approx(float(items.sum()))  # batch of one
+    decoded = decode_ssdlite([maps.numpy()], anchors, 2, (64, 64))[0]
+    np.testing.assert_allclose(decoded[:, :4], np.tile((box * 64).numpy(), (32, 1)), atol=1e-3)
+    assert (decoded[:, 6] > 0.99).all()
+
+
+def test_ssd_loss_matching_mines_negatives_and_trains_a_detector():
+    from litedet.engine.loss import SSDLoss, detection_loss
+    from litedet.models import create_model
+    from litedet.ops.decode import decode_ssdlite
+    from litedet.ops.nms import non_max_suppression
+
+    torch.manual_seed(0)
+    model = create_model("ssdlite-mobilenetv3_small", num_classes=2)
+    criterion = detection_loss(model, 128)
+    assert isinstance(criterion, SSDLoss)
+    images = torch.zeros(2, 3, 128, 128)
+    images[0, :, 20:60, 30:90] = 1.0  # a bright box, class 0
+    images[1, :, 70:120, 10:50] = 0.5  # a grey box, class 1
+    targets = torch.tensor([[0, 0, 60 / 128, 40 / 128, 60 / 128, 40 / 128],
+                            [1, 1, 30 / 128, 95 / 128, 40 / 128, 50 / 128]])
+    _, first = criterion(model(images), targets)
+    assert first[1] > 0  # mined negatives count from the start
+    optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
+    model.train()
+    for _ in range(80):
+        optimizer.zero_grad()
+        total, items = criterion(model(images), targets)
+        total.backward()
+        optimizer.step()
+    assert items.sum() < 0.3 * first.sum()
+    model.eval()
+    with torch.no_grad():
+        maps = [m.numpy() for m in model(images)]
+    found = non_max_suppression(decode_ssdlite(maps, model.anchors, 2, model.config.input_size, (128, 128)), 0.3, 0.5)
+    for image, (cx, cy, w, h) in enumerate([(60, 40, 60, 40), (30, 95, 40, 50)]):
+        best = found[image][0]  # highest score first
+        assert int(best[5]) == image  # the class of that image's box
+        x1, y1, x2, y2 = best[:4]
+        inter = max(0, min(x2, cx + w / 2) - max(x1, cx - w / 2)) * max(0, min(y2, cy + h / 2) - max(y1, cy - h / 2))
+        assert inter / ((x2 - x1) * (y2 - y1) + w * h - inter) > 0.5

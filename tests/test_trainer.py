@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from litedet.data.datasets import load_data_config
+from litedet.engine import loss as loss_module
 from litedet.engine import trainer as trainer_module
 from litedet.engine.config import TrainConfig
 from litedet.engine.trainer import Trainer, TrainingDivergedError, load_training_state, train
@@ -58,14 +59,14 @@ def test_checkpoint_is_weights_only_loadable(tiny_data, tmp_path):
 
 def test_nan_loss_stops_naming_step_images_and_checkpoint(tiny_data, tmp_path, monkeypatch):
     calls = {"n": 0}
-    original = trainer_module.YoloLoss.forward
+    original = loss_module.YoloLoss.forward
 
     def poisoned(self, outputs, targets):
         calls["n"] += 1
         total, items = original(self, outputs, targets)
         return (total * float("nan"), items) if calls["n"] == 6 else (total, items)
 
-    monkeypatch.setattr(trainer_module.YoloLoss, "forward", poisoned)
+    monkeypatch.setattr(loss_module.YoloLoss, "forward", poisoned)
     with pytest.raises(TrainingDivergedError) as info:
         train(TrainConfig(data=str(tiny_data), out=str(tmp_path), **TINY))
     message = str(info.value)
@@ -314,7 +315,7 @@ def test_save_period_mid_epoch_and_mid_accumulation_resumes_exactly(tiny_data, t
     # --save-period 5: a checkpoint after batch 5 (the first of epoch 2, before its accumulation
     # window of 2 batches is full), then a crash in batch 7 loses only two batches.
     calls = {"n": 0}
-    original = trainer_module.YoloLoss.forward
+    original = loss_module.YoloLoss.forward
 
     def crash(self, outputs, targets):
         calls["n"] += 1
@@ -322,10 +323,10 @@ def test_save_period_mid_epoch_and_mid_accumulation_resumes_exactly(tiny_data, t
             raise RuntimeError("simulated kill")
         return original(self, outputs, targets)
 
-    monkeypatch.setattr(trainer_module.YoloLoss, "forward", crash)
+    monkeypatch.setattr(loss_module.YoloLoss, "forward", crash)
     with pytest.raises(RuntimeError, match="simulated kill"):
         train(TrainConfig(data=str(tiny_data), out=str(tmp_path / "part"), save_period="5", **TINY))
-    monkeypatch.setattr(trainer_module.YoloLoss, "forward", original)
+    monkeypatch.setattr(loss_module.YoloLoss, "forward", original)
     state = load_training_state(tmp_path / "part" / "last.pt")
     assert (state["epoch"], state["epoch_step"], state["step"]) == (1, 1, 5)
     assert state["last_opt_step"] == 3 and any(g is not None for g in state["grads"])  # mid-accumulation
@@ -358,7 +359,7 @@ def test_ctrl_c_saves_a_resumable_checkpoint_and_prints_the_resume_command(tiny_
 
     full = train(TrainConfig(data=str(tiny_data), out=str(tmp_path / "full"), **TINY))
     calls = {"n": 0}
-    original = trainer_module.YoloLoss.forward
+    original = loss_module.YoloLoss.forward
 
     def interrupt(self, outputs, targets):
         calls["n"] += 1
@@ -366,7 +367,7 @@ def test_ctrl_c_saves_a_resumable_checkpoint_and_prints_the_resume_command(tiny_
             os.kill(os.getpid(), signal.SIGINT)
         return original(self, outputs, targets)
 
-    monkeypatch.setattr(trainer_module.YoloLoss, "forward", interrupt)
+    monkeypatch.setattr(loss_module.YoloLoss, "forward", interrupt)
     run = tmp_path / "runs" / "exp"
     code = main(["train", "--data", str(tiny_data), "--model", "v5lite-e", "--epochs", "2", "--batch", "2", "--nbs", "4",
                  "--imgsz", "64", "--workers", "0", "--device", "cpu", "--cache", "--eval-interval", "2",
@@ -377,7 +378,7 @@ def test_ctrl_c_saves_a_resumable_checkpoint_and_prints_the_resume_command(tiny_
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
     state = load_training_state(run / "last.pt")
     assert state["step"] == 6 and (run / "results.png").is_file()
-    monkeypatch.setattr(trainer_module.YoloLoss, "forward", original)
+    monkeypatch.setattr(loss_module.YoloLoss, "forward", original)
     # --resume takes the run's name under --project; it finishes the 8 batches
     assert main(["train", "--resume", "exp", "--project", str(tmp_path / "runs"), "--no-progress"]) == 0
     assert f"run folder: {run}" in capsys.readouterr().out
@@ -440,7 +441,7 @@ def test_stale_temp_files_go_and_a_full_disk_is_one_line(tiny_data, tmp_path, mo
 
 def test_save_period_in_time_writes_mid_epoch_checkpoints(tiny_data, tmp_path, monkeypatch):
     calls = {"n": 0}
-    original = trainer_module.YoloLoss.forward
+    original = loss_module.YoloLoss.forward
 
     def crash(self, outputs, targets):
         calls["n"] += 1
@@ -448,7 +449,7 @@ def test_save_period_in_time_writes_mid_epoch_checkpoints(tiny_data, tmp_path, m
             raise RuntimeError("simulated kill")
         return original(self, outputs, targets)
 
-    monkeypatch.setattr(trainer_module.YoloLoss, "forward", crash)
+    monkeypatch.setattr(loss_module.YoloLoss, "forward", crash)
     with pytest.raises(RuntimeError, match="simulated kill"):  # a period shorter than a batch: a save after each
         train(TrainConfig(data=str(tiny_data), out=str(tmp_path), save_period="0.001s", **TINY))
     state = load_training_state(tmp_path / "last.pt")

@@ -96,7 +96,7 @@ def finetune(
     from litedet.data.augment import AugmentConfig
     from litedet.data.datasets import load_data_config
     from litedet.data.loader import DetectionTrainDataset, build_loader
-    from litedet.engine.loss import YoloLoss
+    from litedet.engine.loss import detection_loss
 
     config = config or FinetuneConfig()
     device = torch.device(config.device)
@@ -111,7 +111,7 @@ def finetune(
     loader, sampler = build_loader(dataset, config.batch, config.seed, shuffle=True, num_workers=config.workers)
     per_epoch = math.ceil(len(dataset) / config.batch)
     total = config.steps or config.epochs * per_epoch
-    criterion = YoloLoss(model.num_classes, model.strides, model.anchors, imgsz).to(device)
+    criterion = detection_loss(model, imgsz).to(device)
     model.to(device)
     result = FinetuneResult(steps=0)
     result.restored_batchnorms = _restore_folded(model, dataset, loader, sampler, config, device)

@@ -174,3 +174,116 @@ class YoloLoss(nn.Module):
         image_index = targets[target_index, 0].long()
         target_cls = targets[target_index, 1].long()
         return image_index, anchor_index, gy, gx, target_box, target_cls, anchors[anchor_index]
+
+
+class SSDLoss(nn.Module):
+    """The SSD MultiBox loss (Liu et al., ECCV 2016, §2.2) for ``litedet.models.heads.ssdlite``
+    maps, in the parametrisation ``litedet.ops.decode.decode_ssdlite`` inverts.
+
+    - Priors: per level and cell, centre ((j + 0.5) / W, (i + 0.5) / H) and the level's sizes
+      (``anchors`` in pixels at ``anchor_input_size``), all relative to the input, in the head's
+      row order (level, prior, row, column).
+    - Matching: a prior is positive for the box it overlaps most when that IoU is at least
+      ``iou_threshold`` (0.5); each box also claims the prior it overlaps most, whatever the IoU,
+      so no box goes unmatched.
+    - Localisation: smooth L1 on the positives' encoded offsets (dx = (gx - px) / (v0 * pw),
+      dw = log(gw / pw) / v1, the same for y and h; variances (0.1, 0.2)).
+    - Confidence: cross entropy over background + classes; every positive, and the
+      ``neg_pos_ratio`` (3) times as many negatives with the highest loss (hard negative mining).
+    - Both sums are divided by the number of positives in the batch, and the total is multiplied
+      by the batch size as ``YoloLoss`` does, so the trainer's learning rates apply.
+
+    Returns (total, detached [localisation, background, class]): the confidence loss split into
+    its negatives (background) and positives (class) parts, the trainer's box / obj / cls columns.
+    """
+
+    def __init__(self, num_classes: int, anchors: Sequence[Sequence[Sequence[float]]], anchor_input_size: Sequence[int],
+                 variances: Sequence[float] = (0.1, 0.2), iou_threshold: float = 0.5, neg_pos_ratio: float = 3.0) -> None:
+        super().__init__()
+        if not 0 < iou_threshold <= 1:
+            raise ValueError(f"iou_threshold must be in (0, 1], got {iou_threshold}")
+        if neg_pos_ratio < 0:
+            raise ValueError(f"neg_pos_ratio must be >= 0, got {neg_pos_ratio}")
+        self.num_classes = int(num_classes)
+        height, width = (float(v) for v in anchor_input_size)
+        self.sizes = [torch.as_tensor(level, dtype=torch.float32).reshape(-1, 2) / torch.tensor([width, height])
+                      for level in anchors]
+        self.variances = (float(variances[0]), float(variances[1]))
+        self.iou_threshold = float(iou_threshold)
+        self.neg_pos_ratio = float(neg_pos_ratio)
+
+    def priors(self, shapes: Sequence[tuple[int, int]], device: torch.device) -> torch.Tensor:
+        """[P, 4] (cx, cy, w, h) relative to the input for maps of ``shapes`` (H, W) per level."""
+        rows = []
+        for (height, width), sizes in zip(shapes, self.sizes):
+            gy, gx = torch.meshgrid(torch.arange(height, dtype=torch.float32), torch.arange(width, dtype=torch.float32),
+                                    indexing="ij")
+            centres = torch.stack([(gx.flatten() + 0.5) / width, (gy.flatten() + 0.5) / height], 1)  # [HW, 2]
+            level = torch.cat([centres.expand(len(sizes), -1, -1), sizes[:, None, :].expand(-1, height * width, -1)], 2)
+            rows.append(level.reshape(-1, 4))
+        return torch.cat(rows).to(device)
+
+    def forward(self, outputs: Sequence[torch.Tensor], targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``outputs``: raw maps per level; ``targets``: [M, 6] (image index, class, cx, cy, w, h)
+        normalised to the input. Returns (total loss times batch size, detached [loc, bg, cls])."""
+        from torchvision.ops import box_iou
+
+        if len(outputs) != len(self.sizes):
+            raise ValueError(f"expected {len(self.sizes)} output levels, got {len(outputs)}")
+        device = outputs[0].device
+        per_row = 5 + self.num_classes
+        rows = []
+        for level, (out, sizes) in enumerate(zip(outputs, self.sizes)):
+            batch, channels, height, width = out.shape
+            if channels != len(sizes) * per_row:
+                raise ValueError(f"level {level}: {channels} channels, expected {len(sizes)}*(5+{self.num_classes})")
+            rows.append(out.view(batch, len(sizes), per_row, height * width).permute(0, 1, 3, 2).reshape(batch, -1, per_row))
+        pred = torch.cat(rows, 1).float()  # [B, P, 5+nc]
+        batch = pred.shape[0]
+        priors = self.priors([tuple(o.shape[2:]) for o in outputs], device)
+        prior_boxes = _xywh_to_xyxy(priors)
+        targets = targets.to(device).float()
+        labels = torch.zeros(pred.shape[:2], dtype=torch.long, device=device)  # 0: background
+        encoded = torch.zeros(batch, len(priors), 4, device=device)
+        for image in range(batch):
+            mine = targets[targets[:, 0] == image]
+            if not len(mine):
+                continue
+            iou = box_iou(_xywh_to_xyxy(mine[:, 2:6]), prior_boxes)  # [G, P]
+            best_iou, best_box = iou.max(0)
+            claimed = iou.argmax(1)  # each box's own best prior, kept whatever its IoU
+            best_box[claimed] = torch.arange(len(mine), device=device)
+            best_iou[claimed] = 1.0
+            positive = best_iou >= self.iou_threshold
+            boxes = mine[best_box, 2:6]
+            labels[image, positive] = mine[best_box[positive], 1].long() + 1
+            v0, v1 = self.variances
+            encoded[image] = torch.cat([(boxes[:, :2] - priors[:, :2]) / (v0 * priors[:, 2:]),
+                                        torch.log(boxes[:, 2:].clamp(min=1e-6) / priors[:, 2:]) / v1], 1)
+        positive = labels > 0
+        num_positive = int(positive.sum())
+        normaliser = max(num_positive, 1)
+        loss_loc = nn.functional.smooth_l1_loss(pred[..., :4][positive], encoded[positive], beta=1.0,
+                                                reduction="sum") / normaliser
+        confidence = nn.functional.cross_entropy(pred[..., 4:].reshape(-1, 1 + self.num_classes), labels.reshape(-1),
+                                                 reduction="none").view(batch, -1)
+        # hard negative mining: per image, the negatives with the highest loss, neg_pos_ratio per positive
+        negative_loss = confidence.detach().masked_fill(positive, -1.0)
+        rank = negative_loss.argsort(1, descending=True).argsort(1)
+        wanted = (positive.sum(1, keepdim=True) * self.neg_pos_ratio).long()
+        negative = (rank < wanted) & ~positive
+        loss_bg = confidence[negative].sum() / normaliser
+        loss_cls = confidence[positive].sum() / normaliser
+        return (loss_loc + loss_bg + loss_cls) * batch, torch.stack([loss_loc, loss_bg, loss_cls]).detach()
+
+
+def detection_loss(model: nn.Module, imgsz: int, config: LossConfig | None = None) -> nn.Module:
+    """The training loss of ``model``'s head: ``YoloLoss`` for YOLO heads, ``SSDLoss`` for SSDLite
+    (``config`` holds YOLO gains and is not used there)."""
+    model_config = getattr(model, "config", None)
+    if model_config is not None and model_config.head == "ssdlite":
+        from litedet.ops.decode import SSD_VARIANCES
+
+        variances = model_config.extra.get("variances", SSD_VARIANCES)
+        return SSDLoss(model.num_classes, model.anchors, model_config.input_size, variances)
+    return YoloLoss(model.num_classes, model.strides, model.anchors, imgsz, config)

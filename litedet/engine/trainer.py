@@ -45,7 +45,7 @@ from litedet.config import ModelConfig, write_bytes_atomic
 from litedet.data.datasets import DetectionDataset, load_data_config
 from litedet.data.loader import DetectionTrainDataset, build_loader
 from litedet.engine.config import DEFAULT_MODEL, TrainConfig, parse_save_period
-from litedet.engine.loss import YoloLoss
+from litedet.engine.loss import detection_loss
 from litedet.layers.conv import is_identity_batchnorm, restore_folded_batchnorm
 from litedet.runtime.base import Backend
 
@@ -599,7 +599,7 @@ class Trainer:
         weight_decay = config.weight_decay * batch_size * accumulate_target / config.nbs
         period_batches, period_seconds = parse_save_period(config.save_period)
         self._start_state(weight_decay)
-        criterion = YoloLoss(self.model.num_classes, self.model.strides, self.model.anchors, config.imgsz, config.loss)
+        criterion = detection_loss(self.model, config.imgsz, config.loss)
         criterion.to(self.device)
         if self._resume_state is not None:
             self._restore(self._resume_state)
