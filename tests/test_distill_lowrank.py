@@ -93,3 +93,14 @@ def test_distillation_with_zero_weight_trains_exactly_like_fine_tuning_alone():
     distill_detector(distilled, teacher, data, {"response": 0.0}, config=FinetuneConfig(**config))
     for (name, a), b in zip(alone.state_dict().items(), distilled.state_dict().values()):
         torch.testing.assert_close(a, b, msg=name)
+
+
+def test_response_distillation_refuses_heads_it_does_not_model():
+    from litedet.compress.distill import create_strategy
+    from litedet.models import create_model
+
+    student = create_model("ssdlite-mobilenetv3_small", num_classes=2)
+    teacher = create_model("ssdlite-mobilenetv3_small", num_classes=2)
+    with pytest.raises(ValueError, match="'response' strategy imitates YOLO heads.*'ssdlite' head"):
+        create_strategy("response", student, teacher)
+    assert create_strategy("attention", student, teacher) is not None

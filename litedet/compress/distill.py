@@ -199,6 +199,10 @@ def create_strategy(name: str, student: nn.Module, teacher: nn.Module, temperatu
     """A distillation loss by name for this student/teacher pair."""
     if name == "response":
         check_compatible(student, teacher)
+        head = getattr(getattr(student, "config", None), "head", "yolo")
+        if head != "yolo":
+            raise ValueError(f"the 'response' strategy imitates YOLO heads (sigmoid objectness and classes); "
+                             f"{student.config.model} has a {head!r} head: use 'fitnet' or 'attention'")
         return ResponseKD(student.head.num_anchors, student.num_classes, temperature)
     if name == "fitnet":
         return FitNetLoss(_neck_channels_measured(student, imgsz), _neck_channels_measured(teacher, imgsz))

@@ -1,4 +1,7 @@
-"""The YOLOv5 detection loss (Jocher et al., ultralytics/yolov5 v6+ ``utils/loss.py``, described
+"""Detection losses: ``YoloLoss`` for YOLO heads and ``SSDLoss`` (SSD MultiBox) for SSDLite heads;
+``detection_loss(model, imgsz)`` picks the one of a model's head.
+
+The YOLOv5 detection loss (Jocher et al., ultralytics/yolov5 v6+ ``utils/loss.py``, described
 here from its documented behaviour):
 
 - targets are matched to anchors whose width/height ratio to the box is below ``anchor_t`` (4)
