@@ -224,3 +224,20 @@ def test_prune_verb_end_to_end_with_calibration_and_finetune(tmp_path):
     widths = [m.out_channels for n, m in pruned.named_modules() if isinstance(m, nn.Conv2d) and n.startswith("neck")]
     assert all(w % 8 == 0 for w in widths)
     assert sum(p.numel() for p in pruned.parameters()) < 0.85 * sum(p.numel() for p in model.parameters())
+
+
+def test_ssdlite_pruning_keeps_its_prediction_layout():
+    """SSDLite's box and class predictors write the anchor layout that decode reads: structured
+    pruning narrows the network behind them, magnitude pruning leaves their weights alone."""
+    model = create_model("ssdlite-mobilenetv3_small", num_classes=3).eval()
+    fixed = P._head_layers(model)
+    assert len(fixed) == 12 and all(isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) for m in fixed)
+    x = torch.rand(1, 3, 128, 128)
+    shapes = [o.shape for o in model(x)]
+    pruned = copy.deepcopy(model)
+    result = P.structured_prune(pruned, 0.3, "l1", imgsz=128)
+    assert result.params_after < result.params_before
+    assert [o.shape for o in pruned.eval()(x)] == shapes
+    before = [m.weight.detach().clone() for m in fixed]
+    P.magnitude_prune(model, 0.5)
+    assert all(torch.equal(m.weight, w) for m, w in zip(fixed, before))

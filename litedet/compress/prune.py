@@ -151,8 +151,8 @@ def _head_layers(model: nn.Module) -> list[nn.Module]:
     """Layers whose outputs are a fixed layout: a detector head's prediction convs, a classifier's fc."""
     fixed: list[nn.Module] = []
     head = getattr(model, "head", None)
-    if head is not None and hasattr(head, "convs"):
-        fixed.extend(head.convs)
+    if head is not None and hasattr(head, "prediction_layers"):
+        fixed.extend(head.prediction_layers())
     fc = getattr(model, "fc", None)
     if isinstance(fc, nn.Linear):
         fixed.append(fc)

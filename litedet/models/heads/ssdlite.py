@@ -113,6 +113,11 @@ class SSDLiteHead(nn.Module):
             nn.init.zeros_(conv[1].bias)
         return keep_box_obj
 
+    def prediction_layers(self) -> list[nn.Module]:
+        """The convs whose outputs are the raw maps' fixed layout: each predictor's last 1x1 (pruning
+        leaves their outputs alone; the depthwise 3x3 before it follows the map it reads)."""
+        return [predictor[-1] for predictor in (*self.box_convs, *self.cls_convs)]
+
     def config_extra(self) -> dict[str, Any]:
         """What ``ModelConfig.extra`` records for decoding (see the module docstring)."""
         return {

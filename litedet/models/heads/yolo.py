@@ -117,6 +117,10 @@ class YoloHead(nn.Module):
             bias[:, 4] += math.log(8 / (640 / stride) ** 2)
             bias[:, 5:] += math.log(0.6 / (self.num_classes - 0.99)) if self.num_classes > 1 else 0.0
 
+    def prediction_layers(self) -> list[nn.Module]:
+        """The convs whose outputs are the raw maps' fixed layout (pruning leaves their outputs alone)."""
+        return list(self.convs)
+
     def config_extra(self) -> dict[str, Any]:
         """What ``ModelConfig.extra`` records about this head's raw layout."""
         return {"layout": "per level [B, na*(5+nc), H, W]: channel a*(5+nc)+k, k = tx,ty,tw,th,obj,cls..."}
