@@ -112,6 +112,22 @@ def test_reset_head_keeps_class_agnostic_rows():
     assert ssd.reset_head(3) is True and torch.equal(ssd.head.box_convs[0][1].weight, box)
 
 
+def test_ssdlite_fine_tune_on_a_subset_keeps_those_classes_and_the_background():
+    """What the trainer does when the data's classes are among the checkpoint's: the subset's maps
+    (background, then the kept classes) equal the full model's."""
+    ssd = create_model("ssdlite-mobilenetv3_small", num_classes=5).eval()
+    x = torch.rand(1, 3, 128, 128)
+    with torch.no_grad():
+        full = [o.view(1, 6, 10, *o.shape[-2:]) for o in ssd(x)]
+        assert ssd.reset_head(2, names=["c3", "c1"], keep_classes=[3, 1]) is True
+        subset = [o.view(1, 6, 7, *o.shape[-2:]) for o in ssd(x)]
+    for want, got in zip(full, subset):
+        torch.testing.assert_close(got[:, :, :5], want[:, :, :5])  # box offsets and background
+        torch.testing.assert_close(got[:, :, 5:], want[:, :, [5 + 3, 5 + 1]])
+    with pytest.raises(ValueError, match="keep_classes must give one old class index"):
+        ssd.reset_head(2, keep_classes=[0, 7])
+
+
 def test_registered_detectors_build_and_declare_channels():
     names = list_models(kind="detector")
     assert {"v5lite-e", "v5lite-s"} <= set(names)

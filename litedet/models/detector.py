@@ -91,10 +91,11 @@ class Detector(nn.Module):
 
     def reset_head(self, num_classes: int, names: Sequence[str] | None = None, keep_box_obj: bool = True,
                    keep_classes: Sequence[int] | None = None) -> bool:
-        """New prediction layers for ``num_classes`` classes (fine-tuning); the rest is kept. A YOLO
-        head also keeps its class-agnostic box and objectness rows (``keep_box_obj``) and, with
-        ``keep_classes`` (per new class, the old class index), those classes' rows (see
-        ``YoloHead.reset``); returns whether rows were kept."""
+        """New prediction layers for ``num_classes`` classes (fine-tuning); the rest is kept. The
+        head also keeps its class-agnostic rows (``keep_box_obj``: YOLO's box and objectness,
+        SSDLite's box predictors) and, with ``keep_classes`` (per new class, the old class index),
+        those classes' rows (see ``YoloHead.reset``, ``SSDLiteHead.reset``); returns whether rows
+        were kept."""
         names = self._check_names(names, num_classes)
         options = {"keep_classes": keep_classes} if keep_classes is not None else {}
         kept = self.head.reset(num_classes, keep_box_obj=keep_box_obj, **options)

@@ -98,11 +98,21 @@ class SSDLiteHead(nn.Module):
             nn.Conv2d(channels, outputs, 1),
         )
 
-    def reset(self, num_classes: int, keep_box_obj: bool = True) -> bool:
+    def reset(self, num_classes: int, keep_box_obj: bool = True, keep_classes: Sequence[int] | None = None) -> bool:
         """Fresh class predictors for ``num_classes`` classes (+ background); the class-agnostic
-        box predictors are kept (``keep_box_obj``) or re-initialised too. Returns whether kept."""
+        box predictors are kept (``keep_box_obj``) or re-initialised too. ``keep_classes``: for each
+        new class, the old class whose rows it keeps (a fine-tune on a subset of the checkpoint's
+        classes), with the background rows and the depthwise convs; needs ``keep_box_obj``.
+        Returns whether rows were kept."""
         if not isinstance(num_classes, int) or num_classes <= 0:
             raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+        if keep_classes is not None:
+            keep_classes = [int(k) for k in keep_classes]
+            if not keep_box_obj or len(keep_classes) != num_classes or not all(0 <= k < self.num_classes for k in keep_classes):
+                raise ValueError(f"keep_classes must give one old class index (< {self.num_classes}) per new class "
+                                 f"({num_classes}), with keep_box_obj; got {keep_classes}")
+        old = list(self.cls_convs) if keep_classes is not None else []
+        old_rows = self.num_classes + 1
         self.num_classes = num_classes
         device = self.box_convs[0][1].weight.device
         self.cls_convs = nn.ModuleList(
@@ -111,6 +121,14 @@ class SSDLiteHead(nn.Module):
         for conv in [*([] if keep_box_obj else self.box_convs), *self.cls_convs]:
             nn.init.normal_(conv[1].weight, std=0.03)
             nn.init.zeros_(conv[1].bias)
+        if old:
+            index = torch.tensor([0] + [1 + k for k in keep_classes])  # per prior: background, then the kept classes
+            with torch.no_grad():
+                for new_predictor, old_predictor in zip(self.cls_convs, old):
+                    new_predictor[0].load_state_dict(old_predictor[0].state_dict())
+                    weight = old_predictor[1].weight.reshape(self.num_anchors, old_rows, -1)[:, index]
+                    new_predictor[1].weight.copy_(weight.reshape(new_predictor[1].weight.shape))
+                    new_predictor[1].bias.copy_(old_predictor[1].bias.reshape(self.num_anchors, old_rows)[:, index].flatten())
         return keep_box_obj
 
     def prediction_layers(self) -> list[nn.Module]:
