@@ -259,6 +259,15 @@ def test_peak_kernels_span_several_libraries_and_peak_is_raised_to_the_observed(
     assert [r["peak_share"] for r in rows] == [1.0, 0.5, 0.5, None]
 
 
+def test_a_backbone_name_is_refused_before_any_work(tmp_path):
+    from litedet.bench.run import benchmark
+
+    with pytest.raises(ValueError, match="'shufflenetv2_x1_0' is a backbone, and litedet bench times detectors"):
+        benchmark(models="v5lite-e,shufflenetv2_x1_0", engines="onnxruntime", threads=1, runs=1, out_dir=tmp_path,
+                  measure_peak=False)
+    assert not any(tmp_path.iterdir())
+
+
 # --------------------------------------------------------------------------- peers
 
 

@@ -510,9 +510,12 @@ def _model_spec(spec: str, sizes: Sequence[int]) -> tuple[str, list[int]]:
         raise ValueError(f"model spec {spec!r}: the size after '@' must be an integer, e.g. v5lite-s@416") from None
 
 
-def _split_csv(values: str | Sequence[Any] | None, cast: Callable[[str], Any] = str) -> list[Any]:
+def _split_csv(values: str | int | Sequence[Any] | None, cast: Callable[[str], Any] = str) -> list[Any]:
+    """"a,b" or a sequence -> a list; a single number (``threads=2``, ``imgsz=416``) -> [it]."""
     if values is None:
         return []
+    if isinstance(values, (int, float)):
+        return [values]
     if isinstance(values, str):
         values = [v for v in values.split(",") if v.strip()]
     return [cast(str(v).strip()) if isinstance(v, str) else v for v in values]
@@ -537,9 +540,9 @@ def run_benchmark(*args: Any, **kwargs: Any) -> list[dict[str, Any]]:
 def benchmark(
     models: Sequence[str] | str = ("v5lite-e",),
     engines: Sequence[str] | str = ("torch", "onnxruntime", "openvino", "ncnn"),
-    threads: Sequence[int] | str = (1, 2),
-    imgsz: Sequence[int] | str = (320,),
-    batch: Sequence[int] | str = (1,),
+    threads: Sequence[int] | int | str = (1, 2),
+    imgsz: Sequence[int] | int | str = (320,),
+    batch: Sequence[int] | int | str = (1,),
     peers: Sequence[str] | str = (),
     end_to_end: bool = False,
     out_dir: str | os.PathLike | None = DEFAULT_OUT,
@@ -559,7 +562,7 @@ def benchmark(
     progress: bool = True,
     command: str | None = None,
     cache_dir: str | os.PathLike | None = None,
-    streams: Sequence[int] | str = (1,),
+    streams: Sequence[int] | int | str = (1,),
 ) -> BenchmarkResult:
     """Measure every combination and return one row dict per (model, engine, threads, imgsz,
     batch, mode); with ``out_dir`` also write ``report.md``, ``results.json`` and PNG plots there.
@@ -618,8 +621,15 @@ def benchmark(
     # once for the single copies and again for every stream copy
     shared = dict(cache=cache, conf=conf, iou=iou, dynamic_batch=dynamic_batch, precision=precision)
     builders: list[SubjectBuilder] = []
+    from litedet.models.registry import model_kind
+
     for spec in models:
         name, model_sizes = _model_spec(spec, sizes)
+        given = (weights or {}).get(name)
+        if not (given and Path(given).suffix.lower() in ENGINE_FILE_SUFFIXES) and model_kind(name) != "detector":
+            raise ValueError(f"{name!r} is a {model_kind(name)}, and litedet bench times detectors (exported with "
+                             f"their pre- and post-processing); `litedet models` shows each name's kind, and "
+                             f"`litedet bench guidelines` times ShuffleNetV2's building blocks")
         for size in model_sizes:
             builders.append(functools.partial(_litedet_subjects, name=name, imgsz=size,
                                               weights=(weights or {}).get(name), **shared))
