@@ -63,6 +63,16 @@ def in_tmp(tmp_path, monkeypatch):
     return tmp_path
 
 
+# ---- a backbone where a detector is needed -------------------------------------------------------
+
+
+def test_a_backbone_name_is_one_line_for_train_and_bench(capsys, in_tmp):
+    code, err = _run(capsys, "train", "--model", "shufflenetv2_x1_0", "--data", "nowhere.yaml")
+    _assert_one_line(code, err, "train", "'shufflenetv2_x1_0' is a backbone", "train yolo-shufflenetv2_x1_0")
+    code, err = _run(capsys, "bench", "--models", "vovnet39", "--engines", "onnxruntime", "--runs", "1")
+    _assert_one_line(code, err, "bench", "'vovnet39' is a backbone")
+
+
 # ---- YAML files: --config and --data --------------------------------------------------------------
 
 

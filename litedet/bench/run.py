@@ -611,6 +611,15 @@ def benchmark(
         raise ValueError(f"runs must be >= 1, got {runs}")
     if precision not in ("fp32", "bf16", "fp16"):
         raise ValueError(f"precision must be fp32, bf16 or fp16, got {precision!r}")
+    from litedet.models.registry import model_kind
+
+    for spec in models:
+        name, _ = _model_spec(spec, sizes)
+        given = (weights or {}).get(name)
+        if not (given and Path(given).suffix.lower() in ENGINE_FILE_SUFFIXES) and model_kind(name) != "detector":
+            raise ValueError(f"{name!r} is a {model_kind(name)}, and litedet bench times detectors (exported with "
+                             f"their pre- and post-processing); `litedet models` shows each name's kind, and "
+                             f"`litedet bench guidelines` times ShuffleNetV2's building blocks")
     out = Path(out_dir) if out_dir is not None else None
     cache = Path(cache_dir) if cache_dir is not None else DEFAULT_OUT / "cache"
     notes: list[str] = []
@@ -621,15 +630,8 @@ def benchmark(
     # once for the single copies and again for every stream copy
     shared = dict(cache=cache, conf=conf, iou=iou, dynamic_batch=dynamic_batch, precision=precision)
     builders: list[SubjectBuilder] = []
-    from litedet.models.registry import model_kind
-
     for spec in models:
         name, model_sizes = _model_spec(spec, sizes)
-        given = (weights or {}).get(name)
-        if not (given and Path(given).suffix.lower() in ENGINE_FILE_SUFFIXES) and model_kind(name) != "detector":
-            raise ValueError(f"{name!r} is a {model_kind(name)}, and litedet bench times detectors (exported with "
-                             f"their pre- and post-processing); `litedet models` shows each name's kind, and "
-                             f"`litedet bench guidelines` times ShuffleNetV2's building blocks")
         for size in model_sizes:
             builders.append(functools.partial(_litedet_subjects, name=name, imgsz=size,
                                               weights=(weights or {}).get(name), **shared))

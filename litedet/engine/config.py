@@ -97,6 +97,16 @@ class TrainConfig:
     loss: LossConfig = field(default_factory=LossConfig)
 
     def __post_init__(self) -> None:
+        if self.model:
+            from litedet.models.registry import list_models, model_kind
+
+            kind = model_kind(self.model)  # an unknown name is an error here too
+            if kind != "detector":
+                detector = f"yolo-{self.model}"
+                hint = (f"; train {detector} (its backbone is {self.model}), with --backbone-weights for ImageNet "
+                        f"weights" if detector in list_models(kind="detector") else "")
+                raise ValueError(f"model {self.model!r} is a {kind}: litedet train trains detectors (`litedet models` "
+                                 f"shows each name's kind){hint}")
         if isinstance(self.augment, dict):
             self.augment = _build(AugmentConfig, self.augment, "augment")
         if isinstance(self.loss, dict):
