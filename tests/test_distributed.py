@@ -554,3 +554,15 @@ def test_start_local_ray_asks_for_loopback_and_no_metrics(monkeypatch):
     assert ray_constants.ENABLE_RAY_CLUSTER == before
     assert seen["include_dashboard"] is False and seen["_system_config"] == {"enable_metrics_collection": False}
     assert seen["dashboard_host"] == "127.0.0.1"
+
+
+def test_split_builds_detectors_at_their_size_and_backbones_at_a_given_one():
+    from litedet.distributed.split import build_model
+
+    _, size, name = build_model("v5lite-e", None, None)
+    assert size == (320, 320) and name == "v5lite-e"
+    assert build_model("v5lite-e", None, 256)[1] == (256, 256)
+    with pytest.raises(ValueError, match="shufflenetv2_x0_5 is a backbone without an input size of its own"):
+        build_model("shufflenetv2_x0_5", None, None)
+    network, size, _ = build_model("shufflenetv2_x0_5", None, 64)
+    assert size == (64, 64) and not network.training

@@ -362,11 +362,15 @@ def build_model(model: "nn.Module | str", weights: str | os.PathLike | None = No
     if not model:
         raise ValueError("name a model (--model) or give --weights")
     import litedet.models.zoo  # noqa: F401 - registers the detectors
-    from litedet.models.registry import create_model
+    from litedet.models.registry import create_model, model_kind
 
-    kwargs = {"input_size": imgsz} if imgsz else {}
-    network = create_model(str(model), **kwargs)
-    size = getattr(network, "input_size", None) or (imgsz, imgsz)
+    if model_kind(str(model)) == "detector":
+        network = create_model(str(model), **({"input_size": imgsz} if imgsz else {}))
+        size = tuple(network.input_size)
+    else:  # a backbone has no input size of its own
+        if not imgsz:
+            raise ValueError(f"{model} is a backbone without an input size of its own: give one (--imgsz, e.g. 224)")
+        network, size = create_model(str(model)), (imgsz, imgsz)
     return network.eval(), (int(size[0]), int(size[1])), str(model)
 
 
