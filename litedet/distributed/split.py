@@ -343,8 +343,9 @@ def _median_ms(fn: Any, warmup: int, repeats: int) -> float:
 
 
 def build_model(model: "nn.Module | str", weights: str | os.PathLike | None = None, imgsz: int | None = None) -> tuple["nn.Module", tuple[int, int], str]:
-    """A detector to split: an ``nn.Module``, a registered name (random weights: latency does not
-    depend on values) or ``weights`` (``load_detector``). Returns (model, input size, name)."""
+    """A model to split: an ``nn.Module``, a registered name (random weights: latency does not
+    depend on values; a backbone needs ``imgsz``) or ``weights`` (``load_detector``). Returns
+    (model, input size, name)."""
     from torch import nn
 
     if isinstance(model, nn.Module):
