@@ -112,6 +112,21 @@ def test_fold_megvii_routing_and_random_input_order() -> None:
     torch.testing.assert_close(got[:, inverse], reference, rtol=0, atol=1e-5)
 
 
+def test_fold_stage_of_stride_one_units_splits_its_input_by_reader() -> None:
+    torch.manual_seed(1)
+    units = nn.Sequential(*[ShuffleV2Block(32, 32, 1) for _ in range(4)])
+    _random_bn(units)
+    x = torch.rand(1, 32, 8, 8)
+    reference = _outputs(units, x)[0]
+    order = torch.randperm(32).tolist()
+    folded, out_order = fold_shuffle_stage(list(copy.deepcopy(units)), order)
+    assert len(folded.input_sizes) > 1  # the permuted input arrives in runs for several readers
+    got = folded(x[:, order])
+    inverse = torch.empty(32, dtype=torch.long)
+    inverse[torch.as_tensor(out_order)] = torch.arange(32)
+    torch.testing.assert_close(got[:, inverse], reference, rtol=0, atol=1e-5)
+
+
 def test_fold_twice_is_refused() -> None:
     folded, _ = _folded(random_bn_detector("v5lite-e", SIZE))
     with pytest.raises(ValueError, match="already folded"):
