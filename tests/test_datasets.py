@@ -169,6 +169,20 @@ def test_coco_category_ids_map_to_contiguous_sorted(tmp_path):
     assert gt["annotations"][0]["bbox"] == [10.0, 5.0, 20.0, 30.0] and gt["annotations"][0]["category_id"] == 3
 
 
+def test_coco_ground_truth_leaves_out_the_missing_images(tmp_path):
+    data = _coco_dataset(tmp_path, [
+        {"id": 1, "image_id": 1, "category_id": 7, "bbox": [10, 5, 20, 30], "iscrowd": 0},
+        {"id": 2, "image_id": 3, "category_id": 1, "bbox": [0, 0, 5, 5], "iscrowd": 0},
+        {"id": 3, "image_id": 2, "category_id": 3, "bbox": [0, 0, 80, 60], "iscrowd": 1},
+    ])
+    split = load_data_config(data).load_split("val")
+    images, annotations = split.coco_ground_truth(tmp_path / "out")
+    written = json.loads(Path(annotations).read_text())
+    assert images == tmp_path / "imgs" and Path(annotations).parent == tmp_path / "out"
+    assert [image["file_name"] for image in written["images"]] == ["a.jpg", "b.jpg"]
+    assert [a["id"] for a in written["annotations"]] == [1, 3]  # the crowd region stays
+
+
 def test_coco_unknown_category_is_an_error(tmp_path):
     data = _coco_dataset(tmp_path, [{"id": 9, "image_id": 1, "category_id": 42, "bbox": [1, 1, 5, 5]}])
     with pytest.raises(ValueError, match="ann.json: annotation #0 .*category_id 42"):

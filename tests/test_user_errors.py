@@ -169,6 +169,8 @@ def test_all_background_split_warns(tmp_path, caplog):
     assert dataset.stats.backgrounds == 2 and dataset.stats.boxes == 0
     assert any("has no boxes: all 2 images are background" in r.getMessage() for r in caplog.records)
     assert "warning: split 'train' has no boxes" in summary_table([dataset])
+    # the hint names where the labels were looked for, not the images folder
+    assert f"empty or missing labels in {tmp_path / 'labels' / 'train'}?" in summary_table([dataset])
 
 
 # ---- an image deleted during training ----------------------------------------------------------

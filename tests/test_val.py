@@ -116,6 +116,37 @@ def test_missing_inputs_are_named(tmp_path):
         evaluate_coco(backend, tmp_path, tmp_path / "a.json")
 
 
+def test_images_absent_from_the_folder_are_an_error_not_a_partial_score(tmp_path):
+    folder, annotations = _synthetic_dataset(tmp_path, [(320, 320)] * 4, (152, 90, 168, 110))
+    (folder / "2.png").unlink()
+    (folder / "4.png").unlink()
+    (folder / "3.png").write_bytes(b"not a png")  # present but unreadable: skipped and counted
+    config = ModelConfig("tiny", 80, list(COCO_NAMES), (320, 320))
+    backend = OneBoxBackend(config, (160.0, 100.0), (16.0, 20.0), 16)
+    with pytest.raises(FileNotFoundError, match=r"2 of the 4 images in .*instances.json are not in .*images "
+                                                r"\(e.g. 2.png, 4.png\)"):
+        evaluate_coco(backend, folder, annotations, progress=False)
+    cv2.imwrite(str(folder / "2.png"), np.zeros((320, 320, 3), np.uint8))
+    cv2.imwrite(str(folder / "4.png"), np.zeros((320, 320, 3), np.uint8))
+    result = evaluate_coco(backend, folder, annotations, progress=False)
+    assert result.images == 3 and result.skipped == [str(folder / "3.png")]
+
+
+def test_val_of_a_yaml_split_names_the_split_not_a_temporary_json(tmp_path, monkeypatch):
+    from litedet.engine import evaluator
+
+    root = tmp_path / "data"
+    for name in ("a", "b"):
+        (root / "images" / "val").mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(root / "images" / "val" / f"{name}.jpg"), np.zeros((64, 64, 3), np.uint8))
+    (root / "data.yaml").write_text("path: .\ntrain: images/val\nval: images/val\nnames: [cat]\n")
+    config = ModelConfig("tiny", 1, ["cat"], (320, 320))
+    monkeypatch.setattr(evaluator, "evaluate", lambda weights, images, annotations, **kwargs: evaluate_coco(
+        OneBoxBackend(config, (160.0, 100.0), (16.0, 20.0), 0), images, annotations, progress=False))
+    result = evaluator.evaluate_data("w.safetensors", root / "data.yaml", "val")
+    assert result.note.startswith(f"{root / 'data.yaml'} (val split): the 2 scored images hold no ground-truth box")
+
+
 @pytest.fixture(scope="module")
 def imported(tmp_path_factory):
     pytest.importorskip("torch")

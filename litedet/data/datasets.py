@@ -131,6 +131,7 @@ class DetectionDataset:
     split: str = "train"
     sources: list[str] = field(default_factory=list)
     image_root: Path | None = None  # COCO: the images folder of a single json
+    label_sources: list[str] = field(default_factory=list)  # YOLO: the label folders, when not ``sources``
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -153,11 +154,21 @@ class DetectionDataset:
 
     def coco_ground_truth(self, out_dir: str | os.PathLike) -> tuple[Path, Path]:
         """(images folder, COCO json) for ``litedet.engine.evaluator.evaluate_coco``: the original
-        json of a single COCO split (it keeps crowd regions), else ``out_dir/<split>_annotations.json``
-        written from the checked samples (absolute file names, images folder ``/``)."""
-        if self.image_root is not None and len(self.sources) == 1:
-            return self.image_root, Path(self.sources[0])
+        json of a single COCO split (it keeps crowd regions; without the images the split check
+        found missing, written to ``out_dir``), else ``out_dir/<split>_annotations.json`` written
+        from the checked samples (absolute file names, images folder ``/``)."""
         path = Path(out_dir) / f"{self.split}_annotations.json"
+        if self.image_root is not None and len(self.sources) == 1:
+            if not self.stats.missing:
+                return self.image_root, Path(self.sources[0])
+            # the split check counted the json's absent images: score the ones there are
+            data = _read_coco_json(Path(self.sources[0]))
+            present = {image["id"] for image in data["images"] if (self.image_root / image["file_name"]).is_file()}
+            data["images"] = [image for image in data["images"] if image["id"] in present]
+            data["annotations"] = [a for a in data.get("annotations", []) if a.get("image_id") in present]
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(data))
+            return self.image_root, path
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(self.to_coco()))
         return Path("/"), path
@@ -509,7 +520,9 @@ def _load_yolo(entries: list[Path], names: list[str], min_box_size: float, progr
         else:  # no label file: a background image, as ultralytics treats it
             boxes, classes = np.zeros((0, 4), np.float32), np.zeros(0, np.int64)
         _add_sample(samples, stats, image, boxes, classes, size, min_box_size)
-    return DetectionDataset(samples, list(names), stats, sources=[str(e) for e in entries])
+    label_folders = sorted({str(yolo_label_path(image).parent) for image in images})
+    return DetectionDataset(samples, list(names), stats, sources=[str(e) for e in entries],
+                            label_sources=label_folders)
 
 
 def _count_orphans(entries: list[Path], images: list[Path], stats: LabelStats) -> None:
@@ -737,13 +750,20 @@ def _load_voc(entries: list[Path], images_dir: Path, annotations_dir: Path, name
 # summary
 
 
+def _shown(paths: Sequence[str], most: int = 3) -> str:
+    """Up to ``most`` paths, then how many more."""
+    more = f" and {len(paths) - most} more" if len(paths) > most else ""
+    return ", ".join(paths[:most]) + more
+
+
 def split_warnings(dataset: DetectionDataset) -> list[str]:
     """One line per thing in a checked split a person should look at before training on it."""
     stats, warnings = dataset.stats, []
     if stats.boxes == 0:
         warnings.append(
             f"split '{dataset.split}' has no boxes: all {stats.images} images are background "
-            f"(empty or missing labels in {', '.join(dataset.sources)}?); a detector trained on it finds nothing"
+            f"(empty or missing labels in {_shown(dataset.label_sources or dataset.sources)}?); a detector trained on "
+            "it finds nothing"
         )
     if stats.duplicates:
         warnings.append(f"split '{dataset.split}': {stats.duplicates} repeated box(es) dropped (same class and coordinates)")

@@ -141,7 +141,8 @@ def evaluate_coco(
     multi_label: bool = True,
     shrink_interpolation: int = cv2.INTER_AREA,
 ) -> EvalResult:
-    """Detect on every image of a COCO json that exists under ``images`` and score with COCOeval.
+    """Detect on every image of a COCO json (each must be a file under ``images``; an unreadable
+    one is skipped and listed in ``EvalResult.skipped``) and score with COCOeval.
 
     ``limit`` scores only the first N images (by id), for quick checks. ``multi_label=False``
     keeps only each box's best class (YOLOv5 ``detect.py``); ``shrink_interpolation`` is the
@@ -191,12 +192,19 @@ def evaluate_detector(
     categories = ground_truth.loadCats(ground_truth.getCatIds())
     class_to_category = category_mapping(names, categories)
     image_ids = sorted(ground_truth.getImgIds())[:limit]
+    paths = {image_id: images_dir / ground_truth.loadImgs(image_id)[0]["file_name"] for image_id in image_ids}
+    absent = [path for path in paths.values() if not path.is_file()]
+    if absent:  # a wrong folder, not bad images: a partial score would pass for the split's
+        first = ", ".join(path.name for path in absent[:3])
+        raise FileNotFoundError(
+            f"{len(absent)} of the {len(image_ids)} images in {annotations} are not in {images_dir} "
+            f"(e.g. {first}): give the folder that holds them"
+        )
     coco_results: list[dict[str, Any]] = []
     scored: list[int] = []
     skipped: list[str] = []
     for image_id in tqdm(image_ids, desc="val", unit="img", disable=not progress, leave=False):
-        info = ground_truth.loadImgs(image_id)[0]
-        path = images_dir / info["file_name"]
+        path = paths[image_id]
         try:
             image = read_image(path)
         except (OSError, ValueError) as err:
@@ -517,5 +525,14 @@ def evaluate_data(weights: str | os.PathLike, data: str | os.PathLike, split: st
         raise ValueError(f"{data}: the {split} split has no image")
     with tempfile.TemporaryDirectory(prefix="litedet-val-") as tmp:
         images, annotations = dataset.coco_ground_truth(tmp)
-        return evaluate(weights, images, annotations, **kwargs)
+        if not str(annotations).startswith(tmp):
+            return evaluate(weights, images, annotations, **kwargs)
+        # messages name the YAML's split, not the temporary json written from it
+        named = f"{data} ({split} split)"
+        try:
+            result = evaluate(weights, images, annotations, **kwargs)
+        except (ValueError, OSError) as err:
+            raise type(err)(str(err).replace(str(annotations), named)) from None
+        result.note = result.note.replace(str(annotations), named)
+        return result
 
