@@ -442,9 +442,9 @@ class DeviceMeasurer:
 
     def prepare(self, candidates: Sequence[TuneCandidate]) -> None:
         """Export / quantize every candidate's engine file up front (cached), with a progress bar."""
-        from tqdm import tqdm
+        from litedet.progress import progress_bar
 
-        for c in tqdm(candidates, desc="tune: export/int8", unit="model", disable=not self.progress, leave=False):
+        for c in progress_bar(candidates, enabled=self.progress, desc="tune: export/int8", unit="model", leave=False):
             self.engine_file(c)
 
     # -- detection callables
@@ -467,7 +467,7 @@ class DeviceMeasurer:
         return (lambda image: predictor.predict(image)), (_torch_threads(c.threads) if c.engine == "torch" else None)
 
     def latency(self, candidates: Sequence[TuneCandidate]) -> dict[str, dict[str, Any]]:
-        from tqdm import tqdm
+        from litedet.progress import progress_bar
 
         from litedet.bench.harness import Candidate, measure_interleaved
         from litedet.bench.run import _cycling
@@ -477,7 +477,7 @@ class DeviceMeasurer:
         for c in candidates:
             detect, before = self._detector(c, LATENCY_CONF, LATENCY_IOU)
             configs[c.key] = Candidate(fn=_cycling(detect, frames), before=before)
-        bar = tqdm(total=len(configs) * self.runs, desc="tune: latency", unit="run", disable=not self.progress, leave=False)
+        bar = progress_bar(enabled=self.progress, total=len(configs) * self.runs, desc="tune: latency", unit="run", leave=False)
         counts: dict[str, int] = {}
 
         def on_chunk(name: str, done: int) -> None:
@@ -808,9 +808,9 @@ def tune(
         row.update(map50_95=result["map50_95"], map50=result["map50"])
         return result["map50_95"]
 
-    from tqdm import tqdm
+    from litedet.progress import progress_bar
 
-    bar = tqdm(total=len(rows), desc="tune: accuracy", unit="config", disable=not progress, leave=False)
+    bar = progress_bar(enabled=progress, total=len(rows), desc="tune: accuracy", unit="config", leave=False)
     for row in rows.values():
         if row["kind"] == "peer":
             score(row)

@@ -131,6 +131,13 @@ def test_detect_bad_inputs_name_the_path(tmp_path, tiny_weights, capsys):
     assert code == 2 and "v5lite-e" in err
     code, _, err = _run(capsys, "--weights", str(tiny_weights), "--source", str(image), "--classes", "unicorn")
     assert code == 2 and "unicorn" in err
+    empty = tmp_path / "empty" / "e.jpg"
+    empty.parent.mkdir()
+    empty.write_bytes(b"")
+    code, _, err = _run(capsys, "--weights", str(tiny_weights), "--source", str(empty))
+    assert code == 2 and f"{empty}: not a readable image" in err
+    code, out, _ = _run(capsys, "--weights", str(tiny_weights), "--source", str(empty.parent))
+    assert code == 1 and out.startswith("no frame could be read (1 input(s) skipped)") and "nan" not in out
 
 
 @pytest.fixture(scope="module")

@@ -70,10 +70,31 @@ def test_broken_video_keeps_frames_and_ends_cleanly(tmp_path):
     broken = tmp_path / "broken.mp4"
     broken.write_bytes(data[: len(data) // 2])
     source = open_source(broken)
-    frames = list(source)  # must not raise
-    assert len(frames) < 40
-    # mp4 with its index at the end may not open at all: then it is reported as skipped
-    assert frames or source.stats.skipped
+    try:
+        frames = list(source)  # the frames before the break, no error
+    except ValueError as err:  # mp4 with its index at the end may not open at all: one line naming it
+        assert "broken.mp4" in str(err)
+    else:
+        assert 0 < len(frames) < 40
+    # in a folder the same file is skipped and counted
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    broken.rename(folder / "broken.mp4")
+    source = open_source(folder)
+    assert len(list(source)) < 40
+
+
+def test_one_named_unreadable_file_is_an_error_in_a_folder_it_is_skipped(tmp_path):
+    bad = tmp_path / "empty.jpg"
+    bad.write_bytes(b"")
+    with pytest.raises(ValueError, match="empty.jpg: not a readable image"):
+        list(open_source(bad))
+    junk = tmp_path / "junk.mp4"
+    junk.write_bytes(b"\x00" * 100)
+    with pytest.raises(ValueError, match="junk.mp4: not a readable video"):
+        list(open_source(junk))
+    source = open_source(tmp_path)
+    assert list(source) == [] and sorted(Path(p).name for p, _ in source.stats.skipped) == ["empty.jpg", "junk.mp4"]
 
 
 def test_folder_skips_unreadable_and_truncated_images(tmp_path, caplog):

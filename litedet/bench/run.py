@@ -781,6 +781,6 @@ def _cycling(detect: Callable[[Any], Any], frames: Sequence[np.ndarray], per_cal
 def _progress_bar(enabled: bool, total: int, desc: str) -> Any:
     if not enabled:
         return None
-    from tqdm import tqdm
+    from litedet.progress import progress_bar
 
-    return tqdm(total=total, desc=desc, unit="run", leave=False)
+    return progress_bar(total=total, desc=desc, unit="run", leave=False)

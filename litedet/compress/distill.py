@@ -315,7 +315,7 @@ def distill_classifier(
     ImageNet mean/std. Returns the loss per step."""
     import cv2
     import numpy as np
-    from tqdm import tqdm
+    from litedet.progress import progress_bar
 
     if not images:
         raise ValueError("classifier distillation needs at least one image")
@@ -335,7 +335,7 @@ def distill_classifier(
     optimizer = torch.optim.SGD(student.parameters(), lr=lr, momentum=0.9)
     generator = torch.Generator().manual_seed(0)
     losses = []
-    for step in tqdm(range(steps), desc="distill", disable=not progress, leave=False):
+    for step in progress_bar(range(steps), enabled=progress, desc="distill", leave=False):
         picks = torch.randint(len(images), (batch,), generator=generator).tolist()
         x = torch.stack([load(images[i]) for i in picks])
         if torch.rand((), generator=generator) < 0.5:

@@ -91,7 +91,7 @@ def finetune(
     ``extra_loss`` is added to the YOLOv5 loss (weighted by ``detection_loss_weight``) at every
     step; ``extra_parameters`` (e.g. distillation adapters) are optimised with the model.
     """
-    from tqdm import tqdm
+    from litedet.progress import progress_bar
 
     from litedet.data.augment import AugmentConfig
     from litedet.data.datasets import load_data_config
@@ -128,7 +128,7 @@ def finetune(
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     ema = _make_ema(model, total) if config.ema else None
-    bar = tqdm(total=total, desc="fine-tune", unit="step", disable=not config.progress, leave=False)
+    bar = progress_bar(enabled=config.progress, total=total, desc="fine-tune", unit="step", leave=False)
     epoch = 0
     while result.steps < total:
         dataset.set_epoch(epoch)

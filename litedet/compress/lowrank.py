@@ -40,7 +40,7 @@ from typing import Any, Sequence
 
 import torch
 from torch import nn
-from tqdm import tqdm
+from litedet.progress import progress_bar
 
 from litedet.compress.checkpoint import model_record
 from litedet.compress.prune import InputStats, input_statistics
@@ -247,7 +247,7 @@ def decompose(
         svd_layers = {name: module for name, module in candidates if _kind_of(module) == "svd"}
         by_module = input_statistics(model, calibration, list(svd_layers.values()))
         statistics = {name: by_module[module] for name, module in svd_layers.items() if module in by_module}
-    for name, layer in tqdm(candidates, desc=f"decompose ({method})", disable=not progress):
+    for name, layer in progress_bar(candidates, enabled=progress, desc=f"decompose ({method})"):
         kind = _kind_of(layer)
         parent = _parent(model, name)
         fold_bn = isinstance(parent, ConvBnAct) and name.endswith(".conv") and isinstance(parent.bn, nn.BatchNorm2d)

@@ -374,9 +374,9 @@ def image_size(path: Path) -> tuple[int, int] | None:
 def _iter_progress(items: Sequence[Any], progress: bool, desc: str) -> Iterable[Any]:
     if not progress:
         return items
-    from tqdm import tqdm
+    from litedet.progress import progress_bar
 
-    return tqdm(items, desc=desc, unit="img", leave=False)
+    return progress_bar(items, desc=desc, unit="img", leave=False)
 
 
 def _usable(values: Sequence[float]) -> bool:

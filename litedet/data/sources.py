@@ -158,10 +158,14 @@ def _read_url_image(
 
 class FileSource(Source):
     """Image and video files, in the given order; videos are read frame by frame. With
-    ``max_frames`` the source ends after that many frames (images and video frames together)."""
+    ``max_frames`` the source ends after that many frames (images and video frames together).
+    An unreadable file is skipped and counted in ``stats``; with ``strict`` (one file named by
+    the user) it is a ``ValueError`` instead."""
 
-    def __init__(self, paths: list[Path], max_frames: int | None = None, decode_threads: int | None = None) -> None:
+    def __init__(self, paths: list[Path], max_frames: int | None = None, decode_threads: int | None = None,
+                 strict: bool = False) -> None:
         super().__init__()
+        self.strict = strict
         if decode_threads is not None and decode_threads < 1:
             raise ValueError(f"decode_threads must be >= 1, got {decode_threads}")
         self.paths = paths
@@ -195,19 +199,23 @@ class FileSource(Source):
             try:
                 image = read_image(path)
             except ValueError as err:
-                LOGGER.warning("skipping %s", err)
-                self.stats.skipped.append((str(path), str(err)))
+                self._skip(str(path), str(err), f"skipping {err}")
                 continue
             self.stats.frames += 1
             yield Frame(image, str(path), str(path))
+
+    def _skip(self, path: str, why: str, message: str) -> None:
+        if self.strict:
+            raise ValueError(message.removeprefix("skipping "))
+        LOGGER.warning("%s", message)
+        self.stats.skipped.append((path, why))
 
     def _video(self, path: Path) -> Iterator[Frame]:
         capture = open_video(path, self.decode_threads)
         self._capture = capture
         try:
             if not capture.isOpened():
-                LOGGER.warning("skipping %s: not a readable video", path)
-                self.stats.skipped.append((str(path), "not a readable video"))
+                self._skip(str(path), "not a readable video", f"skipping {path}: not a readable video")
                 return
             expected = int(capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
             index = 0
@@ -219,8 +227,7 @@ class FileSource(Source):
                 yield Frame(image, f"{path}:{index}", str(path), index, is_video=True)
                 index += 1
             if index == 0:
-                self.stats.skipped.append((str(path), "no frame could be decoded"))
-                LOGGER.warning("skipping %s: no frame could be decoded", path)
+                self._skip(str(path), "no frame could be decoded", f"skipping {path}: no frame could be decoded")
             elif expected and index < expected - 1:
                 # Frame counts from container headers can be off by one; more means the file broke.
                 LOGGER.warning("%s ended after %d of %d frames; keeping the frames read", path, index, expected)
@@ -435,7 +442,7 @@ def open_source(
     if path.is_file():
         if path.suffix.lower() not in IMAGE_SUFFIXES + VIDEO_SUFFIXES:
             raise ValueError(f"{path}: unknown image/video suffix {path.suffix!r}")
-        return FileSource([path], max_frames, decode_threads)
+        return FileSource([path], max_frames, decode_threads, strict=True)
     if glob.has_magic(spec):
         files = sorted(Path(p) for p in glob.glob(os.path.expanduser(spec), recursive=True))
         files = [p for p in files if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES + VIDEO_SUFFIXES]

@@ -362,10 +362,10 @@ def _frames(opened: Source, max_frames: int | None):
 
 
 def _progress_bar(opened: Source, max_frames: int | None, enabled: bool):
-    from tqdm import tqdm
+    from litedet.progress import progress_bar
 
     total = opened.total if max_frames is None or opened.total is None else min(opened.total, max_frames)
-    return tqdm(total=total, unit="frame", disable=not enabled, leave=False)
+    return progress_bar(enabled=enabled, total=total, unit="frame", leave=False)
 
 
 def _run_in_process(

@@ -177,7 +177,7 @@ def evaluate_detector(
     post-processing (``litedet.tune``)."""
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
-    from tqdm import tqdm
+    from litedet.progress import progress_bar
 
     images_dir, annotations = Path(images), Path(annotations)
     if not images_dir.is_dir():
@@ -203,7 +203,7 @@ def evaluate_detector(
     coco_results: list[dict[str, Any]] = []
     scored: list[int] = []
     skipped: list[str] = []
-    for image_id in tqdm(image_ids, desc="val", unit="img", disable=not progress, leave=False):
+    for image_id in progress_bar(image_ids, enabled=progress, desc="val", unit="img", leave=False):
         path = paths[image_id]
         try:
             image = read_image(path)

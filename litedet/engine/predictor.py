@@ -254,6 +254,13 @@ class DetectReport:
     def summary_lines(self) -> list[str]:
         """The human summary printed at the end of a run."""
         ms = self.stage_ms
+        if not self.frames:
+            lines = [f"no frame could be read ({len(self.skipped)} input(s) skipped)" if self.skipped else "no frame"]
+            if self.skipped:
+                lines += [f"  {path}: {why}" for path, why in self.skipped[:5]]
+            if self.interrupted:
+                lines.append("interrupted before the first frame")
+            return lines
         lines = [
             f"{self.frames} frame(s) in {self.wall_s:.2f} s: pre-process {ms['pre']:.1f} ms, inference "
             f"{ms['infer']:.1f} ms, post-process {ms['post']:.1f} ms (median per frame"
@@ -663,7 +670,7 @@ def detect_source(
     run cleanly when it runs on the main thread: every frame inferred before is written, files
     are closed and ``report.interrupted`` is set; a second one stops at once.
     """
-    from tqdm import tqdm
+    from litedet.progress import progress_bar
 
     if max_frames is not None and max_frames < 1:
         raise ValueError(f"max_frames must be >= 1, got {max_frames}")
@@ -685,7 +692,7 @@ def detect_source(
         raise
     interrupted = False
     total = opened.total if max_frames is None or opened.total is None else min(opened.total, max_frames)
-    bar = tqdm(total=total, unit="frame", disable=not progress or total is None, leave=False, file=sys.stderr)
+    bar = progress_bar(enabled=progress and total is not None, total=total, unit="frame", leave=False, file=sys.stderr)
     start = time.perf_counter()
     runner: _Pipeline | None = None
     try:

@@ -586,7 +586,7 @@ class Trainer:
             raise CheckpointWriteError(f"cannot write {path}: {reason}; last good checkpoint: {last_good}") from None
 
     def _fit(self, stop: StopRequest) -> TrainResult:
-        from tqdm import tqdm
+        from litedet.progress import progress_bar
 
         config = self.config
         self.out.mkdir(parents=True, exist_ok=True)
@@ -639,8 +639,8 @@ class Trainer:
             sampler.set_epoch(epoch, start=first * batch_size)
             loader.generator.manual_seed(config.seed * 1_000_003 + epoch)  # worker seeds per epoch
             epoch_factor = self.scheduler.lr_lambdas[0](epoch)
-            bar = tqdm(loader, total=batches - first, desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch",
-                       disable=not config.progress, leave=False)
+            bar = progress_bar(loader, enabled=config.progress, total=batches - first,
+                               desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch", leave=False)
             started = time.perf_counter()
             try:
                 for index, (images, targets, paths) in enumerate(bar, start=first):
