@@ -148,3 +148,15 @@ def test_compress_verbs_number_their_run_folders(tmp_path):
     assert run_folder(args, args.output) == tmp_path / "prune2"
     args = parser.parse_args(["prune", "--weights", "w.safetensors", "--ratio", "0.3", "-o", str(tmp_path / "x")])
     assert run_folder(args, args.output) == Path(tmp_path / "x")
+
+
+def test_native_logs_are_quiet_unless_the_environment_asks(monkeypatch, capsys):
+    from litedet.cli import QUIET_NATIVE_LOGS
+
+    monkeypatch.delenv("OPENCV_FFMPEG_LOGLEVEL", raising=False)
+    monkeypatch.setenv("OPENCV_LOG_LEVEL", "DEBUG")  # someone debugging a camera keeps OpenCV's log
+    assert main([]) == 0
+    import os
+
+    assert os.environ["OPENCV_FFMPEG_LOGLEVEL"] == QUIET_NATIVE_LOGS["OPENCV_FFMPEG_LOGLEVEL"] == "-8"
+    assert os.environ["OPENCV_LOG_LEVEL"] == "DEBUG"

@@ -66,8 +66,15 @@ def _missing_extra(verb: str, err: ModuleNotFoundError) -> int:
     return 2
 
 
+# OpenCV's and FFmpeg's own logs (a camera probe's warnings, a damaged frame's codec errors) would
+# repeat what litedet says in one line; a value already in the environment wins (debugging).
+QUIET_NATIVE_LOGS = {"OPENCV_LOG_LEVEL": "OFF", "OPENCV_FFMPEG_LOGLEVEL": "-8"}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    for name, value in QUIET_NATIVE_LOGS.items():
+        os.environ.setdefault(name, value)
     verb = next((a for a in argv if not a.startswith("-")), None)
     if verb is not None and verb not in VERBS:
         build_parser().error(f"unknown verb {verb!r}; choose one of {', '.join(VERBS)}")
