@@ -3,6 +3,7 @@ results a person uses (boxes, names, JSON, drawing, saving), streaming, options 
 
 from __future__ import annotations
 
+import importlib.util
 import inspect
 import json
 import threading
@@ -15,6 +16,7 @@ import pytest
 
 import litedet
 from litedet.data.sources import open_source
+from litedet.engine.predictor import Predictor
 
 from conftest import require_shared
 from test_sources import _write_video
@@ -341,6 +343,22 @@ def test_http_image_url(files, onnx_model):
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_engine_given_for_a_file_it_does_not_open_is_one_line_openvino_reads_onnx(files, onnx_model):
+    with pytest.raises(ValueError, match=r"model.onnx: the ncnn engine opens .param files, not .onnx; "
+                                         r"`litedet export --format ncnn` makes one"):
+        litedet.load(files["onnx"], engine="ncnn")
+    with pytest.raises(ValueError, match="the torch engine opens .safetensors files, not .onnx"):
+        litedet.load(files["onnx"], engine="torch")
+    if importlib.util.find_spec("openvino") is None:
+        return
+    image = sorted(files["folder"].iterdir())[0]
+    with litedet.load(files["onnx"], engine="openvino", threads=1) as model:
+        assert model.engine == "openvino"
+        batch = Predictor(model.backend).preprocess(cv2.imread(str(image)))[0].copy()
+        for ours, reference in zip(model.backend.run(batch), onnx_model.backend.run(batch)):
+            np.testing.assert_allclose(ours, reference, atol=2e-3, rtol=1e-3)
 
 
 @pytest.mark.slow

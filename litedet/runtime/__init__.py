@@ -33,6 +33,15 @@ SUFFIX_ENGINES: dict[str, str] = {
     ".param": "ncnn",
 }
 
+# engine -> the files it opens (OpenVINO also reads ONNX directly)
+ENGINE_SUFFIXES: dict[str, tuple[str, ...]] = {
+    "torch": (".safetensors",),
+    "onnxruntime": (".onnx",),
+    "openvino": (".xml", ".onnx"),
+    "ncnn": (".param",),
+}
+EXPORT_FORMATS = {"onnxruntime": "onnx", "openvino": "openvino", "ncnn": "ncnn"}
+
 __all__ = ["ENGINES", "SUFFIX_ENGINES", "Backend", "MissingExtraError", "engine_for", "open_backend"]
 
 
@@ -73,6 +82,11 @@ def open_backend(
     engine = engine or engine_for(path)
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
+    if path.suffix.lower() not in ENGINE_SUFFIXES[engine]:
+        made = (f"; `litedet export --format {EXPORT_FORMATS[engine]}` makes one" if engine in EXPORT_FORMATS
+                else "")
+        raise ValueError(f"{path}: the {engine} engine opens {' or '.join(ENGINE_SUFFIXES[engine])} files, "
+                         f"not {path.suffix or 'a file without suffix'}{made}")
     if threads is not None and threads < 1:
         raise ValueError(f"threads must be >= 1, got {threads}")
     config = find_config(path)

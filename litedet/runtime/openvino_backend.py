@@ -1,4 +1,4 @@
-"""OpenVINO backend for exported IR models (``.xml`` + ``.bin``; imports no torch)."""
+"""OpenVINO backend for exported IR models (``.xml`` + ``.bin``) and ONNX files, which OpenVINO reads directly; imports no torch."""
 
 from __future__ import annotations
 
@@ -55,7 +55,7 @@ class OpenVINOBackend(Backend):
             raise ValueError(f"openvino precision must be one of {sorted(PRECISION_HINTS)}, got {precision!r}")
         super().__init__(config, threads=threads, precision=precision)
         path = Path(weights)
-        if not path.with_suffix(".bin").is_file():
+        if path.suffix.lower() == ".xml" and not path.with_suffix(".bin").is_file():
             raise FileNotFoundError(f"{path}: its weights file {path.with_suffix('.bin')} is missing (copy the .xml and .bin together)")
         device = device.upper()
         core = ov.Core()
