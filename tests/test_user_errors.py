@@ -243,3 +243,20 @@ def test_export_out_of_space_is_one_line(capsys, tmp_path, weights, monkeypatch)
     code, err = _run(capsys, "export", "--weights", str(weights), "--format", "onnx", "--output", str(out))
     _assert_one_line(code, err, "export", str(out), "no space left on the device")
     assert sorted(p.name for p in out.iterdir()) == ["keep.onnx"]  # no staging folder or partial file left
+
+
+def test_export_of_a_file_that_is_not_litedet_weights_says_what_to_give(capsys, tmp_path, weights):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "last.pt").write_bytes(b"resume state")
+    (run / "last.safetensors").write_bytes(weights.read_bytes())
+    (tmp_path / "model.onnx").write_bytes(b"an export")
+    (tmp_path / "yolo.pt").write_bytes(b"a pickle")
+    cases = [
+        (run / "last.pt", f"resume state of a training run; its weights are {run / 'best.safetensors'}"),
+        (tmp_path / "model.onnx", "already exported for an engine"),
+        (tmp_path / "yolo.pt", "a PyTorch pickle, which litedet does not open"),
+    ]
+    for path, needle in cases:
+        code, err = _run(capsys, "export", "--weights", str(path), "--format", "onnx", "--output", str(tmp_path / "x"))
+        _assert_one_line(code, err, "export", str(path), needle)

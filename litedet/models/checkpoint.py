@@ -243,6 +243,21 @@ def _load_compressed(path: Path, config: ModelConfig) -> tuple[Detector, ModelCo
     return model.eval(), config
 
 
+def _refuse_other_files(path: Path) -> None:
+    """One line for the files people hand to a verb that needs litedet weights: a training run's
+    resume state, a PyTorch pickle, or a model already exported for an engine."""
+    suffix = path.suffix.lower()
+    if path.name == "last.pt" and (path.parent / "last.safetensors").is_file():
+        raise ValueError(f"{path} is the resume state of a training run; its weights are "
+                         f"{path.parent / 'best.safetensors'} (best mAP) and {path.parent / 'last.safetensors'}")
+    if suffix in (".pt", ".pth", ".ckpt"):
+        raise ValueError(f"{path}: a PyTorch pickle, which litedet does not open (unpickling runs code); "
+                         "give litedet .safetensors weights (`litedet import` converts the published YOLOv5-Lite ncnn .param + .bin)")
+    if suffix in (".onnx", ".xml") or (suffix == ".bin" and path.with_suffix(".xml").is_file()):
+        raise ValueError(f"{path} is already exported for an engine: run it with `litedet detect` / `litedet val`; "
+                         "this takes the .safetensors weights it was exported from")
+
+
 def load_detector(
     weights: str | os.PathLike,
     model_name: str | None = None,
@@ -268,6 +283,7 @@ def load_detector(
     head = path.read_bytes()[:8]
     if head.startswith(str(7767517).encode()):
         raise ValueError(f"{path} is an ncnn .param file; name it *.param (its .bin beside it) to import it")
+    _refuse_other_files(path)
     config = find_config(path)
     if compression_record(config):
         # Pruned/decomposed weights: the registry model must first take the recorded structure.
