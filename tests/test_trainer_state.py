@@ -145,9 +145,12 @@ class _Payload:
 def test_a_checkpoint_that_would_run_code_is_refused_without_running_it(tmp_path):
     path = tmp_path / "last.pt"
     torch.save({"format": "litedet-train", "version": CHECKPOINT_VERSION, "payload": _Payload()}, path)
-    with pytest.raises(ValueError, match=rf"^{path}: not a litedet training checkpoint \(UnpicklingError: "):
+    with pytest.raises(ValueError) as caught:
         load_training_state(path)
     assert _UNPICKLED == []
+    message = str(caught.value)
+    assert message.startswith(f"{path}: not a litedet training checkpoint (it holds Python objects")
+    assert "\n" not in message and "weights_only=False" not in message  # no advice to run the file's code
 
 
 @pytest.mark.parametrize("content", [[1, 2], {"format": "other"}, {"step": 3}])
@@ -203,3 +206,21 @@ def test_a_cpu_checkpoint_on_a_cuda_machine_and_a_cuda_checkpoint_on_a_cpu_one_r
     assert "cuda" not in _rng_state()
     _set_rng_state(state)  # saved on a GPU, resumed on a CPU: nothing to set
     assert cuda.set_with is None
+
+
+def test_a_fresh_run_does_not_replace_a_resumable_run_and_a_folder_trains_once_at_a_time(tmp_path):
+    from litedet.engine.trainer import RunFolderLock, check_run_folder
+
+    run = tmp_path / "run"
+    check_run_folder(run)  # created
+    (run / CHECKPOINT_NAME).write_bytes(b"state")
+    with pytest.raises(ValueError, match=rf"{run} already holds a training run \(last.pt\): resume it with "
+                                         rf"`litedet train --resume {run}`"):
+        check_run_folder(run)
+    check_run_folder(run, resuming=True)
+    with RunFolderLock(run):
+        with pytest.raises(ValueError, match=rf"{run} is in use by another litedet train \(pid {__import__('os').getpid()}\)"):
+            with RunFolderLock(run):
+                pass
+    with RunFolderLock(run):  # released at the end of the first
+        pass

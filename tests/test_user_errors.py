@@ -260,3 +260,24 @@ def test_export_of_a_file_that_is_not_litedet_weights_says_what_to_give(capsys, 
     for path, needle in cases:
         code, err = _run(capsys, "export", "--weights", str(path), "--format", "onnx", "--output", str(tmp_path / "x"))
         _assert_one_line(code, err, "export", str(path), needle)
+
+
+def test_a_read_only_output_folder_is_one_line_before_the_work(capsys, tmp_path, weights, monkeypatch):
+    read_only = tmp_path / "ro"
+    real_mkdir = Path.mkdir
+
+    def mkdir(self, *args, **kwargs):
+        if str(self).startswith(str(read_only)):
+            raise OSError(errno.EROFS, "Read-only file system", str(self))
+        return real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", mkdir)
+    data = _dataset(tmp_path / "data", {"a": "0 0.5 0.5 0.2 0.2\n"})
+    code = main(["train", "--data", str(data), "--epochs", "1", "--out", str(read_only / "run")])
+    out, err = capsys.readouterr()
+    _assert_one_line(code, err, "train", str(read_only / "run"), "Read-only file system")
+    assert "boxes per class" not in out  # refused before the data checks
+    image = tmp_path / "frame.png"
+    cv2.imwrite(str(image), np.zeros((SIZE, SIZE, 3), np.uint8))
+    code, err = _run(capsys, "detect", "--source", str(image), "--weights", str(weights), "--save", str(read_only / "det"))
+    _assert_one_line(code, err, "detect", str(read_only / "det"), "Read-only file system")

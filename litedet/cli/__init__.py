@@ -75,6 +75,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     for name, value in QUIET_NATIVE_LOGS.items():
         os.environ.setdefault(name, value)
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # Ctrl-C while a verb starts (imports, model build): no traceback
+        if os.environ.get("LITEDET_DEBUG"):
+            raise
+        verb = next((a for a in argv if not a.startswith("-")), None)
+        print(f"litedet {verb}: interrupted" if verb else "litedet: interrupted", file=sys.stderr)
+        return 130
+
+
+def _main(argv: list[str]) -> int:
     verb = next((a for a in argv if not a.startswith("-")), None)
     if verb is not None and verb not in VERBS:
         build_parser().error(f"unknown verb {verb!r}; choose one of {', '.join(VERBS)}")
@@ -110,6 +121,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if os.environ.get("LITEDET_DEBUG"):
             raise
         print(f"litedet {args.verb}: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        # A file the system refused (read-only file system, full disk, quota): one line naming it.
+        if err.filename is None or os.environ.get("LITEDET_DEBUG"):
+            raise
+        print(f"litedet {args.verb}: error: {err.filename}: {err.strerror or err}", file=sys.stderr)
         return 2
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 from litedet.cli.common import (add_json_option, add_model_option, add_progress_option, add_run_options, find_run,
                                 human_output, print_json, resolve_model, run_folder)
@@ -67,7 +68,7 @@ _OPTIONS = ("data", "model", "weights", "backbone_weights", "epochs", "batch", "
 def run(args: argparse.Namespace) -> int:
     from litedet.data.datasets import load_data_config, summary_table
     from litedet.engine.config import TrainConfig
-    from litedet.engine.trainer import CheckpointWriteError, Trainer, TrainingDivergedError
+    from litedet.engine.trainer import CheckpointWriteError, Trainer, TrainingDivergedError, check_run_folder
 
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     progress = False if args.no_progress else None
@@ -89,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
                     raise ValueError("--data is required (a dataset YAML; see configs/data/)")
                 if args.out or not (args.config and "out" in _yaml_keys(args.config)):
                     config.out = str(run_folder(args, args.out))
+                check_run_folder(Path(config.out))  # before the data checks and the model build
                 data = load_data_config(config.data)
                 train_set = data.load_split("train", config.min_box_size, progress=config.progress)
                 val_set = data.load_split("val", config.min_box_size, progress=config.progress)

@@ -265,6 +265,58 @@ def remove_stale_temp_files(run_dir: Path) -> list[Path]:
     return removed
 
 
+LOCK_NAME = ".litedet-train.lock"
+
+
+def check_run_folder(out: Path, resuming: bool = False) -> None:
+    """Before any work: ``out`` can be created and written, and a fresh run does not land on a
+    folder that holds another run's resumable checkpoint (it would replace it)."""
+    out = Path(out)
+    if not resuming and (out / CHECKPOINT_NAME).is_file():
+        raise ValueError(f"{out} already holds a training run ({CHECKPOINT_NAME}): resume it with "
+                         f"`litedet train --resume {out}`, or give another --out (or delete that folder)")
+    out.mkdir(parents=True, exist_ok=True)
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise PermissionError(f"cannot write to the run folder {out}")
+
+
+class RunFolderLock:
+    """An exclusive lock on a run folder while a run trains in it: a second ``litedet train`` on
+    the same folder (two ``--resume`` started by mistake) stops with one line instead of both
+    writing (and removing each other's temp files). Released when the process ends, however it
+    ends (``flock``); on systems without ``fcntl`` nothing is locked."""
+
+    def __init__(self, out: Path) -> None:
+        self.path = Path(out) / LOCK_NAME
+        self._file: Any = None
+
+    def __enter__(self) -> "RunFolderLock":
+        try:
+            import fcntl
+        except ImportError:  # not POSIX
+            return self
+        handle = open(self.path, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            handle.close()
+            raise ValueError(f"{self.path.parent} is in use by another litedet train (pid {holder}); "
+                             "wait for it to end, or give another folder") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        self._file = handle
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._file is not None:
+            self._file.close()  # closing releases the lock; the file stays (removing it would race)
+            self._file = None
+
+
 class StopRequest:
     """SIGINT/SIGTERM while training: the first asks the loop to stop after the current batch
     (and save), the second stops at once. Installed only in the main thread."""
@@ -298,10 +350,9 @@ def load_training_state(path: Path) -> dict[str, Any]:
     """Read ``last.pt`` with ``weights_only=True`` (no code is unpickled)."""
     if not path.is_file():
         raise FileNotFoundError(f"no training checkpoint {path}; --resume takes a run folder with {CHECKPOINT_NAME}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unpickling failure means "not our checkpoint"
-        raise ValueError(f"{path}: not a litedet training checkpoint ({type(err).__name__}: {err})") from None
+    from litedet.models.pretrained import load_pickle_safely
+
+    state = load_pickle_safely(path, "a litedet training checkpoint")
     if not isinstance(state, dict) or state.get("format") != "litedet-train":
         raise ValueError(f"{path}: not a litedet training checkpoint")
     version = state.get("version")
@@ -573,7 +624,8 @@ class Trainer:
 
         Ctrl-C or SIGTERM stops after the current batch with a resumable ``last.pt`` (and the
         plots written); ``result.interrupted`` is then true. A second Ctrl-C stops at once."""
-        with StopRequest() as stop:
+        check_run_folder(self.out, resuming=self._resume_state is not None)
+        with RunFolderLock(self.out), StopRequest() as stop:
             return self._fit(stop)
 
     def _save_state(self, path: Path, state: dict[str, Any], last_good: str) -> None:

@@ -7,7 +7,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import nn
@@ -42,6 +42,25 @@ class LoadReport:
         )
 
 
+def load_pickle_safely(path: Path, what: str) -> Any:
+    """``torch.load(path, weights_only=True)``: tensors and plain data only, no code is run. A file
+    that is not ``what`` is one ``ValueError`` naming it (torch's own advice to retry without
+    ``weights_only`` is left out: for a file of unknown origin that would run its code)."""
+    import pickle
+    import warnings
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch warns about the file before raising
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise ValueError(f"{path}: not {what} (it holds Python objects beyond tensors and plain data; "
+                         "litedet does not unpickle them)") from None
+    except Exception as err:  # noqa: BLE001 - torch raises several types for bytes that are no checkpoint
+        first = (str(err).strip().splitlines() or [""])[0]
+        raise ValueError(f"{path}: not {what} ({type(err).__name__}{': ' + first if first else ''})") from None
+
+
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Tensors of a .pth/.pt (``weights_only=True``: no code is unpickled) or .safetensors file,
     unwrapping a ``state_dict``/``model`` key and a DataParallel ``module.`` prefix."""
@@ -53,10 +72,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
         state = load_file(str(path))
     else:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:  # torch raises several types for non-checkpoint bytes
-            raise ValueError(f"{path}: not a readable PyTorch state dict ({type(err).__name__}: {err})") from None
+        state = load_pickle_safely(path, "a readable PyTorch state dict")
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
