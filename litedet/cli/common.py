@@ -75,6 +75,18 @@ def run_folder(args: argparse.Namespace, out: str | None = None) -> Path:
     return increment_path(Path(args.project) / args.name, args.exist_ok)
 
 
+def check_writable(folder: Path) -> None:
+    """``PermissionError`` naming ``folder`` when it (or, before it exists, the nearest existing
+    folder above it) cannot be written: a read-only file system or no permission, found before
+    a verb's work rather than when it saves its results."""
+    existing = Path(folder)
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing.exists() and not (existing.is_dir() and os.access(existing, os.W_OK | os.X_OK)):
+        where = "" if existing == Path(folder) else f" ({existing} is not writable)"
+        raise PermissionError(f"cannot write to {folder}{where}: read-only file system or no permission")
+
+
 def resolve_model(weights: str | os.PathLike | None, model: str | None) -> str | None:
     """The model name for ``weights``: ``model`` or its sidecar's; a ``model`` that disagrees
     with the sidecar is a ValueError naming both. ``None`` when neither says."""

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from litedet.cli.common import (add_json_option, add_model_option, add_progress_option, add_run_options, human_output,
-                                print_json, resolve_model, run_folder)
+from litedet.cli.common import (add_json_option, add_model_option, add_progress_option, add_run_options, check_writable,
+                                human_output, print_json, resolve_model, run_folder)
 from litedet.runtime import ENGINES
 
 PROJECT = "runs/val"
@@ -53,6 +53,10 @@ def run(args: argparse.Namespace) -> int:
     options = dict(model=model, imgsz=args.imgsz, engine=args.engine, threads=args.threads,
                    precision=args.precision, conf=args.conf, iou=args.iou, max_det=args.max_det,
                    progress=not args.no_progress, resize=args.resize, interpolation=args.interpolation)
+    folder = None
+    if not args.no_plots:
+        folder = run_folder(args)
+        check_writable(folder)  # before the evaluation, not after it
     with human_output(args.json):
         if args.data:
             result = evaluate_data(args.weights, args.data, args.split, **options)
@@ -67,9 +71,7 @@ def run(args: argparse.Namespace) -> int:
             print(result.table(), file=out)
             print(f"images {result.images}{skipped}, {result.detections} detections; mAP50-95 {result.map50_95:.4f}  "
                   f"mAP50 {result.map50:.4f}; P and R at confidence {result.best_conf:.3f} (best mean F1)", file=out)
-        folder = None
-        if not args.no_plots:
-            folder = run_folder(args)
+        if folder is not None:
             folder.mkdir(parents=True, exist_ok=True)
             written = save_eval_plots(result, folder)
             (folder / "metrics.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")
