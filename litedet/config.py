@@ -18,6 +18,8 @@ from typing import Any
 from litedet.errors import UserError
 
 CONFIG_VERSION = 1
+# what a sidecar's ``precision`` records: the weights' number format (int8: a quantized model)
+CONFIG_PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 
 COCO_NAMES: tuple[str, ...] = (
     "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat",
@@ -236,9 +238,21 @@ class ModelConfig:
         if missing:
             raise UserError(f"{source}: model config is missing {missing}")
         try:
-            return cls(**data)
+            config = cls(**data)
         except (TypeError, ValueError) as err:  # TypeError: unknown keys in 'preprocess'
             raise UserError(f"{source}: bad model config: {err}") from None
+        if config.version > CONFIG_VERSION:
+            raise UserError(f"{source}: model config version {config.version}; this litedet reads versions up to "
+                            f"{CONFIG_VERSION} (a newer litedet wrote it: upgrade to open it)")
+        if config.precision not in CONFIG_PRECISIONS:
+            raise UserError(f"{source}: bad model config: precision must be one of {list(CONFIG_PRECISIONS)}, "
+                            f"got {_show(config.precision)}")
+        multiple = config.size_multiple
+        if any(side % multiple for side in config.input_size):
+            height, width = config.input_size
+            raise UserError(f"{source}: bad model config: input_size [{height}, {width}] must be multiples of "
+                            f"{multiple} (the model's largest stride)")
+        return config
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the JSON atomically (temp file + rename)."""

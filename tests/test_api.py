@@ -361,6 +361,26 @@ def test_engine_given_for_a_file_it_does_not_open_is_one_line_openvino_reads_onn
             np.testing.assert_allclose(ours, reference, atol=2e-3, rtol=1e-3)
 
 
+def test_a_size_a_fixed_size_model_cannot_take_fails_at_load_naming_the_file(files, tmp_path):
+    height, width = litedet.load(files["onnx"], threads=1).input_size
+    with pytest.raises(ValueError, match=rf"model.onnx takes only {height}x{width} images \(exported without "
+                                         rf"--dynamic\), not {height + 32}x{width}: re-export"):
+        litedet.load(files["onnx"], imgsz=(height + 32, width))
+    local = tmp_path / "model.onnx"
+    local.write_bytes(Path(files["onnx"]).read_bytes())
+    config = json.loads(Path(files["onnx"]).with_suffix(".json").read_text())
+    config["input_size"] = [height + 32, width]
+    local.with_suffix(".json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=rf"takes {height}x{width} images but its .json sidecar says input_size "
+                                         rf"{height + 32}x{width}"):
+        litedet.load(local)
+    config["input_size"] = [height + 1, width]
+    local.with_suffix(".json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=rf"model.json: bad model config: input_size \[{height + 1}, {width}\] must "
+                                         "be multiples of 32"):
+        litedet.load(local)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["openvino", "ncnn"])
 def test_openvino_and_ncnn_files_open_the_same_way(files, onnx_model, fmt, tmp_path):

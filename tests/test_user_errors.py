@@ -216,6 +216,8 @@ def weights(tmp_path_factory):
     ({"input_size": ["a", "b"]}, "input_size must be an integer, got 'a'"),
     ({"num_classes": "80"}, "num_classes must be an integer"),
     ({"names": None}, "names must be a list of strings"),
+    ({"version": 99}, "model config version 99; this litedet reads versions up to 1"),
+    ({"precision": "int3"}, "precision must be one of ['fp32', 'fp16', 'bf16', 'int8'], got 'int3'"),
 ])
 def test_bad_sidecar_is_one_line(capsys, tmp_path, weights, change, needle):
     local = tmp_path / weights.name

@@ -15,6 +15,7 @@ from pathlib import Path
 from litedet.config import ModelConfig, find_config, sidecar_path
 from litedet.extras import MissingExtraError, missing_extra_error
 from litedet.runtime.base import Backend
+from litedet.runtime.shapes import check_input_size
 
 # engine name -> (module, class); each class is built as Cls(weights: Path, config, threads=,
 # precision=[, device=])
@@ -117,6 +118,12 @@ def open_backend(
         if missing is None:
             raise
         raise missing from None
+    try:
+        check_input_size(path, getattr(backend, "input_shape", []), backend.config.input_size,
+                         backend.config.uint8_input, asked=imgsz is not None)
+    except ValueError:
+        backend.close()
+        raise
     backend.reopen = functools.partial(
         open_backend, path, engine=engine, precision=precision, model=model, imgsz=imgsz, device=device,
     )

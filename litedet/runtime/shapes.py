@@ -34,3 +34,24 @@ def check_input_type(path: object, config_uint8: bool, takes_uint8: bool, type_n
             f"{path}: its config says the input is {'uint8' if config_uint8 else 'float32'} but the model takes "
             f"{type_name}; the engine file and its .json sidecar come from different exports"
         )
+
+
+def check_input_size(path: object, expected: Sequence[object], config_size: Sequence[int], channels_last: bool,
+                     asked: bool) -> None:
+    """At open: a model with a fixed input size (``expected``, the engine's input shape) must take
+    the size litedet will letterbox to (``config_size``), else a ValueError naming both now,
+    instead of at the first image. ``asked``: the size came from ``imgsz`` (not the sidecar)."""
+    if len(expected) != 4:
+        return
+    fixed = expected[1:3] if channels_last else expected[2:4]
+    if not all(isinstance(v, (int, np.integer)) and v > 0 for v in fixed):
+        return
+    if tuple(int(v) for v in fixed) == tuple(config_size):
+        return
+    takes = f"{fixed[0]}x{fixed[1]}"
+    wanted = f"{config_size[0]}x{config_size[1]}"
+    if asked:
+        raise ValueError(f"{path} takes only {takes} images (exported without --dynamic), not {wanted}: "
+                         f"re-export with --imgsz {config_size[0]},{config_size[1]} or --dynamic")
+    raise ValueError(f"{path} takes {takes} images but its .json sidecar says input_size {wanted}: the sidecar "
+                     "was edited or belongs to another export")
