@@ -283,3 +283,12 @@ def test_a_read_only_output_folder_is_one_line_before_the_work(capsys, tmp_path,
     cv2.imwrite(str(image), np.zeros((SIZE, SIZE, 3), np.uint8))
     code, err = _run(capsys, "detect", "--source", str(image), "--weights", str(weights), "--save", str(read_only / "det"))
     _assert_one_line(code, err, "detect", str(read_only / "det"), "Read-only file system")
+
+
+def test_an_openvino_error_keeps_the_line_that_says_what_is_wrong():
+    from litedet.runtime.openvino_backend import openvino_reason
+
+    raised = RuntimeError("Exception from src/inference/src/cpp/core.cpp:84:\nCheck 'is_valid_weights_range(a, b, c)' "
+                          "failed at src/core/xml_util/src/xml_deserialize_util.cpp:900:\nIncorrect weights in bin file!\n\n")
+    assert openvino_reason(raised) == "Incorrect weights in bin file!"
+    assert openvino_reason(RuntimeError("")) == "RuntimeError"

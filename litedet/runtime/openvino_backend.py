@@ -29,6 +29,15 @@ def compile_properties(precision: str = "fp32", threads: int | None = None) -> d
     return properties
 
 
+def openvino_reason(err: BaseException) -> str:
+    """The line of an OpenVINO error that says what is wrong (``Incorrect weights in bin file!``),
+    not the ``Exception from src/...`` and ``Check '...' failed at ...`` lines of its source
+    locations."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    said = [line for line in lines if not line.startswith(("Exception from ", "Check '"))]
+    return (said or lines or [type(err).__name__])[-1]
+
+
 class OpenVINOBackend(Backend):
     """Runs an OpenVINO IR on ``device`` (default CPU).
 
@@ -64,8 +73,7 @@ class OpenVINOBackend(Backend):
             network = core.read_model(str(path))
             self.compiled = core.compile_model(network, device, properties)
         except RuntimeError as err:
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise ValueError(f"{path}: OpenVINO cannot load this model ({first})") from None
+            raise ValueError(f"{path}: OpenVINO cannot load this model ({openvino_reason(err)})") from None
         if len(self.compiled.inputs) != 1:
             raise ValueError(f"{path}: expected one image input, the model has {len(self.compiled.inputs)}")
         element = self.compiled.input(0).get_element_type()
