@@ -58,6 +58,12 @@ def test_yolo_boxes_in_pixels_and_background(tmp_path):
     assert train.stats.per_class == {0: 1, 1: 1}
 
 
+def test_yolo_label_saved_with_a_byte_order_mark_reads(tmp_path):
+    data = _yolo_dataset(tmp_path, {"train/a": "\ufeff0 0.5 0.5 0.5 0.5\n", "val/b": "1 0.5 0.5 1.0 1.0\n"})
+    (sample,) = load_data_config(data).load_split("train").samples
+    assert sample.classes.tolist() == [0]
+
+
 def test_yolo_clips_and_drops_degenerate(tmp_path):
     data = _yolo_dataset(tmp_path, {
         # half outside on the right; a zero-width box; a box entirely outside
@@ -181,6 +187,12 @@ def test_coco_ground_truth_leaves_out_the_missing_images(tmp_path):
     assert images == tmp_path / "imgs" and Path(annotations).parent == tmp_path / "out"
     assert [image["file_name"] for image in written["images"]] == ["a.jpg", "b.jpg"]
     assert [a["id"] for a in written["annotations"]] == [1, 3]  # the crowd region stays
+
+
+def test_coco_annotation_of_an_unknown_image_is_an_error(tmp_path):
+    data = _coco_dataset(tmp_path, [{"id": 9, "image_id": 424242, "category_id": 1, "bbox": [1, 1, 5, 5]}])
+    with pytest.raises(ValueError, match=r"ann.json: annotation #0 \(id 9\) has image_id 424242, which is not in 'images'"):
+        load_data_config(data).load_split("train")
 
 
 def test_coco_unknown_category_is_an_error(tmp_path):

@@ -464,7 +464,7 @@ def read_yolo_labels(label_file: Path, num_classes: int, size: tuple[int, int],
     boxes, classes = [], []
     seen: set[tuple[float, ...]] = set()
     try:
-        text = label_file.read_text()
+        text = label_file.read_text(encoding="utf-8-sig")  # a BOM (Windows editors) is not part of line 1
     except UnicodeDecodeError as err:
         raise UserError(f"{label_file}: not a YOLO label file (not UTF-8 text: {err.reason} at byte {err.start})") from None
     for number, line in enumerate(text.splitlines(), start=1):
@@ -599,6 +599,8 @@ def _load_coco(entries: list[tuple[Path, Path]], names: list[str], min_box_size:
                 raise UserError(f"{json_path}: category {cid} {name!r} is not among the dataset names {names}")
             to_index[cid] = by_name[name]
         per_image: dict[int, list[dict[str, Any]]] = {}
+        image_ids = {_coco_id(record.get("id"), json_path, f"image #{number} 'id'")
+                     for number, record in enumerate(data["images"])}
         for number, annotation in enumerate(data["annotations"]):
             cid = _coco_id(annotation.get("category_id", -1), json_path, f"annotation #{number} 'category_id'")
             if cid not in to_index:
@@ -607,6 +609,9 @@ def _load_coco(entries: list[tuple[Path, Path]], names: list[str], min_box_size:
                     f"which is not in 'categories' {sorted(categories)}"[:300]
                 )
             image_id = _coco_id(annotation.get("image_id"), json_path, f"annotation #{number} 'image_id'")
+            if image_id not in image_ids:  # its box would be lost without a word
+                raise UserError(f"{json_path}: annotation #{number} (id {annotation.get('id')!r}) has image_id "
+                                f"{image_id}, which is not in 'images'"[:300])
             bbox = _coco_bbox(annotation, json_path, number)
             if bbox is None:
                 stats.nonfinite.append(f"{json_path}: annotation #{number} (id {annotation.get('id')!r})")
@@ -743,7 +748,8 @@ def _load_voc(entries: list[Path], images_dir: Path, annotations_dir: Path, name
             _skip(stats, image, missing=False)
             continue
         _add_sample(samples, stats, image, boxes, classes, size, min_box_size)
-    return DetectionDataset(samples, list(names), stats, sources=[str(e) for e in entries])
+    return DetectionDataset(samples, list(names), stats, sources=[str(e) for e in entries],
+                            label_sources=[str(annotations_dir)])
 
 
 # ----------------------------------------------------------------------------------------------
