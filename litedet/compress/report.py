@@ -76,7 +76,9 @@ class CompressionReport:
         base = self.rows[0] if self.rows else None
         lines = [
             f"Input {self.input_size[0]}x{self.input_size[1]}, batch 1, {self.threads} thread(s); latency is the median "
-            f"(p90) over the runs shown, all models timed interleaved in one run; mAP on {self.val_images or 'not measured'}.",
+            f"(p90) over the runs shown, all models timed interleaved in one run; "
+            + (f"mAP on {self.val_images}." if self.val_images else
+               "mAP not measured (give --val-images and --val-annotations to measure it)."),
             "",
             "| model | engine | precision | params | file MB | mAP50-95 | mAP50 | median ms | p90 ms | speed-up | other load % |",
             "|---|---|---|---|---|---|---|---|---|---|---|",
