@@ -377,7 +377,7 @@ def test_unknown_format_and_unsupported_option(tiny: Detector, tmp_path: Path) -
         export_model(tiny, "ncnn", tmp_path, nms=True)
     with pytest.raises(ValueError, match="does not support --half"):
         export_model(tiny, "onnx", tmp_path, half=True)
-    with pytest.raises(ValueError, match="multiple of the model's largest stride 32"):
+    with pytest.raises(ValueError, match=r"imgsz 50 must be a positive multiple of the model's largest stride 32 \(e.g. 64\)"):
         export_model(tiny, "onnx", tmp_path, imgsz=50)
     assert not any(tmp_path.iterdir())
 

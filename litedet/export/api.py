@@ -32,6 +32,7 @@ from litedet.errors import UserError
 from litedet.export.fold import fold_channel_shuffles
 from litedet.export.formats import ExportFormat, check_options, default_stem, get_format
 from litedet.export.onnx import OPSET
+from litedet.runtime import size_error
 
 LOGGER = logging.getLogger(__name__)
 
@@ -206,7 +207,7 @@ def _export(
     size = parse_imgsz(imgsz, base_config.input_size)
     stride = base_config.size_multiple
     if size[0] % stride or size[1] % stride:
-        raise ValueError(f"--imgsz {size[0]},{size[1]} must be a multiple of the model's largest stride {stride}")
+        raise ValueError(size_error(size, stride))
 
     network = fuse_for_export(copy.deepcopy(model).float().eval())
     shuffles_folded = fold_channel_shuffles(network)  # no Reshape-Transpose-Reshape in any engine

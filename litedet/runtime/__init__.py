@@ -10,6 +10,7 @@ import dataclasses
 import functools
 import importlib
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 from litedet.config import ModelConfig, find_config, sidecar_path
@@ -51,7 +52,7 @@ def engine_for(weights: str | os.PathLike) -> str:
     suffix = Path(weights).suffix.lower()
     if suffix not in SUFFIX_ENGINES:
         known = ", ".join(f"{s} ({e})" for s, e in SUFFIX_ENGINES.items())
-        raise ValueError(f"{weights}: cannot tell the engine from suffix {suffix!r}; known: {known} (or pass --engine)")
+        raise ValueError(f"{weights}: cannot tell the engine from suffix {suffix!r}; known: {known} (or name the engine: --engine, or engine= in Python)")
     return SUFFIX_ENGINES[suffix]
 
 
@@ -130,10 +131,19 @@ def open_backend(
     return backend
 
 
+def size_error(size: Sequence[int], stride: int) -> str:
+    """What is wrong with an input size that is not a positive multiple of ``stride``, with the
+    nearest one that is."""
+    shown = str(size[0]) if len(size) == 2 and size[0] == size[1] else ",".join(str(v) for v in size)
+    nearest = [max(stride, round(v / stride) * stride) for v in size]
+    hint = str(nearest[0]) if len(nearest) == 2 and nearest[0] == nearest[1] else ",".join(map(str, nearest))
+    return f"imgsz {shown} must be a positive multiple of the model's largest stride {stride} (e.g. {hint})"
+
+
 def with_input_size(config: ModelConfig, imgsz: int | tuple[int, int]) -> ModelConfig:
     """A copy of ``config`` with another input size, checked against ``config.size_multiple``."""
     size = (int(imgsz), int(imgsz)) if isinstance(imgsz, int) else tuple(int(v) for v in imgsz)
     stride = config.size_multiple
     if len(size) != 2 or min(size) <= 0 or any(v % stride for v in size):
-        raise ValueError(f"--imgsz {imgsz} must be a positive multiple of the model's largest stride {stride}")
+        raise ValueError(size_error(size, stride))
     return dataclasses.replace(config, input_size=size)
