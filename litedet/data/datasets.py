@@ -253,7 +253,10 @@ class DataConfig:
                 f"({stats.corrupt} corrupt, {stats.missing} missing) in {', '.join(dataset.sources)}"
             )
         for warning in split_warnings(dataset):
-            LOGGER.warning("%s: %s", self.source, warning)
+            message = f"{self.source}: {warning}"
+            if message not in _WARNED:  # a verb that reads a split twice (tune: calibration per model) says it once
+                _WARNED.add(message)
+                LOGGER.warning("%s", message)
         return dataset
 
     def coco_names(self) -> list[str]:
@@ -271,6 +274,9 @@ class DataConfig:
             raise UserError(f"{self.source}: the COCO json files list no categories")
         self.names = [categories[cid] for cid in sorted(categories)]
         return self.names
+
+
+_WARNED: set[str] = set()  # split warnings already logged by this process
 
 
 def load_data_config(path: str | os.PathLike) -> DataConfig:
