@@ -390,7 +390,7 @@ def test_report_sets_each_litedet_model_beside_the_peers_measured_alike(tmp_path
     assert "## Side by side with the peers" in report
     assert "| v5lite-e @320 | yolov8n @320 | onnxruntime | 2 | end-to-end | 6.00 | 9.00 | 2.00x | 2.00–2.00 (4 rounds) | 2.52x |" in report
     text = terminal_summary(rows)
-    assert "peer time / litedet time, end-to-end" in text
+    assert "peer time / litedet time, end-to-end, batch 1 (median of per-round ratios):" in text
     line = next(l for l in text.splitlines() if l.startswith("yolov8n @320 / v5lite-e @320"))
     assert line.split()[-2:] == ["2.52x", "2.00x"]
     # without shared rounds (measured apart) the ratio falls back to the medians and says so
@@ -398,6 +398,7 @@ def test_report_sets_each_litedet_model_beside_the_peers_measured_alike(tmp_path
         row.pop("rounds", None)
     pair = peer_pairs(rows)[0]
     assert pair["ratio"] == pytest.approx(1.5) and not pair["paired"]
+    assert "(ratio of the medians: too few shared rounds):" in terminal_summary(rows)
     assert "medians (no shared rounds)" in markdown_report(rows)
     assert peer_pairs([_row()]) == [] and "Side by side" not in markdown_report([_row()])
 

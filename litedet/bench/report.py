@@ -422,7 +422,10 @@ def _terminal_pairs(rows: Sequence[dict[str, Any]]) -> list[str]:
     titles = [f"{engine} {threads}thr" for engine, threads in columns]
     labels = [f"{peer} / {ours}" for peer, ours in names]
     width = max([len("peer / litedet")] + [len(label) for label in labels])
-    lines = [f"peer time / litedet time, {mode}, batch 1 (median of per-round ratios):",
+    paired = [p["paired"] for p in pairs]
+    how = ("median of per-round ratios" if all(paired) else "ratio of the medians: too few shared rounds"
+           if not any(paired) else "median of per-round ratios; ratio of the medians where too few rounds were shared")
+    lines = [f"peer time / litedet time, {mode}, batch 1 ({how}):",
              f"{'peer / litedet':<{width}}  {'FLOPs':>6}  " + "  ".join(f"{t:>{max(9, len(t))}}" for t in titles)]
     for (peer, ours), label in zip(names, labels):
         ratio = flops[(peer, ours)]
