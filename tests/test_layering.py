@@ -14,7 +14,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "litedet"
 
 # Leaf modules: every layer may use them; they import only each other, in this order.
-LEAVES: dict[str, set[str]] = {"errors": set(), "extras": set(), "config": {"errors"}}
+LEAVES: dict[str, set[str]] = {"errors": set(), "extras": set(), "progress": set(), "config": {"errors"}}
 
 # Low layer -> the litedet packages it may import besides itself and the leaves. Everything
 # above (engine, export, compress, bench, distributed, cli, api, tuner) builds on these.
