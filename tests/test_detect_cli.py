@@ -16,7 +16,7 @@ from litedet.engine.predictor import Predictor, detect_source
 from litedet.runtime import open_backend
 
 from conftest import require_shared
-from test_sources import CameraStub, _write_video, mjpeg_server  # noqa: F401 - fixture
+from test_sources import CameraStub, _write_video, black_hole, mjpeg_server  # noqa: F401 - fixtures
 
 
 @pytest.fixture(scope="module")
@@ -101,11 +101,96 @@ def test_detect_folder_glob_and_image_with_a_corrupt_file(tmp_path, tiny_weights
 
 
 def test_detect_http_stream(tiny_weights, mjpeg_server, capsys):  # noqa: F811 - fixture
-    code, out, err = _run(capsys, "--weights", str(tiny_weights), "--source", f"{mjpeg_server}/live.mjpg", "--json")
-    assert code == 0
+    url = f"{mjpeg_server}/live.mjpg"
+    code, out, err = _run(capsys, "--weights", str(tiny_weights), "--source", url, "--json", "--reconnect", "0")
     results = [json.loads(line) for line in out.splitlines()]
     indices = [int(r["source"].rsplit(":", 1)[1]) for r in results]
     assert results and indices == sorted(indices) and indices[-1] >= 45
+    # a live stream that ends was lost: one summary line and exit 1 (a finished file run is 0)
+    assert code == 1 and f"stream {url} lost after 50 frames; no reconnect" in err.splitlines()
+
+
+def test_detect_gives_up_on_a_lost_stream_exits_1_and_says_why(tmp_path, tiny_weights, mjpeg_server, capsys, caplog):  # noqa: F811
+    url = f"{mjpeg_server}/live.mjpg?frames=5&once=1"  # 5 frames, then 404 to every re-open
+    out_dir = tmp_path / "out"
+    code, out, _ = _run(capsys, "--weights", str(tiny_weights), "--source", url, "--reconnect", "1", "--save", str(out_dir))
+    lost = f"stream {url} lost after 5 frames; 1 reconnect(s) failed"
+    assert code == 1 and lost in out.splitlines()
+    assert [r.getMessage() for r in caplog.records if r.getMessage().startswith(url)] == [
+        f"{url}: stream lost (closed, or no frame within the stall timeout) after 5 frames; reconnecting in 1 s (attempt 1 of 1)"]
+    summary = json.loads((out_dir / "summary.json").read_text())
+    assert summary["lost"] == lost and not summary["interrupted"] and summary["frames"] >= 1
+
+
+def test_detect_can_be_interrupted_while_a_silent_stream_opens(tiny_weights, black_hole, capsys):  # noqa: F811
+    import _thread
+    import threading
+    import time
+
+    timer = threading.Timer(0.5, _thread.interrupt_main)  # Ctrl-C, as the signal handler raises it
+    timer.start()
+    started = time.monotonic()
+    code, _, err = _run(capsys, "--weights", str(tiny_weights), "--source", f"rtsp://127.0.0.1:{black_hole}/live",
+                        "--stall-timeout", "30")
+    timer.join()
+    assert code == 130 and "interrupted before the first frame" in err
+    assert time.monotonic() - started < 10  # not the 30 s the open would block
+
+
+class StalledCamera(CameraStub):
+    """Gives ``frames`` frames, then blocks in ``read`` as a native read of a stalled stream does
+    (until ``unblock`` is set)."""
+
+    def __init__(self, frames: int) -> None:
+        import threading
+
+        super().__init__(frames=frames, period=0.001)
+        self.stalled, self.unblock = threading.Event(), threading.Event()
+
+    def read(self):
+        if self.count >= self.frames:
+            self.stalled.set()
+            self.unblock.wait()
+            return False, None
+        return super().read()
+
+
+@pytest.mark.parametrize("signals", [1, 2])
+def test_ctrl_c_on_a_stalled_stream_keeps_the_frames_and_does_not_wait_for_the_read(tmp_path, tiny_weights, signals):
+    import os
+    import signal
+    import threading
+    import time
+
+    camera = StalledCamera(frames=8)
+    source = LiveSource("camera0", camera)
+    sent: list[float] = []
+
+    def press_ctrl_c():
+        camera.stalled.wait(30)
+        time.sleep(0.2)  # the frames read so far reach the sink
+        for _ in range(signals):
+            sent.append(time.monotonic())
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.3)
+
+    # a signal that came late must not reach pytest: the run restores this handler
+    previous = signal.signal(signal.SIGINT, lambda *_: None)
+    presser = threading.Thread(target=press_ctrl_c, daemon=True)
+    try:
+        presser.start()
+        report = detect_source(Predictor(open_backend(tiny_weights)), source, save_dir=tmp_path / "out", progress=False)
+        ended = time.monotonic()
+        presser.join(30)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        camera.unblock.set()
+    assert report.interrupted and report.lost is None and 1 <= report.frames <= 8
+    assert ended - sent[0] < 5  # the stuck read is not waited for (before: 10 s and more)
+    lines = (tmp_path / "out" / "detections.jsonl").read_text().splitlines()
+    assert len(lines) == report.frames  # every finished frame is written
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["interrupted"] and summary["lost"] is None
 
 
 def test_detect_camera_stub_keeps_up(tiny_weights):

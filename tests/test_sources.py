@@ -8,6 +8,7 @@ import logging
 import socketserver
 import threading
 import time
+import urllib.parse
 from pathlib import Path
 
 import cv2
@@ -130,7 +131,9 @@ def test_glob_and_missing_paths(tmp_path):
 
 class _MJPEGHandler(http.server.BaseHTTPRequestHandler):
     """Serves ``frames`` JPEG frames as multipart/x-mixed-replace at ``period`` seconds each, or
-    a single JPEG at /still.jpg."""
+    a single JPEG at /still.jpg. A stream's query changes it: ``frames=N`` per connection,
+    ``stall=1`` keeps the connection open without sending after them (until the server stops),
+    ``once=1`` answers 404 to every stream request after the first one to this server."""
 
     frames = 50
     period = 0.02
@@ -150,10 +153,15 @@ class _MJPEGHandler(http.server.BaseHTTPRequestHandler):
             self.end_headers()
             self.wfile.write(data)
             return
+        query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(self.path).query))
+        self.server.streams_served += 1
+        if query.get("once") and self.server.streams_served > 1:
+            self.send_error(404)
+            return
         self.send_response(200)
         self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
         self.end_headers()
-        for i in range(self.frames):
+        for i in range(int(query.get("frames", self.frames))):
             data = cv2.imencode(".jpg", _frame(i))[1].tobytes()
             try:
                 self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(data))
@@ -161,21 +169,27 @@ class _MJPEGHandler(http.server.BaseHTTPRequestHandler):
             except (BrokenPipeError, ConnectionResetError):
                 return
             time.sleep(self.period)
+        if query.get("stall"):
+            self.wfile.flush()
+            self.server.stopped.wait(30)  # a stream that stalls: the connection stays open, silent
 
 
 @pytest.fixture
 def mjpeg_server():
     server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _MJPEGHandler)
     server.daemon_threads = True
+    server.streams_served = 0
+    server.stopped = threading.Event()
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.stopped.set()
     server.shutdown()
     server.server_close()
 
 
 def test_http_mjpeg_stream_drops_stale_frames(mjpeg_server):
-    source = open_source(f"{mjpeg_server}/stream.mjpg")
+    source = open_source(f"{mjpeg_server}/stream.mjpg", reconnect=0)
     assert isinstance(source, LiveSource)
     seen, lags = [], []
     try:
@@ -192,6 +206,7 @@ def test_http_mjpeg_stream_drops_stale_frames(mjpeg_server):
     assert source.stats.frames + source.stats.dropped == source.frames_read
     assert max(lags) <= 2
     assert seen[-1] >= 45  # kept up with the stream to its end
+    assert source.stats.ended == f"stream {mjpeg_server}/stream.mjpg lost after 50 frames; no reconnect"
 
 
 def test_http_image_url(mjpeg_server):
@@ -304,3 +319,166 @@ def test_live_source_max_frames_and_unopenable_camera():
 def test_file_source_fps_from_video(tmp_path):
     source = FileSource([_write_video(tmp_path / "v.mp4", 3)])
     assert source.fps == pytest.approx(10.0)
+
+
+# ------------------------------------------------------------------ lost streams: reconnects, stalls, stopping
+
+
+class FailingCamera(CameraStub):
+    """A camera that does not open (an unplugged device, a stream that refuses)."""
+
+    def isOpened(self) -> bool:  # noqa: N802 - OpenCV's name
+        return False
+
+
+def _attempt_lines(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "reconnecting in" in r.getMessage()]
+
+
+@pytest.mark.parametrize("query", ["frames=5", "frames=5&stall=1"], ids=["closed", "stalled"])
+def test_lost_stream_reconnects_and_indices_go_on(mjpeg_server, caplog, query):
+    """A server that closes (or goes silent) after 5 frames on every connection: each loss is
+    one warning line, the stream is re-opened and frame indices keep increasing."""
+    from litedet.data.sources import open_stream
+
+    url = f"{mjpeg_server}/live.mjpg?{query}"
+    source = LiveSource(url, max_frames=12, open_capture=lambda: open_stream(url, stall_timeout=0.5), reconnect=2,
+                        backoff_s=(0.01, 0.05))
+    with caplog.at_level(logging.WARNING, logger="litedet.data.sources"):
+        try:
+            indices = [frame.index for frame in source]
+        finally:
+            source.close()
+    assert len(indices) == 12 and indices == sorted(set(indices)) and indices[-1] >= 11
+    lines = _attempt_lines(caplog)
+    assert len(lines) >= 2  # two losses, each reconnected on the first attempt (the count starts anew)
+    assert all(line.startswith(f"{url}: stream lost") and line.endswith("(attempt 1 of 2)") for line in lines)
+    assert "after 5 frames" in lines[0] and "after 10 frames" in lines[1]
+    assert source.stats.ended is None  # ended by max_frames, not lost
+
+
+def test_gives_up_after_n_attempts_through_the_same_factory(caplog):
+    opened: list = []
+
+    def factory(index):
+        opened.append(CameraStub(frames=3, period=0.001) if not opened else FailingCamera())
+        return opened[-1]
+
+    with caplog.at_level(logging.WARNING, logger="litedet.data.sources"):
+        source = open_source(0, capture_factory=factory, reconnect=1)  # one attempt, after 1 s
+        indices = [frame.index for frame in source]
+        source.close()
+    assert indices and indices[-1] == 2 and len(opened) == 2 and opened[0].released
+    assert source.stats.ended == "stream camera0 lost after 3 frames; 1 reconnect(s) failed"
+    assert _attempt_lines(caplog) == [
+        "camera0: stream lost (closed, or no frame within the stall timeout) after 3 frames; reconnecting in 1 s (attempt 1 of 1)"]
+
+
+def test_backoff_doubles_up_to_its_cap_and_each_failed_reopen_is_one_line(caplog):
+    opened: list = []
+
+    def reopen():
+        opened.append(CameraStub(frames=2, period=0.001) if not opened else FailingCamera())
+        return opened[-1]
+
+    with caplog.at_level(logging.WARNING, logger="litedet.data.sources"):
+        source = LiveSource("cam", open_capture=reopen, reconnect=4, backoff_s=(0.01, 0.03))
+        list(source)
+        source.close()
+    lines = _attempt_lines(caplog)
+    assert [line.split("; ", 1)[1] for line in lines] == [
+        "reconnecting in 0.01 s (attempt 1 of 4)", "reconnecting in 0.02 s (attempt 2 of 4)",
+        "reconnecting in 0.03 s (attempt 3 of 4)", "reconnecting in 0.03 s (attempt 4 of 4)"]
+    assert lines[1].startswith("cam: re-open failed after 2 frames")
+    assert len(opened) == 5 and source.stats.ended == "stream cam lost after 2 frames; 4 reconnect(s) failed"
+
+
+def test_reconnect_0_ends_at_the_first_failure(caplog):
+    opened: list = []
+
+    def factory(spec):
+        opened.append(CameraStub(frames=4, period=0.001))
+        return opened[-1]
+
+    with caplog.at_level(logging.WARNING, logger="litedet.data.sources"):
+        source = open_source("/dev/video7", capture_factory=factory, reconnect=0)
+        assert len(list(source)) >= 1
+        source.close()
+    assert len(opened) == 1 and _attempt_lines(caplog) == []
+    assert source.stats.ended == "stream /dev/video7 lost after 4 frames; no reconnect"
+    # a capture_factory (a stub, a replay) re-opens only when asked to; OpenCV's captures do by default
+    with open_source(0, capture_factory=factory) as default:
+        assert default.reconnect == 0
+    with open_source(0, capture_factory=factory, reconnect=3) as asked:
+        assert asked.reconnect == 3
+    with pytest.raises(ValueError, match="^reconnect must be >= 0, got -1$"):
+        open_source(0, capture_factory=factory, reconnect=-1)
+    with pytest.raises(ValueError, match="stall_timeout must be > 0"):
+        open_source("rtsp://127.0.0.1:9/live", stall_timeout=0)
+
+
+def test_close_during_the_backoff_returns_at_once():
+    failed = threading.Event()
+    opened: list = []
+
+    class Ending(CameraStub):
+        def read(self):
+            ok, image = super().read()
+            if not ok:
+                failed.set()
+            return ok, image
+
+    def reopen():
+        opened.append(Ending(frames=2, period=0.001))
+        return opened[-1]
+
+    source = LiveSource("cam", open_capture=reopen, reconnect=3, backoff_s=(60.0, 60.0))
+    consumer = threading.Thread(target=lambda: list(source), daemon=True)
+    consumer.start()
+    assert failed.wait(10)
+    started = time.monotonic()
+    source.close()
+    consumer.join(5)
+    assert time.monotonic() - started < 2 and not consumer.is_alive() and not source._thread.is_alive()
+    assert len(opened) == 1 and opened[0].released and source.stats.ended is None  # stopped, not lost
+
+
+@pytest.fixture
+def black_hole():
+    """A TCP server that accepts connections and never sends a byte."""
+    import socket
+
+    server = socket.create_server(("127.0.0.1", 0))
+    accepted: list = []
+
+    def accept():
+        while True:
+            try:
+                accepted.append(server.accept()[0])
+            except OSError:
+                return
+
+    threading.Thread(target=accept, daemon=True).start()
+    yield server.getsockname()[1]
+    server.close()
+    for connection in accepted:  # ends FFmpeg's open that was left waiting
+        connection.close()
+
+
+def test_the_open_of_a_silent_server_can_be_interrupted(black_hole):
+    """The open blocks in native code until FFmpeg gives up; it runs on a helper thread, so
+    Ctrl-C (here simulated) ends the wait at once instead of after the stall timeout."""
+    import _thread
+
+    timer = threading.Timer(0.3, _thread.interrupt_main)
+    timer.start()
+    started = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        open_source(f"tcp://127.0.0.1:{black_hole}", stall_timeout=30)
+    assert time.monotonic() - started < 10
+    timer.join()
+
+
+def test_the_stall_timeout_ends_the_open_of_a_silent_server(black_hole):
+    with pytest.raises(ValueError, match=rf"^cannot open rtsp://127.0.0.1:{black_hole}/live: "):
+        open_source(f"rtsp://127.0.0.1:{black_hole}/live", stall_timeout=0.3)

@@ -9,6 +9,7 @@ import sys
 from typing import Any
 
 from litedet.cli.common import add_model_option, add_progress_option
+from litedet.data.sources import DEFAULT_RECONNECT, STALL_TIMEOUT_S
 from litedet.runtime import ENGINES
 
 # Per-image lines are printed for runs up to this many frames.
@@ -37,7 +38,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="engine copies inferring side by side, each on threads/streams threads (default: 2 for videos "
                              "and folders of more than 20 images, 1 for cameras and streams; not with the torch engine)")
     parser.add_argument("--no-pipeline", action="store_true", help="run the stages one after another (to compare with the pipelined default)")
+    add_live_options(parser)
     add_progress_option(parser)
+
+
+def add_live_options(parser: argparse.ArgumentParser) -> None:
+    """``--reconnect`` and ``--stall-timeout``: how a camera or network stream that is lost is
+    re-opened (also used by `litedet stream`)."""
+    parser.add_argument("--reconnect", type=int, default=DEFAULT_RECONNECT, metavar="N",
+                        help=f"re-open a camera or stream that stalls or closes up to N times in a row, waiting 1, 2, 4, "
+                             f"... up to 10 s between attempts; 0: end at the first failure; a stream lost for good "
+                             f"exits 1 (default {DEFAULT_RECONNECT})")
+    parser.add_argument("--stall-timeout", type=float, default=STALL_TIMEOUT_S, metavar="SECONDS",
+                        help=f"a network stream that sends nothing for this long counts as lost, at open and while "
+                             f"reading (default {STALL_TIMEOUT_S:g})")
 
 
 def _interrupt(signum: int, _frame: Any) -> None:
@@ -55,9 +69,10 @@ def run(args: argparse.Namespace) -> int:
             iou=args.iou, max_det=args.max_det, classes=args.classes, agnostic=args.agnostic, imgsz=args.imgsz,
             threads=args.threads, precision=args.precision, progress=not args.no_progress, max_frames=args.max_frames,
             keep_results=LISTED_FRAMES, results_stream=sys.stdout if args.json else None, pipeline=not args.no_pipeline,
-            stop_signals=(signal.SIGINT, signal.SIGTERM), streams=args.streams,
+            stop_signals=(signal.SIGINT, signal.SIGTERM), streams=args.streams, reconnect=args.reconnect,
+            stall_timeout=args.stall_timeout,
         )
-    except KeyboardInterrupt:  # before the first frame (loading the model): nothing to keep
+    except KeyboardInterrupt:  # before the first frame (opening the source, loading the model): nothing to keep
         print("litedet detect: interrupted before the first frame", file=sys.stderr)
         return 130
     except BrokenPipeError:  # `--json | head`: the reader has what it wanted
@@ -76,4 +91,6 @@ def run(args: argparse.Namespace) -> int:
             print(f"{result['source']}: {text}", file=out)
     for line in report.summary_lines():
         print(line, file=out)
+    if report.lost:  # a live stream gone for good (its reconnects failed) is a failed run
+        return 1
     return 0 if report.frames or not report.skipped else 1

@@ -10,6 +10,7 @@ import sys
 from litedet.cli.common import (
     add_json_option, add_model_option, add_progress_option, human_output, print_json, resolve_model, sigterm_as_interrupt,
 )
+from litedet.cli.detect import add_live_options
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,6 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-frames", type=int, default=None, help="stop after this many frames (default: the whole source)")
     parser.add_argument("--save", default=None, metavar="DIR",
                         help="write annotated video/images, detections.jsonl, summary.json (default: nothing written)")
+    add_live_options(parser)
     add_json_option(parser, "the run summary")
     add_progress_option(parser)
     parser.add_argument("--progress", action="store_true", default=False,
@@ -39,6 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from litedet.data.sources import open_source
     from litedet.distributed.stream import run_stream
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -49,17 +52,28 @@ def run(args: argparse.Namespace) -> int:
         # SIGTERM ends the run like Ctrl-C: frames already done are written, Ray is shut down.
         try:
             with sigterm_as_interrupt():
-                report = run_stream(
-                    args.source, args.weights, model=model, workers=args.workers, address=args.address,
-                    engine=args.engine, threads_per_worker=args.threads_per_worker, imgsz=args.imgsz, conf=args.conf,
-                    iou=args.iou, max_in_flight=args.max_in_flight, max_frames=args.max_frames, save_dir=args.save,
-                    keep_results=False, progress=not args.no_progress, ray_dashboard=args.ray_dashboard,
-                )
-        except KeyboardInterrupt:  # while the model or the workers were starting: nothing to keep
+                # opened here for the reconnect options; run_stream closes it
+                source = open_source(args.source, max_frames=args.max_frames, reconnect=args.reconnect,
+                                     stall_timeout=args.stall_timeout)
+                try:
+                    report = run_stream(
+                        source, args.weights, model=model, workers=args.workers, address=args.address,
+                        engine=args.engine, threads_per_worker=args.threads_per_worker, imgsz=args.imgsz, conf=args.conf,
+                        iou=args.iou, max_in_flight=args.max_in_flight, max_frames=args.max_frames, save_dir=args.save,
+                        keep_results=False, progress=not args.no_progress, ray_dashboard=args.ray_dashboard,
+                    )
+                finally:
+                    source.close()  # when run_stream refused its arguments before taking the source
+        except KeyboardInterrupt:  # while the source, the model or the workers were opening: nothing to keep
             print("litedet stream: interrupted before the first frame", file=sys.stderr)
             return 130
         for line in report.summary_lines():
             print(line)
+        lost = source.stats.ended  # a live stream gone for good: its reconnects failed
+        if lost:
+            print(lost)
     if args.json:
-        print_json(report.to_dict())
+        print_json({**report.to_dict(), "lost": lost})
+    if lost:
+        return 1
     return 130 if report.interrupted else 0

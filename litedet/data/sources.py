@@ -5,6 +5,7 @@ Files are read in order; nothing is dropped. Live sources (a camera index, ``rts
 ``rtmp://``, ``http(s)://`` streams) are read on their own thread into a one-frame slot: when a
 new frame arrives before the previous one was taken, the old one is dropped and counted, so a
 slow consumer always gets the newest frame and stays at most a frame or two behind real time.
+A live source that stalls or closes is re-opened with a capped backoff (``LiveSource``).
 
 Bad input never stops a run: an unreadable or truncated image is skipped with a warning naming
 it (and counted in ``stats.skipped``); a video that ends early or breaks keeps the frames read
@@ -13,6 +14,7 @@ and ends cleanly. A missing path raises ``FileNotFoundError`` naming it. Imports
 
 from __future__ import annotations
 
+import functools
 import glob
 import http.client
 import logging
@@ -52,11 +54,13 @@ class Frame:
 
 @dataclass
 class SourceStats:
-    """What a source read: frames given out, images skipped (path, reason), live frames dropped."""
+    """What a source read: frames given out, images skipped (path, reason), live frames dropped,
+    and why a live source ended on its own (``ended``: the stream was lost; None otherwise)."""
 
     frames: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)
     dropped: int = 0
+    ended: str | None = None
 
 
 class Capture(Protocol):
@@ -302,62 +306,171 @@ class URLImageSource(Source):
         yield Frame(image, self.url, self.url)
 
 
+# Reconnects of a lost live source: waits of 1, 2, 4, 8, then 10 s (capped exponential backoff,
+# as surveillance recorders do); ``open_source``'s ``reconnect`` attempts in a row, counted anew
+# once a frame arrives again.
+DEFAULT_RECONNECT = 5
+RECONNECT_BACKOFF_S = (1.0, 10.0)
+# A network stream that sends nothing for this long is stalled: its open or read gives up (OpenCV's
+# FFmpeg backend, whose own default is 30 s) and the source reconnects.
+STALL_TIMEOUT_S = 10.0
+# ``LiveSource.close`` waits this long for the reader to release the capture; a read stuck in a
+# stalled stream is not waited for (the reader releases the capture when the read gives up).
+CLOSE_WAIT_S = 0.5
+
+
 class LiveSource(Source):
-    """A camera or network stream read on its own thread; stale frames are dropped.
+    """A camera or network stream read on its own thread; stale frames are dropped; a lost stream
+    is re-opened.
 
     The reader thread keeps only the newest frame. ``__iter__`` waits for a frame newer than the
     last one given out; if the reader stored another first, the older one was dropped
-    (``stats.dropped``). ``Frame.index`` is the frame's position in the stream, so gaps show the
-    drops. The source ends when the stream ends or ``close()`` is called.
+    (``stats.dropped``). ``Frame.index`` is the frame's position in the stream, counted on across
+    reconnects, so gaps show the drops.
+
+    ``capture`` is an opened capture; or ``open_capture()`` opens one on the reader thread while
+    the constructor waits in short slices (Ctrl-C interrupts it at once, where an open blocks in
+    native code for as long as the stream takes to answer). When a read fails, the reader
+    re-opens the stream with ``open_capture``: ``reconnect`` attempts in a row, waiting
+    ``min(backoff_s[1], backoff_s[0] * 2 ** (i - 1))`` seconds before attempt ``i``, one warning
+    line per attempt; a frame read again starts the count anew. Without ``open_capture`` nothing
+    can be re-opened: the source ends at the first failed read. A source that ends because the
+    stream was lost says why in ``stats.ended``; ``close()`` (or ``stop()``) ends it at once, a
+    wait between attempts included, and leaves ``stats.ended`` None.
     """
 
     live = True
 
-    def __init__(self, name: str, capture: Capture, max_frames: int | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        capture: Capture | None = None,
+        max_frames: int | None = None,
+        open_capture: Callable[[], Capture] | None = None,
+        reconnect: int = DEFAULT_RECONNECT,
+        backoff_s: tuple[float, float] = RECONNECT_BACKOFF_S,
+    ) -> None:
         super().__init__()
-        if not capture.isOpened():
-            capture.release()
-            raise ValueError(f"cannot open {name}: check the camera index or stream URL")
+        if capture is None and open_capture is None:
+            raise ValueError(f"{name}: give LiveSource an opened capture or open_capture")
+        if reconnect < 0:
+            raise ValueError(f"reconnect must be >= 0, got {reconnect}")
         self.name = name
         self.max_frames = max_frames
-        fps = capture.get(cv2.CAP_PROP_FPS)
-        self.fps = float(fps) if fps and 0 < fps < 1000 else 25.0
-        self._capture = capture
+        self.reconnect = reconnect if open_capture is not None else 0
+        self.backoff_s = backoff_s
+        self._open_capture = open_capture
         self._lock = threading.Condition()
         self._latest: tuple[int, np.ndarray] | None = None
         self._ended = False
         self._stop = threading.Event()
+        self._closed = False
         self._read_count = 0
-        self._thread = threading.Thread(target=self._reader, name=f"litedet-source-{name}", daemon=True)
+        self._first_open = threading.Event()
+        self._first_error: str | None = None
+        self._thread = threading.Thread(target=self._reader, args=(capture,), name=f"litedet-source-{name}", daemon=True)
+        if capture is not None:
+            if not capture.isOpened():
+                capture.release()
+                raise ValueError(f"cannot open {name}: check the camera index or stream URL")
+            self.fps = _capture_fps(capture)
+            self._first_open.set()
+            self._thread.start()
+            return
         self._thread.start()
-
-    def _reader(self) -> None:
-        index = 0
         try:
-            while not self._stop.is_set():
-                ok, image = self._capture.read()
-                if not ok or image is None:
-                    break
-                with self._lock:
-                    if self._latest is not None:
-                        self.stats.dropped += 1
-                    self._latest = (index, image)
-                    self._read_count = index + 1
-                    self._lock.notify_all()
-                index += 1
-        except Exception as err:  # a broken stream ends the run, it does not kill the process
-            LOGGER.warning("%s: stream broke after %d frames: %s", self.name, index, err)
+            while not self._first_open.wait(0.1):  # short slices: a signal is handled between them
+                pass
+        except BaseException:
+            self.stop()  # the reader releases the capture when its open returns
+            raise
+        if self._first_error is not None:
+            raise ValueError(f"cannot open {name}: {self._first_error or 'check the camera index or stream URL'}")
+
+    def _open(self) -> tuple[Capture | None, str | None]:
+        """A newly opened capture and None, or None and why not ("" when the backend does not say)."""
+        try:
+            capture = self._open_capture()
+        except Exception as err:  # noqa: BLE001 - a backend's error is why the open failed, said in one line
+            return None, f"{type(err).__name__}: {err}"
+        if capture.isOpened():
+            return capture, None
+        capture.release()
+        return None, ""
+
+    def _reader(self, capture: Capture | None) -> None:
+        try:
+            if capture is None:
+                capture, self._first_error = self._open()
+                if capture is not None:
+                    self.fps = _capture_fps(capture)
+                self._first_open.set()
+                if capture is None:
+                    return
+            self._read_frames(capture)
         finally:
-            # Released here, by the thread that reads: releasing while another thread is inside
-            # read() can crash some OpenCV backends.
-            self._capture.release()
+            self._first_open.set()
             with self._lock:
                 self._ended = True
                 self._lock.notify_all()
 
+    def _read_frames(self, capture: Capture | None) -> None:
+        """Read into the one-frame slot until stopped; re-open a lost stream (see the class)."""
+        index = 0
+        attempt = 0
+        what = ""
+        try:
+            while not self._stop.is_set():
+                if capture is not None:
+                    try:
+                        ok, image = capture.read()
+                    except Exception as err:  # noqa: BLE001 - a broken stream is a lost stream, not a dead process
+                        ok, image, what = False, None, f"stream broke ({type(err).__name__}: {err})"
+                    if ok and image is not None:
+                        attempt = 0
+                        self._publish(index, image)
+                        index += 1
+                        continue
+                    # Released here, by the thread that reads: releasing while another thread is
+                    # inside read() can crash some OpenCV backends.
+                    capture.release()
+                    capture = None
+                    what = what or "stream lost (closed, or no frame within the stall timeout)"
+                if self._stop.is_set():
+                    return
+                if attempt >= self.reconnect:
+                    self.stats.ended = self._lost(index)
+                    return
+                attempt += 1
+                delay = min(self.backoff_s[1], self.backoff_s[0] * 2 ** (attempt - 1))
+                LOGGER.warning("%s: %s after %d frames; reconnecting in %g s (attempt %d of %d)",
+                               self.name, what, index, delay, attempt, self.reconnect)
+                if self._stop.wait(delay):
+                    return
+                capture, why = self._open()
+                what = "" if capture is not None else f"re-open failed ({why})" if why else "re-open failed"
+                if capture is not None:
+                    LOGGER.info("%s: reconnected on attempt %d of %d", self.name, attempt, self.reconnect)
+        finally:
+            if capture is not None:
+                capture.release()
+
+    def _lost(self, frames: int) -> str:
+        if self.reconnect:
+            return f"stream {self.name} lost after {frames} frames; {self.reconnect} reconnect(s) failed"
+        return f"stream {self.name} lost after {frames} frames; no reconnect"
+
+    def _publish(self, index: int, image: np.ndarray) -> None:
+        with self._lock:
+            if self._latest is not None:
+                self.stats.dropped += 1
+            self._latest = (index, image)
+            self._read_count = index + 1
+            self._lock.notify_all()
+
     @property
     def frames_read(self) -> int:
-        """Frames the reader thread has taken from the stream so far."""
+        """Frames the reader thread has taken from the stream so far (across reconnects)."""
         with self._lock:
             return self._read_count
 
@@ -365,9 +478,9 @@ class LiveSource(Source):
         given = 0
         while self.max_frames is None or given < self.max_frames:
             with self._lock:
-                while self._latest is None and not self._ended:
-                    self._lock.wait(timeout=0.5)
-                if self._latest is None:
+                while self._latest is None and not self._ended and not self._stop.is_set():
+                    self._lock.wait(timeout=0.1)
+                if self._latest is None or self._stop.is_set():
                     return
                 index, image = self._latest
                 self._latest = None
@@ -375,12 +488,41 @@ class LiveSource(Source):
             self.stats.frames += 1
             yield Frame(image, f"{self.name}:{index}", self.name, index, is_video=True)
 
-    def close(self) -> None:
-        """Stop the reader; it releases the capture once its current read returns."""
+    def stop(self) -> None:
+        """Ask the reader to stop; returns at once (safe in a signal handler). A consumer waiting
+        for a frame and a wait between reconnects end within 0.1 s; a read in progress ends when
+        it returns."""
         self._stop.set()
-        self._thread.join(timeout=5.0)
+
+    def close(self) -> None:
+        """Stop the reader and wait up to ``CLOSE_WAIT_S`` (the first time) for it to release the
+        capture; a read stuck in a stalled stream is left to give up on its own (the reader is a
+        daemon thread and releases the capture then)."""
+        self.stop()
+        if self._closed:
+            return
+        self._closed = True
+        self._thread.join(timeout=CLOSE_WAIT_S)
         if self._thread.is_alive():
-            LOGGER.warning("%s: the stream is still blocked in a read; it is released when that returns", self.name)
+            LOGGER.warning("%s: the stream is still blocked in a read or open; it is released when that gives up", self.name)
+
+
+def _capture_fps(capture: Capture) -> float:
+    fps = capture.get(cv2.CAP_PROP_FPS)
+    return float(fps) if fps and 0 < fps < 1000 else 25.0
+
+
+def open_stream(url: str, stall_timeout: float | None = STALL_TIMEOUT_S) -> cv2.VideoCapture:
+    """``cv2.VideoCapture`` of a network stream whose open and each read give up after
+    ``stall_timeout`` seconds without data (``CAP_PROP_OPEN_TIMEOUT_MSEC`` and
+    ``CAP_PROP_READ_TIMEOUT_MSEC``, FFmpeg backend); with None, or an OpenCV without these
+    properties, OpenCV's default of 30 s applies."""
+    open_timeout = getattr(cv2, "CAP_PROP_OPEN_TIMEOUT_MSEC", None)  # OpenCV >= 4.5.2
+    read_timeout = getattr(cv2, "CAP_PROP_READ_TIMEOUT_MSEC", None)
+    if stall_timeout is None or open_timeout is None or read_timeout is None:
+        return cv2.VideoCapture(url)
+    milliseconds = max(1, int(stall_timeout * 1000))
+    return cv2.VideoCapture(url, cv2.CAP_ANY, [open_timeout, milliseconds, read_timeout, milliseconds])
 
 
 def _collect_dir(path: Path) -> list[Path]:
@@ -401,6 +543,8 @@ def open_source(
     max_frames: int | None = None,
     capture_factory: Callable[[str | int], Capture] | None = None,
     decode_threads: int | None = None,
+    reconnect: int | None = None,
+    stall_timeout: float | None = STALL_TIMEOUT_S,
 ) -> Source:
     """Open ``source``: an image or video file, a folder, a glob, a camera index (``0``), a V4L2
     device (``/dev/video0``), a GStreamer pipeline ending in ``appsink`` (needs an OpenCV built
@@ -411,14 +555,40 @@ def open_source(
     alike). ``capture_factory`` opens cameras and streams (default ``cv2.VideoCapture``), e.g. a
     stub where no camera exists. ``decode_threads`` caps the threads that decode a video file
     (default: the decoder's own choice, one per core).
+
+    Live sources (cameras, V4L2 devices, GStreamer pipelines, streams) are opened on a helper
+    thread (Ctrl-C interrupts a slow open at once); one that cannot be opened at all is a
+    ``ValueError``. A live source lost later is re-opened through the same factory up to
+    ``reconnect`` times in a row (0: it ends at the first failed read; see ``LiveSource``).
+    Default: ``DEFAULT_RECONNECT`` with OpenCV's captures, 0 with a ``capture_factory`` (a stub or
+    a replay that runs out has ended; give ``reconnect`` to re-open through it too).
+    ``stall_timeout``: seconds without data after which a network stream's open or read gives up
+    (None: OpenCV's default, 30 s); it applies to the default factory only.
     """
     if max_frames is not None and max_frames < 1:
         raise ValueError(f"max_frames must be >= 1, got {max_frames}")
-    factory = capture_factory or cv2.VideoCapture
+    if reconnect is None:
+        reconnect = DEFAULT_RECONNECT if capture_factory is None else 0
+    if reconnect < 0:
+        raise ValueError(f"reconnect must be >= 0, got {reconnect}")
+    if stall_timeout is not None and not stall_timeout > 0:
+        raise ValueError(f"stall_timeout must be > 0 seconds (or None for OpenCV's default, 30 s), got {stall_timeout}")
+
+    def live(name: str, spec: str | int, stream: bool = False) -> LiveSource:
+        """``spec`` opened, and re-opened when lost, by the factory (a stream by default with the
+        stall timeout)."""
+        if capture_factory is not None:
+            opener = functools.partial(capture_factory, spec)
+        elif stream:
+            opener = functools.partial(open_stream, str(spec), stall_timeout)
+        else:
+            opener = functools.partial(cv2.VideoCapture, spec)
+        return LiveSource(name, max_frames=max_frames, open_capture=opener, reconnect=reconnect)
+
     spec = str(source) if isinstance(source, os.PathLike) else source
     if isinstance(spec, int) or (isinstance(spec, str) and spec.isdigit()):
         index = int(spec)
-        return LiveSource(f"camera{index}", factory(index), max_frames)
+        return live(f"camera{index}", index)
     if spec.startswith("/dev/video") or is_gstreamer_pipeline(spec):
         # A V4L2 device node (a character device, not a file) or a GStreamer pipeline ending in
         # appsink (e.g. libcamerasrc on a Raspberry Pi): both are live captures.
@@ -427,12 +597,12 @@ def open_source(
                 f"cannot open the GStreamer pipeline {spec!r}: this OpenCV ({cv2.__version__}) is built without "
                 "GStreamer (as are the opencv-python wheels from PyPI); use an OpenCV with GStreamer (Debian's "
                 "python3-opencv), a V4L2 device (/dev/video0) or a tcp:// / rtsp:// stream")
-        return LiveSource(spec, factory(spec), max_frames)
+        return live(spec, spec)
     if spec.lower().startswith(STREAM_SCHEMES):
         path_part = spec.split("?", 1)[0].lower()
         if spec.lower().startswith(("http://", "https://")) and path_part.endswith(IMAGE_SUFFIXES):
             return URLImageSource(spec)
-        return LiveSource(spec, factory(spec), max_frames)
+        return live(spec, spec, stream=True)
     path = Path(spec).expanduser()
     if path.is_dir():
         files = _collect_dir(path)

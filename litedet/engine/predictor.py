@@ -24,7 +24,9 @@ import cv2
 import numpy as np
 
 from litedet.config import ModelConfig, usable_cores, write_text_atomic
-from litedet.data.sources import FileSource, Frame, Source, decode_threads_beside, open_source
+from litedet.data.sources import (
+    DEFAULT_RECONNECT, STALL_TIMEOUT_S, FileSource, Frame, LiveSource, Source, decode_threads_beside, open_source,
+)
 from litedet.data.transforms import LetterboxInfo, Preprocessor
 from litedet.engine.results import Detections, Reservoir
 from litedet.engine.sinks import OutputWriter, ResultsLog
@@ -225,8 +227,9 @@ class DetectReport:
     end-to-end FPS (the seconds spent on the reference left out), the network-only reference
     (``network_ms``, median ms of the backend alone on the first frame's input, timed at the first
     frame and, for a source that ended on its own, again after the last: ``reference_points``;
-    None when not measured), files written and the last
-    ``keep_results`` results (``results``; every result is in ``detections.jsonl``)."""
+    None when not measured), files written, the last ``keep_results`` results (``results``; every
+    result is in ``detections.jsonl``) and, for a live stream that was lost (its reconnects
+    failed), why (``lost``; None otherwise)."""
 
     frames: int
     skipped: list[tuple[str, str]]
@@ -242,6 +245,7 @@ class DetectReport:
     reference_points: int = 0  # 1: timed at the first frame; 2: also after the last
     streams: int = 1  # engine copies inferring side by side
     stream_threads: int | None = None  # threads of each (None: the engine's default)
+    lost: str | None = None  # a live source's ``stats.ended``: "stream ... lost after N frames; ..."
 
     @property
     def network_ratio(self) -> float | None:
@@ -260,6 +264,8 @@ class DetectReport:
                 lines += [f"  {path}: {why}" for path, why in self.skipped[:5]]
             if self.interrupted:
                 lines.append("interrupted before the first frame")
+            if self.lost:
+                lines.append(self.lost)
             return lines
         lines = [
             f"{self.frames} frame(s) in {self.wall_s:.2f} s: pre-process {ms['pre']:.1f} ms, inference "
@@ -281,6 +287,8 @@ class DetectReport:
             lines.append(f"dropped {self.dropped} stale live frame(s) to stay real-time")
         if self.interrupted:
             lines.append("interrupted: every finished frame is kept")
+        if self.lost:
+            lines.append(self.lost)
         if self.saved:
             lines.append(f"saved {len(self.saved)} file(s) to {self.saved[0].parent}")
         return lines
@@ -291,7 +299,7 @@ class DetectReport:
             "stage_ms_median": self.stage_ms, "fps": self.fps, "wall_s": self.wall_s,
             "network_ms": self.network_ms, "network_ratio": self.network_ratio, "pipelined": self.pipelined,
             "streams": self.streams, "stream_threads": self.stream_threads,
-            "interrupted": self.interrupted, "saved": [str(p) for p in self.saved],
+            "interrupted": self.interrupted, "lost": self.lost, "saved": [str(p) for p in self.saved],
         }
 
 
@@ -310,6 +318,8 @@ def time_network(predictor: Predictor, batch: np.ndarray, runs: int = 20, warmup
 
 
 _END = object()
+# The longest the clean-up waits for a file source's reader thread to finish its frame.
+READER_WAIT_S = 10.0
 
 
 @dataclass
@@ -400,6 +410,8 @@ class _Pipeline:
         self._reference_batch: np.ndarray | None = None
         self._reader: threading.Thread | None = None
         self.interrupted = False
+        self.hurry = threading.Event()  # a second signal: stop waiting for the reader
+        self._cleaning = False  # in the clean-up after the run (see ``_on_signal``)
 
     def _time_reference(self, batch: np.ndarray | None, runs: int) -> None:
         """Add network-only samples on ``batch`` (a copy of the first frame's input) with the
@@ -523,10 +535,20 @@ class _Pipeline:
                     failed = True
 
     def _on_signal(self, signum: int, _frame: Any) -> None:
-        if self.interrupted:  # a second Ctrl-C ends at once
+        """The first signal stops the run (and wakes a reader waiting on a stalled live stream).
+        A second one stops waiting for the reader (a stalled stream's native read is never
+        waited for) and, while the run still infers, raises KeyboardInterrupt at once; in the
+        clean-up it lets the frames already inferred be written, and a third raises."""
+        if not self.interrupted:
+            self.interrupted = True
+            self.stop.set()
+            if isinstance(self.source, LiveSource) and not self._cleaning:  # the clean-up closes it itself
+                self.source.stop()  # sets an event, returns at once
+            return
+        repeated = self.hurry.is_set()
+        self.hurry.set()
+        if repeated or not self._cleaning:
             raise KeyboardInterrupt
-        self.interrupted = True
-        self.stop.set()
 
     def _trap(self, signals: Sequence[int]) -> dict[int, Any]:
         """While the run lasts, ``signals`` only ask it to stop: a KeyboardInterrupt raised inside
@@ -555,8 +577,9 @@ class _Pipeline:
                     thread.start()
                 self._infer(self.engines[0], first)
         finally:
+            self._cleaning = True
             self.stop.set()
-            self._reader.join(timeout=10.0)
+            self._stop_reader()
             for thread in beside:
                 thread.join()
             # every inferred frame reaches the sink before it stops: a kill loses nothing finished
@@ -567,6 +590,19 @@ class _Pipeline:
         if self.errors:
             raise self.errors[0]
         self._last_reference(reference_runs)
+
+    def _stop_reader(self) -> None:
+        """Wait for the reader thread to end (the pipeline is stopped). A live source is closed
+        first: that wakes a reader waiting for a stalled stream's next frame and waits at most
+        ``CLOSE_WAIT_S`` for its capture, here where a signal only sets ``hurry``. A file's reader
+        ends within a frame; a second signal stops the wait for it too."""
+        if self.live:
+            self.source.close()
+        deadline = time.monotonic() + READER_WAIT_S
+        while self._reader is not None and self._reader.is_alive() and not self.hurry.is_set():
+            if time.monotonic() > deadline:
+                break
+            self._reader.join(timeout=0.1)
 
     def run_sequential(self, reference_runs: int, stop_signals: Sequence[int] = ()) -> None:
         """The same stages one after another on the caller's thread (for comparison)."""
@@ -586,6 +622,9 @@ class _Pipeline:
                 self.sink(_Inferred(frame, outputs, info, self.predictor.input_hw(batch), pre_ms, infer_ms))
                 given += 1
         finally:
+            self._cleaning = True
+            if self.live:
+                self.source.close()  # while a signal only sets ``hurry`` (see ``_stop_reader``)
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
         self._last_reference(reference_runs)
@@ -668,7 +707,9 @@ def detect_source(
     videos, streams and more than 20 files). A progress bar is shown for files and videos
     (known length). ``stop_signals`` (default Ctrl-C; ``litedet detect`` adds SIGTERM) end the
     run cleanly when it runs on the main thread: every frame inferred before is written, files
-    are closed and ``report.interrupted`` is set; a second one stops at once.
+    are closed and ``report.interrupted`` is set; a second one stops at once (a live stream's
+    stalled read is not waited for). A live source that ends because its stream was lost sets
+    ``report.lost``.
     """
     from litedet.progress import progress_bar
 
@@ -731,6 +772,7 @@ def detect_source(
         saved=list(writers.saved) if writers is not None else [],
         results=list(runner.sink.results) if runner is not None else [],
         interrupted=interrupted,
+        lost=opened.stats.ended,
         network_ms=runner.network_ms if runner is not None else None,
         pipelined=pipeline,
         reference_points=runner.reference_points if runner is not None else 0,
@@ -782,12 +824,16 @@ def detect(
     reference_runs: int | None = None,
     stop_signals: Sequence[int] = (signal.SIGINT,),
     streams: int | None = None,
+    reconnect: int = DEFAULT_RECONNECT,
+    stall_timeout: float | None = STALL_TIMEOUT_S,
 ) -> DetectReport:
     """Open ``weights`` (``litedet.runtime.open_backend``) and detect on every frame of ``source``
-    (``detect_source`` says what is written and kept); what ``litedet detect`` runs."""
+    (``detect_source`` says what is written and kept); what ``litedet detect`` runs. ``reconnect``
+    and ``stall_timeout`` go to ``open_source`` (a lost live stream: ``report.lost``)."""
     from litedet.runtime import open_backend
 
-    opened = open_source(source, max_frames=max_frames)  # a missing source fails before a model is loaded
+    # a missing source fails before a model is loaded
+    opened = open_source(source, max_frames=max_frames, reconnect=reconnect, stall_timeout=stall_timeout)
     try:
         backend = open_backend(weights, engine=engine, threads=threads, precision=precision, model=model, imgsz=imgsz)
     except BaseException:
