@@ -4,6 +4,7 @@ published model on real images when ../shared is present."""
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import cv2
@@ -47,7 +48,7 @@ def _check_json_lines(text: str, sources: list[str]) -> list[dict]:
     return results
 
 
-def test_detect_video_saves_annotated_video_and_json(tmp_path, tiny_weights, capsys):
+def test_detect_video_saves_annotated_video_and_json(tmp_path, tiny_weights, capsys, caplog):
     video = _write_video(tmp_path / "clip.mp4", 6)
     out_dir = tmp_path / "out"
     code, out, err = _run(
@@ -65,6 +66,12 @@ def test_detect_video_saves_annotated_video_and_json(tmp_path, tiny_weights, cap
     assert _check_json_lines((out_dir / "detections.jsonl").read_text(), [r["source"] for r in results]) == results
     summary = json.loads((out_dir / "summary.json").read_text())
     assert summary["frames"] == 6 and summary["pipelined"] and not summary["interrupted"]
+    # the same folder again: the earlier results are replaced, and the run says so first
+    with caplog.at_level(logging.WARNING, logger="litedet.engine.predictor"):
+        code, _, _ = _run(capsys, "--weights", str(tiny_weights), "--source", str(video), "--save", str(out_dir),
+                          "--max-frames", "2")
+    assert code == 0 and len((out_dir / "detections.jsonl").read_text().splitlines()) == 2
+    assert "holds an earlier run's results" in caplog.text
 
 
 def test_detect_max_frames_and_sequential_give_the_same_results(tmp_path, tiny_weights, capsys):

@@ -739,6 +739,9 @@ def detect_source(
     try:
         if out_dir is not None:
             out_dir.mkdir(parents=True, exist_ok=True)
+            if (out_dir / RESULTS_FILE).is_file():  # an earlier run's results: say so before they go
+                LOGGER.warning("%s holds an earlier run's results: %s and files of the same names are replaced",
+                               out_dir, RESULTS_FILE)
             writers = OutputWriter(out_dir, opened.fps)
             log = ResultsLog(out_dir / RESULTS_FILE)
         sink = _Sink(predictor, writers, log, results_stream, keep_results, on_result, bar)
