@@ -449,17 +449,17 @@ def tiny_onnx(tmp_path) -> Path:
 
     from litedet.config import sidecar_path
 
-    b = _Builder(3, 16)
+    b = _Builder(3, 32)
     model = b.model([b.conv(b.relu(b.conv("images", 3, 8, k=3)), 8, 8)])
     path = tmp_path / "model.onnx"
     onnx.save(model, str(path))
-    _config((16, 16)).save(sidecar_path(path))
+    _config((32, 32)).save(sidecar_path(path))
     return path
 
 
 def _arrays(count: int) -> list[np.ndarray]:
     rng = np.random.default_rng(0)
-    return [rng.random((1, 3, 16, 16), dtype=np.float32) for _ in range(count)]
+    return [rng.random((1, 3, 32, 32), dtype=np.float32) for _ in range(count)]
 
 
 def test_quantize_defaults_to_ort_static_on_64_calibration_inputs(tiny_onnx, tmp_path):
