@@ -868,3 +868,32 @@ def test_prepost_script_times_float_and_uint8_exports_side_by_side(tmp_path, cap
                         "--images", str(folder)]) == 0
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith(f"| {tmp_path}")]
     assert [row.split(" | ")[1] for row in rows] == ["float32", "uint8"]
+
+
+def test_op_profile_script_splits_kernel_time_and_compares_with_the_first_model(tmp_path, capsys):
+    """scripts/ort_op_profile.py: per-model conv / data-movement split and the ratios to the first."""
+    import importlib.util
+    import json
+
+    import torch
+
+    from litedet.export.api import export_model
+    from litedet.models.registry import create_model
+
+    torch.manual_seed(0)
+    small = export_model(create_model("v5lite-e", input_size=64).eval(), "onnx", tmp_path / "e", imgsz=64).path
+    large = export_model(create_model("v5lite-s", input_size=64).eval(), "onnx", tmp_path / "s", imgsz=64).path
+    spec = importlib.util.spec_from_file_location("opprofile", Path(__file__).parents[1] / "scripts" / "ort_op_profile.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    out = tmp_path / "profile.json"
+    assert script.main([f"e={small}", f"s={large}", "--threads", "1", "--rounds", "1", "--runs", "3",
+                        "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "e: " in text and "s / e: " in text and "convs only" in text
+    numbers = json.loads(out.read_text())["1"]
+    for name in ("e", "s"):
+        row = numbers[name]
+        assert row["conv_ms"] > 0 and row["total_ms"] == pytest.approx(row["conv_ms"] + row["movement_ms"] + row["other_ms"])
+        assert row["per_op_ms"]["Conv"] == pytest.approx(row["conv_ms"])
+    assert numbers["s"]["vs_reference"]["all"] == pytest.approx(numbers["s"]["total_ms"] / numbers["e"]["total_ms"])
