@@ -897,3 +897,25 @@ def test_op_profile_script_splits_kernel_time_and_compares_with_the_first_model(
         assert row["conv_ms"] > 0 and row["total_ms"] == pytest.approx(row["conv_ms"] + row["movement_ms"] + row["other_ms"])
         assert row["per_op_ms"]["Conv"] == pytest.approx(row["conv_ms"])
     assert numbers["s"]["vs_reference"]["all"] == pytest.approx(numbers["s"]["total_ms"] / numbers["e"]["total_ms"])
+
+
+def test_gflops_of_engine_files_equal_the_torch_count(tmp_path):
+    """Peers published only as ONNX or ncnn files get FLOPs from the file: the same count as
+    litedet's torch profile of the same network."""
+    from conftest import require_shared
+
+    from litedet.bench.peers import ncnn_gflops
+    from litedet.bench.profile import profile_model
+    from litedet.compress.report import count_file_gflops
+    from litedet.export.api import export_model
+    from litedet.models.registry import create_model
+
+    model = create_model("v5lite-e", input_size=64).eval()
+    expected = 2.0 * profile_model(model, (64, 64), 1).madds / 1e9
+    onnx_file = export_model(model, "onnx", tmp_path, imgsz=64).path
+    assert count_file_gflops(onnx_file) == pytest.approx(expected, rel=1e-6)
+    assert count_file_gflops(tmp_path / "model.json") is None
+    pytest.importorskip("ncnn")
+    param = require_shared("weights", "yolov5-lite", "v5lite-e.ncnn.param")
+    published = 2.0 * profile_model(create_model("v5lite-e").eval(), (320, 320), 1).madds / 1e9
+    assert ncnn_gflops(param, 320) == pytest.approx(published, rel=1e-6)

@@ -96,7 +96,8 @@ class Peer(ABC):
         return None
 
     def info(self, variant: PeerVariant) -> dict[str, float | None]:
-        """Params (count) for peers without a torch module; others are profiled by the caller."""
+        """Params (count) and, where the file allows, GFLOPs for peers without a torch module;
+        others are profiled by the caller."""
         return {"params": None}
 
     @abstractmethod
@@ -227,6 +228,48 @@ def ncnn_param_count(param: Path) -> int:
         if values.get("5", "0") == "1":  # bias_term
             total += int(values.get("0", 0))  # num_output
     return total
+
+
+def ncnn_gflops(param: Path, imgsz: int) -> float | None:
+    """GFLOPs per image of an ncnn model at ``imgsz`` x ``imgsz``: 2 x the multiply-adds of its
+    conv and fully-connected layers (weights x output positions), the output sizes read by running
+    the net once on a blank image; None without the ``ncnn`` package or when the net does not run."""
+    try:
+        import ncnn
+    except ImportError:
+        return None
+    layers, input_name = [], None
+    for line in Path(param).read_text().split("\n")[2:]:
+        parts = line.split()
+        if len(parts) < 4:
+            continue
+        n_in, n_out = int(parts[2]), int(parts[3])
+        tops = parts[4 + n_in:4 + n_in + n_out]
+        if parts[0] == "Input" and input_name is None and tops:
+            input_name = tops[0]
+        if parts[0] in _NCNN_WEIGHT_LAYERS and tops:
+            values = dict(item.split("=", 1) for item in parts[4 + n_in + n_out:] if "=" in item)
+            layers.append((tops[0], int(values.get("6", 0))))
+    if input_name is None or not layers:
+        return None
+    net = ncnn.Net()
+    try:
+        if net.load_param(str(param)) != 0 or net.load_model(str(Path(param).with_suffix(".bin"))) != 0:
+            return None
+        blank = ncnn.Mat(imgsz, imgsz, 3)  # w, h, c
+        blank.fill(0.0)
+        macs = 0
+        with net.create_extractor() as extractor:
+            extractor.set_light_mode(False)  # keep every blob: each conv's output size is read below
+            extractor.input(input_name, blank)
+            for top, weights in layers:
+                status, blob = extractor.extract(top)
+                if status != 0:
+                    return None
+                macs += weights * blob.w * blob.h  # [c, h, w]: each output position uses every weight once
+        return 2.0 * macs / 1e9
+    finally:
+        net.clear()
 
 
 def _set_torch_threads(threads: int) -> None:
@@ -580,10 +623,13 @@ class PublishedPeer(Peer):
         if path.suffix == ".onnx":
             import onnx
 
+            from litedet.compress.report import count_file_gflops
+
             graph = onnx.load(str(path)).graph
-            return {"params": float(sum(int(np.prod(t.dims)) for t in graph.initializer))}
+            return {"params": float(sum(int(np.prod(t.dims)) for t in graph.initializer)),
+                    "gflops": count_file_gflops(path)}
         if path.suffix == ".param":
-            return {"params": float(ncnn_param_count(path))}
+            return {"params": float(ncnn_param_count(path)), "gflops": ncnn_gflops(path, variant.imgsz)}
         return {"params": None}
 
 

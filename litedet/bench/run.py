@@ -165,7 +165,7 @@ def _engine_file_subjects(
 ) -> list[Subject]:
     """A deployed engine file (an exported, quantized or pruned ``.onnx``, OpenVINO ``.xml`` or ncnn
     ``.param`` with its sidecar) timed as it is, on its own engine, at its own input size."""
-    from litedet.compress.report import count_file_params
+    from litedet.compress.report import count_file_gflops, count_file_params
     from litedet.config import find_config
     from litedet.runtime import engine_for, open_backend
 
@@ -181,7 +181,7 @@ def _engine_file_subjects(
         notes.append(f"{name}: {path.name} runs on its own engine ({engine}), not on {', '.join(engines)}")
     if size != imgsz:
         notes.append(f"{name}: {path.name} is fixed at {size}x{size}; timed at that size, not {imgsz}")
-    profile = _empty_profile(count_file_params(path))
+    profile = {**_empty_profile(count_file_params(path)), "gflops": count_file_gflops(path)}
     subjects = []
     for count in threads:
         backend = open_backend(path, engine=engine, threads=count)
@@ -248,7 +248,11 @@ def _peer_subjects(peer: Peer, variant: PeerVariant, engines: Sequence[str], thr
     their own engine whatever ``engines`` says)."""
     chosen = [e for e in engines if e in variant.engines] or list(variant.engines[:1])
     module = peer.torch_module(variant)
-    profile = _profile_torch(module, variant.imgsz) if module is not None else _empty_profile(peer.info(variant)["params"])
+    if module is not None:
+        profile = _profile_torch(module, variant.imgsz)
+    else:
+        info = peer.info(variant)
+        profile = {**_empty_profile(info["params"]), "gflops": info.get("gflops")}
     if module is None and variant.model == "v5lite-ncnn":
         profile = _litedet_definition_profile(variant, profile, notes)
     subjects = []

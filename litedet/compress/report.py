@@ -139,6 +139,47 @@ def count_file_params(path: str | os.PathLike) -> int | None:
     return total
 
 
+def count_file_gflops(path: str | os.PathLike) -> float | None:
+    """GFLOPs per image of an ONNX file (2 x the multiply-adds of its Conv, ConvTranspose, Gemm and
+    MatMul nodes, as ``litedet.bench.profile`` counts a torch model), from ONNX shape inference;
+    None for other formats or when a shape it needs is not fixed."""
+    path = Path(path)
+    if path.suffix != ".onnx":
+        return None
+    import onnx
+
+    try:
+        model = onnx.shape_inference.infer_shapes(onnx.load(str(path)))
+    except Exception:  # noqa: BLE001 - a graph shape inference cannot follow: no count
+        return None
+    graph = model.graph
+
+    def dims(name: str) -> list[int] | None:
+        for info in (*graph.value_info, *graph.output, *graph.input):
+            if info.name == name:
+                shape = [d.dim_value if d.HasField("dim_value") else 0 for d in info.type.tensor_type.shape.dim]
+                return shape if shape and all(shape) else None
+        for init in graph.initializer:
+            if init.name == name:
+                return list(init.dims)
+        return None
+
+    macs = 0
+    for node in graph.node:
+        if node.op_type in ("Conv", "ConvTranspose"):
+            weight, out = dims(node.input[1]), dims(node.output[0])
+            source = out if node.op_type == "Conv" else dims(node.input[0])
+            if weight is None or source is None:
+                return None
+            macs += int(np.prod(weight)) * int(np.prod(source[2:]))  # per image: Cout x Cin/g x k x k x H x W
+        elif node.op_type in ("Gemm", "MatMul"):
+            a, out = dims(node.input[0]), dims(node.output[0])
+            if a is None or out is None:
+                return None
+            macs += int(np.prod(out[1:] if len(out) > 2 else out)) * a[-1]
+    return 2.0 * macs / 1e9
+
+
 def _sample_batch(path: Path, images: str | os.PathLike | None, imgsz: tuple[int, int] | None) -> np.ndarray:
     """One real image pre-processed for the model at ``path`` (or a fixed grey image)."""
     import cv2
