@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -124,6 +125,18 @@ def test_streams_infer_side_by_side_and_keep_the_order(tmp_path, tiny_onnx):
     assert all(copy.calls > 0 for copy in opened)  # each copy took frames
     assert "3 inference streams of 1 thread(s) each" in report.summary_lines()[0]
     assert report.to_dict()["streams"] == 3
+
+
+def test_more_streams_than_threads_say_they_take_more_threads(tmp_path, tiny_onnx, caplog):
+    from litedet.engine.predictor import open_streams
+
+    backend = open_backend(tiny_onnx, threads=2)
+    with caplog.at_level(logging.WARNING, logger="litedet.engine.predictor"):
+        engines = open_streams(backend, 3)
+    for engine in engines:
+        engine.close()
+    backend.close()
+    assert len(engines) == 3 and "3 inference streams on 2 thread(s): each gets 1 thread, 3 threads in all" in caplog.text
 
 
 def test_a_slow_stream_keeps_its_input_while_the_others_run_ahead(tmp_path, tiny_onnx):

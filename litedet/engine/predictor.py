@@ -660,6 +660,9 @@ def open_streams(backend: Backend, streams: int | None, pipeline: bool = True, a
     if backend.reopen is None:
         raise ValueError(f"{streams} inference streams need an engine opened from a file (litedet.runtime.open_backend)")
     threads = max(1, engine_threads(backend) // streams)
+    if streams > engine_threads(backend):
+        LOGGER.warning("%d inference streams on %d thread(s): each gets 1 thread, %d threads in all, more than asked "
+                       "(streams no more than --threads keep them apart)", streams, engine_threads(backend), streams)
     engines: list[Backend] = []
     try:
         for _ in range(streams):
