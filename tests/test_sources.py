@@ -480,5 +480,6 @@ def test_the_open_of_a_silent_server_can_be_interrupted(black_hole):
 
 
 def test_the_stall_timeout_ends_the_open_of_a_silent_server(black_hole):
-    with pytest.raises(ValueError, match=rf"^cannot open rtsp://127.0.0.1:{black_hole}/live: "):
+    with pytest.raises(ValueError, match=rf"^cannot open rtsp://127.0.0.1:{black_hole}/live: no answer within "
+                                         r"0.3 s \(--stall-timeout\), refused, or a wrong URL"):
         open_source(f"rtsp://127.0.0.1:{black_hole}/live", stall_timeout=0.3)

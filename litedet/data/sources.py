@@ -349,6 +349,7 @@ class LiveSource(Source):
         open_capture: Callable[[], Capture] | None = None,
         reconnect: int = DEFAULT_RECONNECT,
         backoff_s: tuple[float, float] = RECONNECT_BACKOFF_S,
+        open_hint: str = "check the camera index or stream URL",
     ) -> None:
         super().__init__()
         if capture is None and open_capture is None:
@@ -385,7 +386,7 @@ class LiveSource(Source):
             self.stop()  # the reader releases the capture when its open returns
             raise
         if self._first_error is not None:
-            raise ValueError(f"cannot open {name}: {self._first_error or 'check the camera index or stream URL'}")
+            raise ValueError(f"cannot open {name}: {self._first_error or open_hint}")
 
     def _open(self) -> tuple[Capture | None, str | None]:
         """A newly opened capture and None, or None and why not ("" when the backend does not say)."""
@@ -583,7 +584,11 @@ def open_source(
             opener = functools.partial(open_stream, str(spec), stall_timeout)
         else:
             opener = functools.partial(cv2.VideoCapture, spec)
-        return LiveSource(name, max_frames=max_frames, open_capture=opener, reconnect=reconnect)
+        hint = "check the camera index or stream URL"
+        if stream and capture_factory is None:
+            waited = f"{stall_timeout:g} s (--stall-timeout)" if stall_timeout is not None else "30 s"
+            hint = f"no answer within {waited}, refused, or a wrong URL"
+        return LiveSource(name, max_frames=max_frames, open_capture=opener, reconnect=reconnect, open_hint=hint)
 
     spec = str(source) if isinstance(source, os.PathLike) else source
     if isinstance(spec, int) or (isinstance(spec, str) and spec.isdigit()):
