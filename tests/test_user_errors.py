@@ -218,6 +218,7 @@ def weights(tmp_path_factory):
     ({"names": None}, "names must be a list of strings"),
     ({"version": 99}, "model config version 99; this litedet reads versions up to 1"),
     ({"precision": "int3"}, "precision must be one of ['fp32', 'fp16', 'bf16', 'int8'], got 'int3'"),
+    ({"nms_in_graph": True}, "nms_in_graph is set, which only an exported graph has"),
 ])
 def test_bad_sidecar_is_one_line(capsys, tmp_path, weights, change, needle):
     local = tmp_path / weights.name

@@ -97,6 +97,10 @@ def open_backend(
             f"{path}: no model config beside it (expected {sidecar_path(path)}); import published weights "
             f"with `litedet import`, export with `litedet export`, or for a .safetensors pass --model"
         )
+    if config is not None and engine == "torch" and (config.nms_in_graph or config.uint8_input):
+        what = "nms_in_graph" if config.nms_in_graph else "uint8_input"
+        raise ValueError(f"{sidecar_path(path)}: {what} is set, which only an exported graph has; this sidecar "
+                         f"belongs to an export, not to the checkpoint {path.name}")
     if config is not None and model and model != config.model:
         raise ValueError(f"--model {model!r} does not match {sidecar_path(path)}, which says {config.model!r}")
     if config is not None and imgsz is not None:
