@@ -7,6 +7,7 @@ model never imports torch.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import os
 import sys
@@ -116,17 +117,21 @@ def _main(argv: list[str]) -> int:
         return 2
     except ModuleNotFoundError as err:
         return _missing_extra(args.verb, err)
-    except (ValueError, FileNotFoundError, PermissionError, NotADirectoryError, IsADirectoryError) as err:
+    except (ValueError, FileNotFoundError, PermissionError, IsADirectoryError) as err:
         # User errors: one clear line, no traceback from deep inside (LITEDET_DEBUG=1 shows it).
         if os.environ.get("LITEDET_DEBUG"):
             raise
         print(f"litedet {args.verb}: error: {err}", file=sys.stderr)
         return 2
     except OSError as err:
-        # A file the system refused (read-only file system, full disk, quota): one line naming it.
+        # A file the system refused (read-only file system, full disk, quota, a file where a
+        # folder should be): one line naming it.
         if err.filename is None or os.environ.get("LITEDET_DEBUG"):
             raise
-        print(f"litedet {args.verb}: error: {err.filename}: {err.strerror or err}", file=sys.stderr)
+        reason = err.strerror or str(err)
+        if err.errno in (errno.EEXIST, errno.ENOTDIR):  # making an output folder where a file is
+            reason = "a file is in the way of an output folder (give -o / --out a folder path)"
+        print(f"litedet {args.verb}: error: {err.filename}: {reason}", file=sys.stderr)
         return 2
 
 

@@ -76,7 +76,7 @@ def _run(args: argparse.Namespace, steps: list[dict[str, Any]]) -> int:
 
     resolve_model(args.weights, args.model)  # a --model that disagrees with the sidecar is an error
     with human_output(args.json):
-        recipe = parse_recipe(_recipe_dict(args, steps), source=f"litedet {args.verb}")
+        recipe = parse_recipe(_recipe_dict(args, steps), source="command line")
         result = run_recipe(recipe, measure=not args.no_report, progress=not args.no_progress, command=_command())
         _print_result(result)
     if args.json:
