@@ -327,6 +327,11 @@ def test_recipe_parses_typed_steps():
         ({"steps": [{"quantize": {"method": "ort-static"}}]}, "calib"),
         ({"steps": [{"finetune": {"imgsz": 100}}]}, r"finetune.imgsz must be a multiple of 32"),
         ({"steps": [{"distill": {"teacher": "t.safetensors", "imgsz": 16}}]}, r"distill.imgsz must be a multiple of 32"),
+        ({"report": {"threads": 0}}, r"report: threads must be >= 1, got 0"),
+        ({"report": {"runs": 0}}, r"report: runs must be >= 1, got 0"),
+        ({"report": {"budget_s": 0}}, r"report: budget_s must be > 0 seconds"),
+        ({"report": {"val_images": "imgs"}}, r"report: val_images needs val_annotations too"),
+        ({"out": __file__}, r"out .*test_compress.py is a file; give a folder"),
     ],
 )
 def test_recipe_errors_are_clear(changes, message):

@@ -238,6 +238,18 @@ class ReportSettings:
     val_annotations: str | None = None
     each_step: bool = True
 
+    def __post_init__(self) -> None:
+        # checked with the recipe (``--check``), not after the steps have run
+        if self.threads < 1:
+            raise ValueError(f"threads must be >= 1, got {self.threads}")
+        if self.runs < 1:
+            raise ValueError(f"runs must be >= 1, got {self.runs}")
+        if not self.budget_s > 0:
+            raise ValueError(f"budget_s must be > 0 seconds, got {self.budget_s}")
+        if bool(self.val_images) != bool(self.val_annotations):
+            given, missing = ("val_images", "val_annotations") if self.val_images else ("val_annotations", "val_images")
+            raise ValueError(f"{given} needs {missing} too (mAP is measured on both: an image folder and its COCO json)")
+
 
 @dataclass
 class Recipe:
@@ -290,7 +302,7 @@ def build_typed(cls: type, data: Any, where: str) -> Any:
     kwargs = {key: _coerce(value, hints[key], f"{where}.{key}") for key, value in data.items()}
     try:
         return cls(**kwargs)
-    except TypeError as err:
+    except (TypeError, ValueError) as err:  # ValueError: a value the settings' own checks refuse
         raise ValueError(f"{where}: {err}") from None
 
 
@@ -333,6 +345,8 @@ def parse_recipe(data: Any, source: str = "<recipe>") -> Recipe:
             raise ValueError(f"{source}: step {index} (prune): method reconstruction measures channels on calibration "
                              f"images; set prune.calib (an image folder or dataset YAML) or the recipe's 'data', "
                              f"or use method l1")
+    if Path(recipe.out).exists() and not Path(recipe.out).is_dir():
+        raise ValueError(f"{source}: out {recipe.out} is a file; give a folder")
     starts_exported = Path(recipe.model).suffix in (".onnx", ".xml")
     torch_steps = [name for name, _ in steps if name in TORCH_STEPS]
     if starts_exported and torch_steps:
