@@ -293,3 +293,10 @@ def test_an_openvino_error_keeps_the_line_that_says_what_is_wrong():
                           "failed at src/core/xml_util/src/xml_deserialize_util.cpp:900:\nIncorrect weights in bin file!\n\n")
     assert openvino_reason(raised) == "Incorrect weights in bin file!"
     assert openvino_reason(RuntimeError("")) == "RuntimeError"
+
+
+def test_split_profile_at_a_size_off_the_stride_is_one_line(capsys, tmp_path):
+    pytest.importorskip("torch")
+    code, err = _run(capsys, "split", "profile", "--model", "v5lite-e", "--imgsz", "50", "--repeats", "1",
+                     "-o", str(tmp_path / "p.json"))
+    _assert_one_line(code, err, "split", "imgsz 50 must be a positive multiple of the model's largest stride 32 (e.g. 64)")

@@ -359,6 +359,7 @@ def build_model(model: "nn.Module | str", weights: str | os.PathLike | None = No
 
         network, config = load_detector(weights, model_name=model or None)
         size = (imgsz, imgsz) if imgsz else tuple(config.input_size)
+        _check_size(size, config)
         return network.eval(), (int(size[0]), int(size[1])), config.model
     if not model:
         raise ValueError("name a model (--model) or give --weights")
@@ -368,11 +369,20 @@ def build_model(model: "nn.Module | str", weights: str | os.PathLike | None = No
     if model_kind(str(model)) == "detector":
         network = create_model(str(model), **({"input_size": imgsz} if imgsz else {}))
         size = tuple(network.input_size)
+        _check_size(size, network.config)
     else:  # a backbone has no input size of its own
         if not imgsz:
             raise ValueError(f"{model} is a backbone without an input size of its own: give one (--imgsz, e.g. 224)")
         network, size = create_model(str(model)), (imgsz, imgsz)
     return network.eval(), (int(size[0]), int(size[1])), str(model)
+
+
+def _check_size(size: Sequence[int], config: Any) -> None:
+    """A detector's input size must divide by its largest stride (``ModelConfig.size_multiple``)."""
+    from litedet.runtime import size_error
+
+    if any(int(side) % config.size_multiple for side in size) or min(size) <= 0:
+        raise ValueError(size_error([int(side) for side in size], config.size_multiple))
 
 
 def _block_madds(network: "nn.Module", size: tuple[int, int], blocks: Sequence[str]) -> list[int]:
