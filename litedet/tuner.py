@@ -722,6 +722,8 @@ def tune(
         raise ValueError(f"the minimum FPS must be > 0, got {min_fps}")
     if runs < 1:
         raise ValueError(f"runs must be >= 1, got {runs}")
+    if val_limit is not None and val_limit < 1:
+        raise ValueError(f"val_limit must be >= 1 (or left out for every validation image), got {val_limit}")
     weights = [weights] if isinstance(weights, (str, os.PathLike)) else list(weights)
     if not weights:
         raise ValueError("give at least one checkpoint (--weights)")

@@ -377,3 +377,9 @@ def test_ncnn_commands_carry_the_openmp_waiting_they_were_timed_with(monkeypatch
     bf16 = TuneCandidate("litedet", "v5lite-s", "w.safetensors", "t", 512, "openvino", "bf16", 2)
     (only,) = deploy_commands(tmp_path / "model_openvino.xml", bf16, data)  # bench opens engine files at fp32
     assert only.startswith("litedet detect") and "--precision bf16" in only
+
+
+def test_a_validation_limit_below_one_is_refused_before_any_work(tmp_path, checkpoint):
+    with pytest.raises(ValueError, match="val_limit must be >= 1"):
+        tune([checkpoint], budget_ms=10, val_limit=0, out_dir=tmp_path / "t")
+    assert not (tmp_path / "t").exists()
