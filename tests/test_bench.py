@@ -919,3 +919,11 @@ def test_gflops_of_engine_files_equal_the_torch_count(tmp_path):
     param = require_shared("weights", "yolov5-lite", "v5lite-e.ncnn.param")
     published = 2.0 * profile_model(create_model("v5lite-e").eval(), (320, 320), 1).madds / 1e9
     assert ncnn_gflops(param, 320) == pytest.approx(published, rel=1e-6)
+
+
+def test_weights_for_a_model_not_benchmarked_are_refused():
+    from litedet.bench.run import benchmark
+
+    with pytest.raises(ValueError, match=r"--weights for \['v5lite-s'\] but --models has no such model \(v5lite-e\)"):
+        benchmark(models=["v5lite-e"], engines=["onnxruntime"], threads=[1], imgsz=[64], runs=1,
+                  weights={"v5lite-s": "s.safetensors"})

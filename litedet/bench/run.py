@@ -617,6 +617,11 @@ def benchmark(
         raise ValueError(f"precision must be fp32, bf16 or fp16, got {precision!r}")
     from litedet.models.registry import model_kind
 
+    named = {_model_spec(spec, sizes)[0] for spec in models}
+    unused = sorted(set(weights or {}) - named)
+    if unused:  # a typo or a forgotten --models entry would time random weights without a word
+        raise ValueError(f"--weights for {unused} but --models has no such model ({', '.join(sorted(named)) or 'none'}); "
+                         f"add it to --models (e.g. --models {unused[0]})")
     for spec in models:
         name, _ = _model_spec(spec, sizes)
         given = (weights or {}).get(name)
