@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from pathlib import Path
 
@@ -369,3 +370,21 @@ def test_qat_trains_and_exports_a_qdq_onnx(tmp_path):
     assert backend.config.precision == "int8"
     for a, b in zip(reference, backend.run(x.numpy())):
         assert np.corrcoef(a.numpy().ravel(), b.ravel())[0, 1] > 0.9  # on a calibration input
+
+
+def test_cli_counts_and_distillation_weights_are_checked_before_work(capsys):
+    from litedet.cli import main
+
+    cases = [
+        (["distill", "--teacher", "t.safetensors", "--student", "s.safetensors", "--data", "d.yaml", "--epochs", "-1"],
+         "argument --epochs: must be >= 0, got -1"),
+        (["prune", "--weights", "m.safetensors", "--ratio", "0.3", "--threads", "0"], "argument --threads: must be >= 1, got 0"),
+        (["prune", "--weights", "m.safetensors", "--ratio", "0.3", "--runs", "0"], "argument --runs: must be >= 1, got 0"),
+        (["distill", "--teacher", "t.safetensors", "--student", "s.safetensors", "--data", "d.yaml", "--strategies",
+          "response=-1"], "--strategies: weight of 'response' must be > 0, got -1"),
+    ]
+    for argv, message in cases:
+        with pytest.raises(SystemExit) if "argument" in message else contextlib.nullcontext():
+            code = main(argv)
+            assert code == 2
+        assert message in capsys.readouterr().err

@@ -38,17 +38,32 @@ def _add_report_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--val-annotations", help="their COCO instances json (with --val-images)")
     group.add_argument("--engine", default="onnxruntime", choices=["onnxruntime", "openvino"],
                        help="engine the report (and --target-latency) measures on (default onnxruntime)")
-    group.add_argument("--threads", type=int, default=2, help="engine threads for latency (default 2)")
-    group.add_argument("--runs", type=int, default=100, help="timed runs per model (default 100)")
+    group.add_argument("--threads", type=_count(1), default=2, help="engine threads for latency (default 2)")
+    group.add_argument("--runs", type=_count(1), default=100, help="timed runs per model (default 100)")
     group.add_argument("--no-report", action="store_true", help="skip measuring (files only; default: measure)")
     group.add_argument("--device", default="cpu", help="torch device for training steps: cpu (default), cuda")
     add_progress_option(group)
 
 
+def _count(least: int) -> Any:
+    """An argparse type: an integer >= ``least`` (an option's own name is in argparse's message)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < least:
+            raise argparse.ArgumentTypeError(f"must be >= {least}, got {value}")
+        return value
+
+    return parse
+
+
 def _add_finetune_arguments(parser: argparse.ArgumentParser, what: str) -> None:
     parser.add_argument("--data", help=f"dataset YAML for {what} (default: none)")
-    parser.add_argument("--epochs", type=int, default=0, help=f"{what} epochs (0: none)")
-    parser.add_argument("--steps", type=int, help=f"{what} steps instead of epochs (default: by epochs)")
+    parser.add_argument("--epochs", type=_count(0), default=0, help=f"{what} epochs (default 0: none)")
+    parser.add_argument("--steps", type=_count(1), help=f"{what} steps instead of epochs (default: by epochs)")
     parser.add_argument("--batch", type=int, default=8, help="batch size (default 8)")
     parser.add_argument("--lr", type=float, default=0.002, help="SGD learning rate (default 0.002)")
 
@@ -214,6 +229,8 @@ def _parse_strategies(text: str) -> dict[str, float]:
             strategies[name] = float(weight) if weight else 1.0
         except ValueError:
             raise ValueError(f"--strategies: weight of {name!r} must be a number, got {weight!r}") from None
+        if not strategies[name] > 0:
+            raise ValueError(f"--strategies: weight of {name!r} must be > 0, got {weight}")
     return strategies
 
 
@@ -221,7 +238,8 @@ def add_distill_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--teacher", required=True, help="teacher .safetensors (same classes as the student)")
     parser.add_argument("--student", required=True, dest="weights", help="student .safetensors")
     parser.add_argument("--strategies", default="response=1",
-                        help="name=weight list: response, fitnet, attention (e.g. response=1,attention=50; default response=1)")
+                        help="name=weight list: response, fitnet, attention (e.g. response=1,attention=50; a name without =weight "
+                             "weighs 1; default response=1)")
     parser.add_argument("--temperature", type=float, default=2.0, help="softening temperature T (default 2)")
     _add_finetune_arguments(parser, "distillation")
     parser.add_argument("--imgsz", type=int, help="training input size for student and teacher (default: the "
