@@ -388,3 +388,28 @@ def test_cli_counts_and_distillation_weights_are_checked_before_work(capsys):
             code = main(argv)
             assert code == 2
         assert message in capsys.readouterr().err
+
+
+def test_an_unreadable_onnx_or_an_empty_calibration_folder_is_refused_before_stage_zero(tmp_path, capsys):
+    from litedet.cli import main
+    from litedet.config import ModelConfig
+
+    bad = tmp_path / "bad.onnx"
+    bad.write_text("not a model")
+    ModelConfig(model="v5lite-e", num_classes=1, names=["a"], input_size=(64, 64)).save(tmp_path / "bad.json")
+    images = tmp_path / "calib"
+    images.mkdir()
+    cv2.imwrite(str(images / "a.png"), np.zeros((64, 64, 3), np.uint8))
+    out = tmp_path / "out"
+    assert main(["quantize", "--weights", str(bad), "--calib", str(images), "-o", str(out), "--no-report"]) == 2
+    assert f"{bad}: not a readable ONNX model" in capsys.readouterr().err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    from litedet.models.checkpoint import save_checkpoint_weights
+    from litedet.models.registry import create_model
+
+    weights = save_checkpoint_weights(create_model("v5lite-e", input_size=64).eval(), tmp_path / "e.safetensors")
+    assert main(["prune", "--weights", str(weights), "--ratio", "0.3", "--calib", str(empty),
+                 "-o", str(out), "--no-report"]) == 2
+    assert f"calibration source {empty} has no readable image" in capsys.readouterr().err
+    assert not out.exists()

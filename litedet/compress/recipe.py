@@ -377,12 +377,21 @@ def check_inputs(recipe: Recipe) -> None:
             raise FileNotFoundError(f"{recipe.source}: {what} not found: {value}")
     from litedet.config import find_config
 
+    if Path(recipe.model).suffix.lower() == ".onnx":  # an exported start must parse before stage 0 is written
+        import onnx
+
+        try:
+            onnx.load(str(recipe.model), load_external_data=False)
+        except Exception as err:  # noqa: BLE001 - protobuf raises its own types for bytes that are no model
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise ValueError(f"{recipe.model}: not a readable ONNX model ({first})") from None
     start = find_config(recipe.model)
     for index, (name, step) in enumerate(recipe.steps, start=1):
-        if name == "quantize" and step.calib:
+        if name in ("quantize", "prune", "decompose") and step.calib:
             from litedet.compress.quantize import calibration_images
 
-            calibration_images(step.calib, step.images)  # raises when no image is readable
+            limit = step.images if name == "quantize" else step.calib_images
+            calibration_images(step.calib, limit)  # raises when no image is readable
         if name == "distill":
             teacher = find_config(step.teacher)
             if teacher is None:
