@@ -927,3 +927,40 @@ def test_weights_for_a_model_not_benchmarked_are_refused():
     with pytest.raises(ValueError, match=r"--weights for \['v5lite-s'\] but --models has no such model \(v5lite-e\)"):
         benchmark(models=["v5lite-e"], engines=["onnxruntime"], threads=[1], imgsz=[64], runs=1,
                   weights={"v5lite-s": "s.safetensors"})
+
+
+def test_ctrl_c_while_timing_keeps_the_rounds_run(tmp_path, monkeypatch):
+    """A KeyboardInterrupt inside the interleaved rounds: the harness hands over the stats of what
+    it timed, and the bench writes its report from them and says it was interrupted."""
+    from litedet.bench import run as run_module
+    from litedet.bench.harness import MeasurementInterrupted, measure_interleaved
+
+    calls = {"n": 0}
+
+    def stops_at_the_fifth_call() -> None:
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt
+
+    with pytest.raises(MeasurementInterrupted) as caught:
+        measure_interleaved({"A": lambda: None, "B": stops_at_the_fifth_call}, warmup=0, min_runs=20, chunk=2,
+                            max_attempts=1)
+    partial = caught.value.partial
+    assert set(partial) == {"A", "B"} and partial["A"].n >= 2 and partial["B"].n >= 1
+    assert isinstance(caught.value, KeyboardInterrupt)  # callers that do not look for it stop as before
+
+    real = run_module.measure_interleaved
+
+    def interrupted_after_a_little(candidates, **kwargs):
+        first = next(iter(candidates))
+        stats = real({first: candidates[first]}, **{**kwargs, "min_runs": 2, "warmup": 0})
+        raise MeasurementInterrupted(stats)
+
+    monkeypatch.setattr(run_module, "measure_interleaved", interrupted_after_a_little)
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    result = run_module.benchmark(models="v5lite-e", engines="onnxruntime", threads="1", imgsz="64", runs=5, warmup=1,
+                                  out_dir=tmp_path, measure_peak=False, progress=False, cache_dir=tmp_path / "cache")
+    assert result.interrupted and len(result.rows) == 1 and result.rows[0]["median_ms"] > 0
+    assert any(note.startswith("interrupted (Ctrl-C) while timing batch 1") for note in result.notes)
+    assert result.paths and all(Path(path).is_file() for path in result.paths.values())

@@ -272,6 +272,16 @@ class _Progress:
     meter: _Meter | None = None
 
 
+class MeasurementInterrupted(KeyboardInterrupt):
+    """Ctrl-C during ``measure_interleaved``: ``partial`` holds the stats of every configuration
+    timed at least once so far (from the rounds run), for a caller that keeps what was measured.
+    A ``KeyboardInterrupt``, so callers that do not look for it stop as before."""
+
+    def __init__(self, partial: dict[str, "LatencyStats"]) -> None:
+        super().__init__("interrupted")
+        self.partial = partial
+
+
 def measure_interleaved(
     configs: Mapping[str, Callable[[], object] | Candidate],
     warmup: int = 10,
@@ -311,10 +321,16 @@ def measure_interleaved(
     pending = list(candidates)
     next_round = 0  # round numbers run on across attempts: a re-measured configuration shares none with the rest
     for attempt in range(1, max_attempts + 1):
-        results, next_round = _measure_round_robin(
-            {name: candidates[name] for name in pending},
-            warmup, min_runs, budget_s, min_runs_in_budget, chunk, synchronize, on_chunk, energy_meter, next_round,
-        )
+        try:
+            results, next_round = _measure_round_robin(
+                {name: candidates[name] for name in pending},
+                warmup, min_runs, budget_s, min_runs_in_budget, chunk, synchronize, on_chunk, energy_meter, next_round,
+            )
+        except MeasurementInterrupted as stop:  # a re-measurement cut short keeps the earlier attempt
+            for stats in stop.partial.values():
+                stats.attempts = attempt
+                stats.disturbed = stats.other_load is not None and stats.other_load > load_threshold
+            raise MeasurementInterrupted({**stop.partial, **best}) from None
         for name, stats in results.items():
             stats.attempts = attempt
             stats.disturbed = stats.other_load is not None and stats.other_load > load_threshold
@@ -359,7 +375,42 @@ def _measure_round_robin(
         _timed_calls(cand.fn, warmup, sync, [])
     started = time.perf_counter()
     floor = min(min_runs, max(1, min_runs_in_budget))
-    round_number = first_round
+    try:
+        next_round = _run_rounds(candidates, progress, started, floor, min_runs, budget_s, chunk, synchronize,
+                                 on_chunk, first_round)
+    except KeyboardInterrupt:  # keep what the rounds so far measured (a chunk cut short included)
+        partial = {name: _stats(progress[name]) for name in names if progress[name].times}
+        raise MeasurementInterrupted(partial) from None
+    return {name: _stats(progress[name]) for name in names}, next_round
+
+
+def _stats(state: "_Progress") -> LatencyStats:
+    stats = summarize(state.times)
+    stats.other_load = state.monitor.other_load
+    stats.steal = state.monitor.steal
+    stats.rounds = state.rounds
+    meter = state.meter
+    if meter is not None and meter.available:
+        stats.energy_per_call_mj = meter.joules / stats.n * 1e3
+        stats.energy_source = meter.source
+    return stats
+
+
+def _run_rounds(
+    candidates: Mapping[str, Candidate],
+    progress: dict[str, "_Progress"],
+    started: float,
+    floor: int,
+    min_runs: int,
+    budget_s: float | None,
+    chunk: int,
+    synchronize: Callable[[], None] | None,
+    on_chunk: Callable[[str, int], None] | None,
+    round_number: int,
+) -> int:
+    """The rounds of ``_measure_round_robin`` until every configuration has its runs; the next
+    unused round number."""
+    names = list(candidates)
     while True:
         done = {name: len(progress[name].times) for name in names}
         over_budget = budget_s is not None and time.perf_counter() - started >= budget_s
@@ -390,18 +441,7 @@ def _measure_round_robin(
             if on_chunk is not None:
                 on_chunk(name, len(state.times))
         round_number += 1
-    results = {}
-    for name in names:
-        stats = summarize(progress[name].times)
-        stats.other_load = progress[name].monitor.other_load
-        stats.steal = progress[name].monitor.steal
-        stats.rounds = progress[name].rounds
-        meter = progress[name].meter
-        if meter is not None and meter.available:
-            stats.energy_per_call_mj = meter.joules / stats.n * 1e3
-            stats.energy_source = meter.source
-        results[name] = stats
-    return results, round_number
+    return round_number
 
 
 def paired_ratio(numerator: Sequence[Sequence[float]], denominator: Sequence[Sequence[float]],

@@ -24,7 +24,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from litedet.bench.harness import DEFAULT_LOAD_THRESHOLD, Candidate, LatencyStats, measure_interleaved
+from litedet.bench.harness import (DEFAULT_LOAD_THRESHOLD, Candidate, LatencyStats, MeasurementInterrupted,
+                                   measure_interleaved)
 from litedet.bench.peers import ENGINES, Peer, PeerVariant, resolve_peers, shared_dir
 
 logger = logging.getLogger(__name__)
@@ -534,6 +535,7 @@ class BenchmarkResult:
     notes: list[str]
     machine: dict[str, Any]
     paths: dict[str, Path]
+    interrupted: bool = False  # Ctrl-C cut the timing short: the rows and files hold what was measured
 
 
 def run_benchmark(*args: Any, **kwargs: Any) -> list[dict[str, Any]]:
@@ -658,23 +660,26 @@ def benchmark(
             subjects += _add_streams(build, engines, threads, stream_counts, notes, gangs)
         if not subjects:
             raise ValueError("no configuration could be opened; see the notes: " + "; ".join(notes))
-        rows = _measure_subjects(subjects, batches, end_to_end, images, runs, budget_s, warmup, load_threshold,
-                                 max_attempts, device, progress, machine, notes)
+        rows, interrupted = _measure_subjects(subjects, batches, end_to_end, images, runs, budget_s, warmup,
+                                              load_threshold, max_attempts, device, progress, machine, notes)
     finally:
         for gang in gangs:
             gang.close()
+    if interrupted and not rows:
+        raise KeyboardInterrupt
     notes += raise_peak_to_observed(machine, rows, device)
     notes += speed_swing_notes(rows)
     paths = write_report(rows, out, machine.to_dict(), notes, map_results, command) if out is not None else {}
-    return BenchmarkResult(rows, notes, machine.to_dict(), paths)
+    return BenchmarkResult(rows, notes, machine.to_dict(), paths, interrupted)
 
 
 def _measure_subjects(subjects: Sequence[Subject], batches: Sequence[int], end_to_end: bool,
                       images: Sequence[np.ndarray] | None, runs: int, budget_s: float | None, warmup: int,
                       load_threshold: float, max_attempts: int, device: str, progress: bool, machine: Any,
-                      notes: list[str]) -> list[dict[str, Any]]:
+                      notes: list[str]) -> tuple[list[dict[str, Any]], bool]:
     """Every subject timed side by side, one interleaved group per batch size (end to end joins
-    the batch-1 group); one row each."""
+    the batch-1 group); one row each, and whether Ctrl-C cut the timing short (the rows then
+    hold what was measured until then)."""
     from litedet.bench.energy import open_energy_meter
 
     meter = (lambda: open_energy_meter(device)) if open_energy_meter(device).available else None
@@ -686,6 +691,7 @@ def _measure_subjects(subjects: Sequence[Subject], batches: Sequence[int], end_t
 
         sync = torch.cuda.synchronize
     rows: list[dict[str, Any]] = []
+    interrupted = False
     # One interleaved group per batch size. End to end joins the batch-1 group, so each model's
     # network and end-to-end figures come from the same rounds: their difference (what pre- and
     # post-processing add) does not take up the machine's drift between two separate groups.
@@ -740,16 +746,25 @@ def _measure_subjects(subjects: Sequence[Subject], batches: Sequence[int], end_t
                 bar.update(delta)
             counts[name] = done
 
-        stats = measure_interleaved(
-            candidates, warmup=warmup, min_runs=runs, budget_s=budget_s, synchronize=sync,
-            load_threshold=load_threshold, max_attempts=max_attempts, on_chunk=on_chunk, energy_meter=meter,
-        )
-        if bar is not None:
-            bar.close()
+        try:
+            stats = measure_interleaved(
+                candidates, warmup=warmup, min_runs=runs, budget_s=budget_s, synchronize=sync,
+                load_threshold=load_threshold, max_attempts=max_attempts, on_chunk=on_chunk, energy_meter=meter,
+            )
+        except MeasurementInterrupted as stop:  # Ctrl-C: keep the rows of the rounds finished
+            stats, interrupted = stop.partial, True
+            notes.append(f"interrupted (Ctrl-C) while timing batch {size_batch}: its rows hold the rounds run until "
+                         f"then ({len(stats)} of {len(listed)} configurations); later groups were not timed")
+        finally:
+            if bar is not None:
+                bar.close()
         for key in listed:
-            mode, subject = by_key[key]
-            rows.append(_row(subject, mode, size_batch, stats[key], _peak(machine, subject, device)))
-    return rows
+            if key in stats:
+                mode, subject = by_key[key]
+                rows.append(_row(subject, mode, size_batch, stats[key], _peak(machine, subject, device)))
+        if interrupted:
+            break
+    return rows, interrupted
 
 
 def _round_position(entry: tuple[str, Subject], index: int) -> tuple:

@@ -71,14 +71,15 @@ def _weights(pairs: list[str]) -> dict[str, str]:
 
 def run(args: argparse.Namespace) -> int:
     with human_output(args.json):
-        payload = _run(args)
+        payload, interrupted = _run(args)
     if args.json:
         print_json(payload)
-    return 0
+    return 130 if interrupted else 0
 
 
-def _run(args: argparse.Namespace) -> object:
-    """Measure, print the human summary; returns what ``--json`` prints."""
+def _run(args: argparse.Namespace) -> tuple[object, bool]:
+    """Measure, print the human summary; returns what ``--json`` prints and whether Ctrl-C cut
+    the timing short (the summary and the report then hold what was measured)."""
     if args.mode == "guidelines":
         from litedet.bench.api import run_guidelines
         from litedet.bench.guidelines import guidelines_markdown
@@ -96,7 +97,7 @@ def _run(args: argparse.Namespace) -> object:
         )
         print(guidelines_markdown(report))
         print(f"written to {out}", file=sys.stderr)
-        return report.to_dict()
+        return report.to_dict(), False
 
     from litedet.bench.api import benchmark
     from litedet.bench.report import load_map_results, markdown_report, terminal_summary
@@ -118,4 +119,7 @@ def _run(args: argparse.Namespace) -> object:
             print(f"{name}: {path}", file=sys.stderr)
     else:
         print(terminal_summary(result.rows, result.notes, result.paths))
-    return result.rows
+    if result.interrupted:
+        where = f" in {out}" if result.paths else ""
+        print(f"litedet bench: interrupted; the figures measured until then are kept{where}", file=sys.stderr)
+    return result.rows, result.interrupted
