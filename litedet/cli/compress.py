@@ -186,7 +186,8 @@ def add_quantize_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--method", default="ort-static", choices=["ort-static", "ort-dynamic", "openvino", "qat"],
                         help="ort-static: INT8 QDQ with calibration (default); ort-dynamic: data-free weight INT8; "
                              "openvino: NNCF INT8; qat: quantization-aware training of a .safetensors (needs --data)")
-    parser.add_argument("--calib", help="calibration images: a folder or a dataset YAML (its train split)")
+    parser.add_argument("--calib", help="calibration images: a folder or a dataset YAML (its train split); needed by "
+                                        "the static methods (default: none)")
     parser.add_argument("--num-images", type=int, default=64, help="calibration images to use (default 64)")
     parser.add_argument("--calibrate-method", default="minmax", choices=["minmax", "entropy", "percentile"],
                         help="ort-static: how activation ranges are chosen on the calibration images (default minmax)")

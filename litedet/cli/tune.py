@@ -34,13 +34,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--runs", type=int, default=100, help="timed runs per candidate after warm-up (default 100)")
     parser.add_argument("--warmup", type=int, default=10, help="untimed warm-up runs per candidate (default 10)")
     parser.add_argument("--latency-budget", type=float, metavar="SECONDS",
-                        help="cap on the interleaved timing (each timing attempt); stops early once spent, at least 10 runs each")
+                        help="cap on the interleaved timing (each timing attempt); stops early once spent, at least 10 runs each "
+                             "(default: no cap)")
     parser.add_argument("--max-attempts", type=int, default=2,
                         help="timings per candidate while other processes disturb it (1: flag only, never repeat; default 2)")
     parser.add_argument("--whole-front", action="store_true",
                         help="also score front candidates over the budget (the whole Pareto front)")
     parser.add_argument("--remeasure", action="store_true", help="re-time every candidate instead of reusing cached latencies")
-    parser.add_argument("--val-limit", type=int, help="score only the first N validation images (quick looks)")
+    parser.add_argument("--val-limit", type=int, help="score only the first N validation images (quick looks; default: all)")
     parser.add_argument("--load-threshold", type=float, default=25.0,
                         help="%% of the machine other processes may use before a timing is repeated/flagged (default 25)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
