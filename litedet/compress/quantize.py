@@ -24,6 +24,7 @@ Every output keeps the model's sidecar (precision set, the quantization settings
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -723,12 +724,13 @@ def quantize_onnx_static(
             extra["TensorQuantOverrides"] = {name: [{"rmin": np.float32(low), "rmax": np.float32(high)}]
                                              for name, (low, high) in overrides.items()}
         staged = Path(tmp) / output.name
-        quantize_static(
-            str(prepared), str(staged), make_reader(),
-            quant_format=QuantFormat.QDQ, per_channel=per_channel, reduce_range=reduce_range,
-            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, calibrate_method=method,
-            nodes_to_exclude=list(exclude) + rewrites.keep_float, extra_options=extra,
-        )
+        with _without_preprocessing_advice():
+            quantize_static(
+                str(prepared), str(staged), make_reader(),
+                quant_format=QuantFormat.QDQ, per_channel=per_channel, reduce_range=reduce_range,
+                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, calibrate_method=method,
+                nodes_to_exclude=list(exclude) + rewrites.keep_float, extra_options=extra,
+            )
         image_direct, outputs = False, None
         if image_tensor is not None:
             quantized = onnx.load(str(staged))
@@ -751,6 +753,26 @@ def quantize_onnx_static(
     return QuantizeResult(output, "ort-static", model_files_size(model), model_files_size(output), count, settings)
 
 
+class _PreprocessingAdvice(logging.Filter):
+    """ONNX Runtime's quantizer logs "Please consider to run pre-processing before quantization"
+    on the root logger whenever a model lacks its marker; litedet's static path has run it, and the
+    dynamic one needs none: the line would only break a verb's one-line output."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "consider to run pre-processing" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _without_preprocessing_advice() -> Iterator[None]:
+    root = logging.getLogger()
+    advice = _PreprocessingAdvice()
+    root.addFilter(advice)
+    try:
+        yield
+    finally:
+        root.removeFilter(advice)
+
+
 def quantize_onnx_dynamic(model: str | os.PathLike, output: str | os.PathLike, per_channel: bool = True) -> QuantizeResult:
     """Data-free weight INT8 (``quantize_dynamic``): no calibration images needed."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -762,7 +784,8 @@ def quantize_onnx_dynamic(model: str | os.PathLike, output: str | os.PathLike, p
     config = _require_config(model)
     with tempfile.TemporaryDirectory(prefix="litedet-quant-") as tmp:
         staged = Path(tmp) / output.name
-        quantize_dynamic(str(model), str(staged), per_channel=per_channel, weight_type=QuantType.QUInt8)
+        with _without_preprocessing_advice():
+            quantize_dynamic(str(model), str(staged), per_channel=per_channel, weight_type=QuantType.QUInt8)
         shutil.move(str(staged), output)
     settings = {"method": "ort-dynamic", "weights": "uint8", "per_channel": per_channel, "activations": "dynamic"}
     _write_sidecar(config, output, "int8", settings)
