@@ -137,6 +137,11 @@ def test_cp_reconstructs_at_high_rank_with_stride():
     assert (out - conv(x)).abs().max() < 1e-2 * conv(x).abs().max()
 
 
+def test_decompose_pattern_that_matches_no_layer_is_an_error():
+    with pytest.raises(ValueError, match=r"pattern 'nosuch\.\*' matches no layer of v5lite-e"):
+        decompose(_detector("v5lite-e"), "svd", rank=0.5, exclude=("nosuch.*",))
+
+
 def test_decompose_model_reduces_params_and_round_trips(tmp_path):
     model = _detector("v5lite-e")
     x = structured_images(1, SIZE)

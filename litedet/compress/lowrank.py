@@ -204,6 +204,10 @@ def _parent(model: nn.Module, name: str) -> nn.Module:
     return model.get_submodule(parent_name) if parent_name else model
 
 
+# include / exclude defaults: any layer, and not a detector head's (a model without a head is fine)
+DEFAULT_PATTERNS = ("*", "head.*")
+
+
 def decompose(
     model: nn.Module,
     method: str = "svd",
@@ -231,6 +235,11 @@ def decompose(
     model.eval()
     result = DecomposeResult(params_before=_params(model), params_after=0)
     record = model_record(model)
+    names = [name for name, _ in model.named_modules() if name]
+    for pattern in (*include, *exclude):  # a typo in a pattern would silently change what is decomposed
+        if pattern not in DEFAULT_PATTERNS and not any(fnmatch.fnmatch(name, pattern) for name in names):
+            raise ValueError(f"pattern {pattern!r} matches no layer of {getattr(model, 'model_name', 'the model')} "
+                             f"(layer names look like {', '.join(names[:3])}, ...)")
     candidates = [
         (name, module)
         for name, module in model.named_modules()
